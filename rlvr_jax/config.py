@@ -1,0 +1,381 @@
+"""Frozen, typed run configuration, nested by pipeline stage.
+
+YAML files in `configs/` plus dotted command-line overrides (`rollout.temperature=0.7`) are merged
+into one plain dict and validated by pydantic in strict mode, so a misspelt key or a wrong type is
+an error that names the key (and, for unknown keys and modes, the valid choices). Configs are never
+mutated; derived values are properties.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from pathlib import Path
+from typing import Annotated, Any, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    # strict: "3" is not an int and 1.5 is not an int; extra=forbid: unknown keys are errors.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True)
+
+
+def _mode(enum_type: type[enum.Enum]) -> Any:
+    """A mode field: strict everywhere else, but YAML strings must convert to the enum."""
+    return Annotated[enum_type, Strict(False)]
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class Estimator(str, enum.Enum):
+    grpo = "grpo"
+    drgrpo = "drgrpo"
+    rloo = "rloo"
+    nsr = "nsr"
+    psr = "psr"
+    w_reinforce = "w_reinforce"
+
+
+class SignFilter(str, enum.Enum):
+    full = "full"
+    negative_only = "negative_only"
+    positive_only = "positive_only"
+
+
+class StdMode(str, enum.Enum):
+    population = "population"
+    unbiased = "unbiased"
+
+
+class LossDenominator(str, enum.Enum):
+    kept = "kept"
+    all = "all"
+
+
+class PolicyObjective(str, enum.Enum):
+    ppo = "ppo"  # token-level clipped ratio
+    gspo = "gspo"  # sequence-level ratio
+
+
+class KLEstimator(str, enum.Enum):
+    k1 = "k1"
+    k2 = "k2"
+    k3 = "k3"
+
+
+class Aggregation(str, enum.Enum):
+    token_mean = "token_mean"
+    seq_mean_token_mean = "seq_mean_token_mean"
+    seq_mean_token_sum_norm = "seq_mean_token_sum_norm"
+
+
+class Schedule(str, enum.Enum):
+    constant = "constant"
+    cosine = "cosine"
+    linear = "linear"
+
+
+class LongPrompt(str, enum.Enum):
+    error = "error"
+    truncate = "truncate"
+
+
+class DistributedInit(str, enum.Enum):
+    auto = "auto"  # initialise when the environment says this is a multi-process job (TPU pod, SLURM)
+    always = "always"
+    never = "never"
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name used in logs and the default run directory."""
+    seed: int = 0
+    """One seed, split by purpose (init, data, rollout, train) and folded with the step."""
+    steps: int = Field(default=100, ge=0)
+    """Number of RL steps (one rollout batch each)."""
+    run_dir: str | None = None
+    """Where outputs go; default runs/<name>."""
+
+
+class ModelConfig(_Section):
+    path: str | None = None
+    """Hugging Face folder (config.json + safetensors); None builds a random model from `arch`."""
+    tokenizer: str | None = None
+    """Tokenizer folder; default: the model folder."""
+    dtype: _mode(DType) = DType.float32
+    """Compute dtype (float32 on CPU; bfloat16 on TPU/GPU)."""
+    param_dtype: _mode(DType) = DType.float32
+    """Storage dtype of the parameters."""
+    remat: bool = False
+    """Recompute each decoder layer in the backward pass (saves activation memory)."""
+    arch: dict[str, Any] = Field(default_factory=dict)
+    """HF-style config.json fields for a random model when `path` is None."""
+
+
+class DistributedConfig(_Section):
+    init: _mode(DistributedInit) = DistributedInit.auto
+    """When to call jax.distributed.initialize."""
+    coordinator_address: str | None = None
+    """host:port of process 0 (GPU clusters, tests); TPU VMs detect it."""
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+class MeshConfig(_Section):
+    data: int = 1
+    """Data-parallel replicas (-1: the devices left over)."""
+    fsdp: int = -1
+    """Parameter/optimizer-state sharding axis (-1: the devices left over)."""
+    tensor: int = 1
+    """Tensor-parallel axis (heads, MLP hidden, vocab)."""
+    distributed: DistributedConfig = DistributedConfig()
+
+
+class DataConfig(_Section):
+    task: str = "toy_strategy"
+    split: str = "train"
+    data_dir: str | None = None
+    """TFDS data directory (built datasets); default under the run directory."""
+    manual_dir: str | None = None
+    """Folder with the user's copies of official files (gsm8k, math)."""
+    prompts_per_step: int = Field(default=16, ge=1)
+    max_prompt_len: int = Field(default=64, ge=1)
+    long_prompt: _mode(LongPrompt) = LongPrompt.error
+    """What to do with a prompt longer than max_prompt_len: error, or truncate and count."""
+    chat_template: bool = True
+    """Render prompts with the tokenizer's chat template when it has one."""
+    plain_template: str = "{prompt}"
+    """Template used without a chat template; {prompt} is replaced by the problem text."""
+
+
+class RolloutConfig(_Section):
+    group_size: int = Field(default=8, ge=1)
+    """G: samples per prompt."""
+    max_new_tokens: int = Field(default=32, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    """0 means greedy."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    """0 disables top-k."""
+    stop_on_eos: bool = True
+
+
+class RewardConfig(_Section):
+    verifier: str = "toy_strategy"
+    """math | numeric | exact | toy_strategy."""
+    timeout_s: float = Field(default=2.0, gt=0.0)
+    workers: int = Field(default=2, ge=1)
+    format_weight: float = 0.0
+    """Weight of an optional format reward added to the verifier's score."""
+
+
+class AdvantageConfig(_Section):
+    estimator: _mode(Estimator) = Estimator.grpo
+    sign: _mode(SignFilter) = SignFilter.full
+    std: _mode(StdMode) = StdMode.population
+    eps: float = Field(default=1e-6, ge=0.0)
+    w_lambda: float = 0.1
+    """W-REINFORCE weight of positive samples."""
+    correct_threshold: float = 1.0
+    """A reward >= this counts as correct (NSR/PSR/W-REINFORCE, metrics)."""
+    loss_denominator: _mode(LossDenominator) = LossDenominator.kept
+
+
+class LossConfig(_Section):
+    objective: _mode(PolicyObjective) = PolicyObjective.ppo
+    eps_low: float = Field(default=0.2, ge=0.0)
+    eps_high: float = Field(default=0.2, ge=0.0)
+    """eps_high > eps_low is DAPO clip-higher."""
+    dual_clip: float | None = None
+    """Dual-clip bound c (> 1) for negative advantages; None disables it."""
+    kl_beta: float = Field(default=0.0, ge=0.0)
+    """KL-to-reference coefficient; 0 loads no reference model."""
+    kl_estimator: _mode(KLEstimator) = KLEstimator.k3
+    entropy_coef: float = 0.0
+    aggregation: _mode(Aggregation) = Aggregation.token_mean
+    max_len_norm: int | None = None
+    """Constant length for seq_mean_token_sum_norm; default rollout.max_new_tokens."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(default=1e-5, gt=0.0)
+    schedule: _mode(Schedule) = Schedule.constant
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    """Global-norm clip; 0 disables it."""
+    micro_batches: int = Field(default=1, ge=1)
+    """Gradient accumulation steps within one optimizer step."""
+    mini_batches: int = Field(default=1, ge=1)
+    """Optimizer steps per epoch over one rollout batch."""
+    epochs: int = Field(default=1, ge=1)
+    """Passes over one rollout batch (PPO-style reuse)."""
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(default=0, ge=0)
+    """Save every N steps (0: only at the end)."""
+    keep: int = Field(default=3, ge=1)
+    best_metric: str | None = None
+    """Also keep the best checkpoint by this metric (e.g. eval/pass@1)."""
+    async_save: bool = True
+
+
+class LoggingConfig(_Section):
+    every: int = Field(default=1, ge=1)
+    tensorboard: bool = True
+    dynamics_every: int = Field(default=1, ge=1)
+    """Post-update probability-mass pass every N steps."""
+    probe_every: int = Field(default=10, ge=1)
+    progress_bar: bool = True
+
+
+class EvalConfig(_Section):
+    every: int = Field(default=0, ge=0)
+    """Evaluate every N steps (0: only at the start and the end)."""
+    split: str = "test"
+    n: int = Field(default=64, ge=1)
+    """Samples per problem for pass@k."""
+    temperature: float = Field(default=0.6, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_problems: int | None = None
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    advantage: AdvantageConfig = AdvantageConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.run_dir or f"runs/{self.run.name}")
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.data.prompts_per_step * self.rollout.group_size
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`, a common trap)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+# Integers must stay integers: re-register int first so "3" resolves to int, not float.
+_Loader.yaml_implicit_resolvers = {
+    k: sorted(v, key=lambda tag_re: tag_re[0] != "tag:yaml.org,2002:int")
+    for k, v in _Loader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_yaml_value(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(tree: dict[str, Any], override: str) -> dict[str, Any]:
+    """Return a copy of `tree` with one `a.b.c=value` override applied (value parsed as YAML)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    out = dict(tree)
+    node = out
+    for part in parts[:-1]:
+        child = node.get(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = parse_yaml_value(raw)
+    return out
+
+
+def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None if field is None else model
+        model = annotation
+    return model
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    dotted = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _section_at(loc[:-1])
+        valid = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f" (did you mean {'.'.join(loc[:-1] + close)!r}?)" if close else ""
+        return f"unknown config key {dotted!r}{hint}; valid keys here: {', '.join(valid)}"
+    return f"config key {dotted!r}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        lines = [_describe(e) for e in err.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults), apply dotted overrides in order, validate."""
+    tree = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        tree = apply_override(tree, override)
+    return validate(tree)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config; loading it back gives an equal Config."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(to_yaml(cfg))

@@ -1,0 +1,129 @@
+"""Device mesh over ('data', 'fsdp', 'tensor'), logical-axis rule tables, and tree shardings.
+
+Parameters and activations carry logical axis names ('embed', 'q_heads', ...). A rule table maps
+each logical name to mesh axes; training and rollout use different tables (rollout keeps weights
+unsharded over fsdp so decode does not all-gather them every token). A dimension that a mesh axis
+does not divide is replicated instead of failing, so tiny test models run on any mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from rlvr_jax.config import DistributedInit, MeshConfig
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+Rules = Mapping[str, MeshAxes]
+
+# Training: batch over data x fsdp; weights sharded over fsdp (ZeRO-3 style) and tensor.
+TRAIN_RULES: Rules = {
+    "batch": ("data", "fsdp"),
+    "seq": None,
+    "cache_seq": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "norm": None,
+}
+# Rollout: weights only tensor-sharded (replicated over data/fsdp), batch over data x fsdp.
+ROLLOUT_RULES: Rules = {**TRAIN_RULES, "embed": None}
+
+
+def maybe_initialize_distributed(cfg: MeshConfig) -> None:
+    """Start JAX's multi-controller runtime when configured (or detected); no-op on one host."""
+    dist = cfg.distributed
+    if dist.init == DistributedInit.never:
+        return
+    explicit = dist.coordinator_address is not None
+    detected = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS"))
+    if dist.init == DistributedInit.auto and not (explicit or detected):
+        return
+    if jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(
+        coordinator_address=dist.coordinator_address,
+        num_processes=dist.num_processes,
+        process_id=dist.process_id,
+    )
+
+
+def resolve_axis_sizes(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    """Mesh axis sizes with at most one -1 filled by the devices left over."""
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    if sum(s == -1 for s in sizes) > 1:
+        raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if n_devices % known:
+        raise ValueError(f"mesh: {n_devices} devices are not divisible by data*fsdp*tensor = {known} ({sizes})")
+    sizes = [n_devices // known if s == -1 else s for s in sizes]
+    if int(np.prod(sizes)) != n_devices:
+        raise ValueError(f"mesh: data*fsdp*tensor = {sizes} uses {np.prod(sizes)} devices, but {n_devices} are present")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build the ('data', 'fsdp', 'tensor') mesh with Auto axis types (GSPMD propagation)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = resolve_axis_sizes(cfg, len(devices))
+    if devices == jax.devices():
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: Rules, shape: Sequence[int] | None = None,
+                    mesh: Mesh | None = None) -> PartitionSpec:
+    """Map logical axis names to a PartitionSpec; replicate dims the mesh axes do not divide."""
+    spec: list[MeshAxes] = []
+    used: set[str] = set()
+    for dim, name in enumerate(names):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rules:
+            raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
+        axes = rules[name]
+        axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes_t = tuple(a for a in axes_t if a not in used)  # a mesh axis may shard one dim only
+        if shape is not None and mesh is not None and axes_t:
+            size = int(np.prod([mesh.shape[a] for a in axes_t]))
+            if shape[dim] % size:
+                axes_t = ()
+        used.update(axes_t)
+        spec.append(None if not axes_t else axes_t[0] if len(axes_t) == 1 else axes_t)
+    return PartitionSpec(*spec)
+
+
+def sharding_for(names: Sequence[str | None], mesh: Mesh, rules: Rules,
+                 shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
+
+
+def tree_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Shardings for a tree of NNX Variables that carry `logical_axes` metadata."""
+    from flax import nnx
+
+    def one(var: Any) -> Any:
+        names = getattr(var, "logical_axes", None)
+        if names is None:
+            raise ValueError(f"parameter of shape {var.shape} has no logical_axes metadata")
+        return var.replace(sharding_for(names, mesh, rules, var.shape))
+
+    return jax.tree.map(one, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,76 @@
+"""The policy model: NNX decoder, sharded creation, HF import/export.
+
+NNX defines the model; plain (graphdef, state) pytrees cross every jit boundary. Parameters are
+created or loaded directly in their sharded layout: `eval_shape` gives shapes and logical axes, the
+rule table gives shardings, and a jitted init (or a per-shard safetensors read) fills them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from rlvr_jax.mesh import Rules, tree_shardings
+from rlvr_jax.model.arch import Arch, ArchError, RopeScaling
+from rlvr_jax.model.decoder import Decoder, KVCache, LayerCache, init_cache, positions_from_mask
+from rlvr_jax.model.hf_io import CheckpointFormatError, load_state, save_pretrained
+
+__all__ = [
+    "Arch", "ArchError", "CheckpointFormatError", "Decoder", "KVCache", "LayerCache", "RopeScaling",
+    "abstract_model", "forward", "from_pretrained", "init_cache", "init_params", "positions_from_mask",
+    "save_pretrained", "state_shardings",
+]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dtype(name: Any) -> Any:
+    return _DTYPES[getattr(name, "value", name)] if isinstance(getattr(name, "value", name), str) else name
+
+
+def abstract_model(arch: Arch, param_dtype: Any = jnp.float32, dtype: Any = jnp.float32,
+                   remat: bool = False) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition and abstract (shape-only) state; no memory is allocated."""
+    model = nnx.eval_shape(lambda: Decoder(arch, nnx.Rngs(0), _dtype(param_dtype), _dtype(dtype), remat))
+    return nnx.split(model)
+
+
+def state_shardings(abstract: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
+    return tree_shardings(abstract, mesh, rules)
+
+
+def init_params(arch: Arch, mesh: Mesh, rules: Rules, key: jax.Array, param_dtype: Any = jnp.float32,
+                dtype: Any = jnp.float32, remat: bool = False) -> tuple[nnx.GraphDef, nnx.State]:
+    """Random parameters created directly in their sharded layout (never whole on one device)."""
+    graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
+    shardings = state_shardings(abstract, mesh, rules)
+
+    @jax.jit
+    def make(key: jax.Array) -> nnx.State:
+        model = Decoder(arch, nnx.Rngs(key), _dtype(param_dtype), _dtype(dtype), remat)
+        return jax.lax.with_sharding_constraint(nnx.split(model)[1], shardings)
+
+    with jax.set_mesh(mesh):
+        return graphdef, make(key)
+
+
+def from_pretrained(folder: str | Path, mesh: Mesh, rules: Rules, param_dtype: Any = jnp.float32,
+                    dtype: Any = jnp.float32, remat: bool = False) -> tuple[Arch, nnx.GraphDef, nnx.State]:
+    """Load an HF folder (config.json + safetensors) straight into the sharded layout."""
+    arch = Arch.from_dir(folder)
+    graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
+    state = load_state(folder, arch, abstract, state_shardings(abstract, mesh, rules))
+    return arch, graphdef, state
+
+
+def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, key_mask: jax.Array,
+            positions: jax.Array | None = None) -> jax.Array:
+    """Uncached full forward: f32 logits [B, T, V] of a (left-padded) batch."""
+    positions = positions_from_mask(key_mask) if positions is None else positions
+    logits, _ = nnx.merge(graphdef, state)(tokens, positions, key_mask)
+    return logits

@@ -1,0 +1,232 @@
+"""NNX decoder for the Llama 3.x / Qwen2 / Qwen2.5 / Qwen3 family.
+
+Dimension alphabet (names, einsums, comments): B batch, T tokens, S cache slots, D model, N query
+heads, K kv heads, R = N/K query heads per kv head, H head dim, F MLP hidden, V vocab.
+
+Weights keep the Hugging Face `[out, in]` layout (q: [N, H, D], gate: [F, D], ...): loading is a
+reshape, never a transpose, and decode-shaped matmuls read `[out, in]` weights faster on CPU
+(PLATFORM.md). Every parameter carries `logical_axes` metadata that `mesh.py` maps to mesh axes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from rlvr_jax.model.arch import Arch
+
+_INIT_STD = 0.02
+
+
+@struct.dataclass
+class LayerCache:
+    k: jax.Array  # [B, S, K, H]
+    v: jax.Array  # [B, S, K, H]
+
+
+KVCache = tuple[LayerCache, ...]
+
+
+def _param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dtype: jnp.dtype,
+           fill: float | None = None) -> nnx.Param:
+    """A parameter with logical axis names; random normal unless `fill` is given."""
+    if fill is not None:
+        value = jnp.full(shape, fill, dtype)
+    else:
+        value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, size: int, eps: float, param_dtype: jnp.dtype):
+        self.scale = _param(None, (size,), ("norm",), param_dtype, fill=1.0)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Normalise in f32 like the reference, then scale in the compute dtype.
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def rope_inv_freq(arch: Arch) -> np.ndarray:
+    """Inverse frequencies [H/2], with Llama 3 frequency-dependent scaling when configured."""
+    h = arch.head_dim
+    inv = 1.0 / (arch.rope_theta ** (np.arange(0, h, 2, dtype=np.float64) / h))
+    sc = arch.rope_scaling
+    if sc is None:
+        return inv.astype(np.float32)
+    low_wavelen = sc.original_max_position_embeddings / sc.low_freq_factor
+    high_wavelen = sc.original_max_position_embeddings / sc.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
+    smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
+        sc.high_freq_factor - sc.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate-half RoPE on x [B, T, heads, H] at integer positions [B, T]."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype, dtype: jnp.dtype):
+        n, k, h, d = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size
+        self.q = _param(rngs, (n, h, d), ("q_heads", "head_dim", "embed"), param_dtype)
+        self.k = _param(rngs, (k, h, d), ("kv_heads", "head_dim", "embed"), param_dtype)
+        self.v = _param(rngs, (k, h, d), ("kv_heads", "head_dim", "embed"), param_dtype)
+        self.o = _param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), param_dtype)
+        if arch.qkv_bias:
+            self.q_bias = _param(None, (n, h), ("q_heads", "head_dim"), param_dtype, fill=0.0)
+            self.k_bias = _param(None, (k, h), ("kv_heads", "head_dim"), param_dtype, fill=0.0)
+            self.v_bias = _param(None, (k, h), ("kv_heads", "head_dim"), param_dtype, fill=0.0)
+        if arch.o_bias:
+            self.o_bias = _param(None, (d,), ("embed",), param_dtype, fill=0.0)
+        if arch.qk_norm:
+            self.q_norm = RMSNorm(h, arch.rms_norm_eps, param_dtype)
+            self.k_norm = RMSNorm(h, arch.rms_norm_eps, param_dtype)
+        self.arch = arch
+        self.dtype = dtype
+
+    def _project(self, x: jax.Array, name: str) -> jax.Array:
+        w = getattr(self, name)[...].astype(self.dtype)
+        y = jnp.einsum("btd,nhd->btnh", x, w)
+        if self.arch.qkv_bias:
+            y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
+        return y
+
+    def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array,
+                 cache: LayerCache | None, index: jax.Array | int) -> tuple[jax.Array, LayerCache | None]:
+        """x [B, T, D] at cache slots index..index+T-1; key_mask [B, S] marks slots holding tokens."""
+        q, k, v = (self._project(x, name) for name in ("q", "k", "v"))
+        if self.arch.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = rope_inv_freq(self.arch)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if cache is not None:
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start)
+            cache = LayerCache(k=k, v=v)
+        out = _attend(q, k.astype(self.dtype), v.astype(self.dtype), key_mask, index)
+        y = jnp.einsum("btnh,dnh->btd", out, self.o[...].astype(self.dtype))
+        if self.arch.o_bias:
+            y = y + self.o_bias[...].astype(self.dtype)
+        return y, cache
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, index: jax.Array | int) -> jax.Array:
+    """Causal GQA attention of q [B, T, N, H] over k, v [B, S, K, H]; softmax in f32."""
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    qg = q.reshape(b, t, kv_heads, n // kv_heads, h)
+    scores = jnp.einsum("btkrh,bskh->bkrts", qg, k).astype(jnp.float32) / math.sqrt(h)
+    query_slot = index + jnp.arange(t)
+    causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]  # [T, S]
+    mask = causal[None, :, :] & key_mask[:, None, :].astype(bool)  # [B, T, S]
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkrts,bskh->btkrh", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+class MLP(nnx.Module):
+    def __init__(self, arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype, dtype: jnp.dtype):
+        d, f = arch.hidden_size, arch.intermediate_size
+        self.gate = _param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+        self.up = _param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+        self.down = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        if arch.mlp_bias:
+            self.gate_bias = _param(None, (f,), ("mlp",), param_dtype, fill=0.0)
+            self.up_bias = _param(None, (f,), ("mlp",), param_dtype, fill=0.0)
+            self.down_bias = _param(None, (d,), ("embed",), param_dtype, fill=0.0)
+        self.bias = arch.mlp_bias
+        self.dtype = dtype
+
+    def _linear(self, x: jax.Array, name: str, spec: str) -> jax.Array:
+        y = jnp.einsum(spec, x, getattr(self, name)[...].astype(self.dtype))
+        return y + getattr(self, f"{name}_bias")[...].astype(self.dtype) if self.bias else y
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = jax.nn.silu(self._linear(x, "gate", "btd,fd->btf")) * self._linear(x, "up", "btd,fd->btf")
+        return self._linear(hidden, "down", "btf,df->btd")
+
+
+class Block(nnx.Module):
+    def __init__(self, arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype, dtype: jnp.dtype):
+        self.attn_norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, param_dtype)
+        self.attn = Attention(arch, rngs, param_dtype, dtype)
+        self.mlp_norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, param_dtype)
+        self.mlp = MLP(arch, rngs, param_dtype, dtype)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: LayerCache | None,
+                 index: jax.Array | int) -> tuple[jax.Array, LayerCache | None]:
+        attn_out, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, index)
+        x = x + attn_out
+        return x + self.mlp(self.mlp_norm(x)), cache
+
+
+def _run_block(block: Block, x, positions, key_mask, cache, index):
+    return block(x, positions, key_mask, cache, index)
+
+
+class Decoder(nnx.Module):
+    """Token ids -> f32 logits, optionally through a KV cache."""
+
+    def __init__(self, arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype = jnp.float32,
+                 dtype: jnp.dtype = jnp.float32, remat: bool = False):
+        self.embed = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
+        self.layers = nnx.List([Block(arch, rngs, param_dtype, dtype) for _ in range(arch.num_layers)])
+        self.final_norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, param_dtype)
+        if not arch.tie_word_embeddings:
+            self.lm_head = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
+        self.arch = arch
+        self.dtype = dtype
+        self.remat = remat
+
+    def hidden_states(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
+                      cache: KVCache | None = None, index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D] (and the updated cache)."""
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        run = nnx.remat(_run_block) if self.remat else _run_block
+        new_cache = []
+        for i, block in enumerate(self.layers):
+            x, layer_cache = run(block, x, positions, key_mask, None if cache is None else cache[i], index)
+            new_cache.append(layer_cache)
+        return self.final_norm(x), (None if cache is None else tuple(new_cache))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """f32 logits [B, T, V] from hidden states [B, T, D]."""
+        head = self.embed if self.arch.tie_word_embeddings else self.lm_head
+        return jnp.einsum("btd,vd->btv", hidden, head[...].astype(self.dtype)).astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
+                 cache: KVCache | None = None, index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
+        hidden, cache = self.hidden_states(tokens, positions, key_mask, cache, index)
+        return self.logits(hidden), cache
+
+
+def init_cache(arch: Arch, batch: int, slots: int, dtype: jnp.dtype) -> KVCache:
+    shape = (batch, slots, arch.num_kv_heads, arch.head_dim)
+    return tuple(LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)) for _ in range(arch.num_layers))
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Positions [B, T] for a left-padded batch: the first real token is at 0, padding at 0."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)

@@ -1,0 +1,100 @@
+"""Tokenizers through `transformers.AutoTokenizer`, prompt rendering, and static-shape batches.
+
+Toy tasks get a real byte-level BPE tokenizer trained locally with the `tokenizers` library and
+wrapped in `PreTrainedTokenizerFast`, so they run exactly the code path of a real checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+# ChatML, the template of the Qwen family; used for locally built tokenizers.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder that cannot be used; the message names the folder and the fix."""
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TokenizerError(f"tokenizer folder {folder} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise TokenizerError(f"{folder}: cannot load a tokenizer ({err}); it needs tokenizer.json or "
+                             "the files of a Hugging Face tokenizer") from err
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise TokenizerError(f"{folder}: the tokenizer has neither a pad nor an eos token; set pad_token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def render_prompt(tok: Any, text: str, use_chat_template: bool = True, plain_template: str = "{prompt}") -> str:
+    """The string the policy sees: chat template with a generation prompt when present."""
+    if use_chat_template and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True)
+    return plain_template.replace("{prompt}", text)
+
+
+def encode_left_padded(tok: Any, texts: Sequence[str], max_len: int | None = None,
+                       truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and mask [B, P], left padded to `max_len` (or the longest prompt)."""
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    longest = max(len(x) for x in ids)
+    width = max_len or longest
+    if longest > width and not truncate:
+        raise ValueError(f"a prompt has {longest} tokens, more than max_prompt_len={width}; raise the limit "
+                         "or set data.long_prompt=truncate")
+    out = np.full((len(ids), width), tok.pad_token_id, np.int32)
+    mask = np.zeros((len(ids), width), np.int32)
+    for row, x in enumerate(ids):
+        x = x[-width:]  # keep the end of the prompt: the generation prompt must survive truncation
+        out[row, width - len(x):] = x
+        mask[row, width - len(x):] = 1
+    return out, mask
+
+
+def stop_token_ids(tok: Any, extra: Iterable[int] = ()) -> tuple[int, ...]:
+    """EOS plus the chat end-of-turn token when the vocabulary has one."""
+    ids = {i for i in extra}
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    end_turn = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else None
+    if end_turn is not None:
+        ids.add(int(end_turn))
+    return tuple(sorted(ids))
+
+
+def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | Path | None = None,
+                        chat_template: str | None = CHATML_TEMPLATE) -> Any:
+    """Train a byte-level BPE on `corpus` and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|pad|>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"], padding_side="left")
+    if chat_template:
+        tok.chat_template = chat_template
+    if out_dir is not None:
+        tok.save_pretrained(str(out_dir))
+    return tok

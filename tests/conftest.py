@@ -1,0 +1,29 @@
+"""Test setup: 8 fake CPU devices (set before anything imports jax) and shared tiny fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from tests import hf_fixtures  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A byte-level BPE tokenizer (vocab 320, ChatML template) saved as a transformers folder."""
+    return hf_fixtures.make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session", params=sorted(hf_fixtures.TINY_CONFIGS))
+def hf_model_dir(request, tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random torch model per family (qwen2, llama with llama3 rope, qwen3), saved HF-style."""
+    return hf_fixtures.make_hf_model(request.param, tmp_path_factory.mktemp(request.param), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return hf_fixtures.make_hf_model("qwen2", tmp_path_factory.mktemp("qwen2_single"), tiny_tokenizer_dir)
