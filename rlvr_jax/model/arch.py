@@ -43,7 +43,7 @@ class Arch:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     qkv_bias: bool = False  # Qwen2: always; Llama/Qwen3: `attention_bias`
-    o_bias: bool = False  # Llama `attention_bias` also biases o_proj
+    o_bias: bool = False  # Llama/Qwen3 `attention_bias` also biases o_proj
     mlp_bias: bool = False  # Llama `mlp_bias`
     qk_norm: bool = False  # Qwen3 RMSNorm over head_dim on q and k
     max_position_embeddings: int = 32768
@@ -63,7 +63,8 @@ class Arch:
         d, f, n, k, h, v = (self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
                             self.head_dim, self.vocab_size)
         attn = d * h * (2 * n + 2 * k) + (h * (n + 2 * k) if self.qkv_bias else 0) + (2 * h if self.qk_norm else 0)
-        layer = attn + 3 * d * f + 2 * d
+        attn += d if self.o_bias else 0
+        layer = attn + 3 * d * f + (2 * f + d if self.mlp_bias else 0) + 2 * d
         return self.num_layers * layer + v * d * (1 if self.tie_word_embeddings else 2) + d
 
     @classmethod
@@ -99,7 +100,7 @@ class Arch:
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
-            o_bias=attention_bias if model_type == "llama" else False,
+            o_bias=attention_bias if model_type in ("llama", "qwen3") else False,
             mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
             qk_norm=model_type == "qwen3",
             max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),

@@ -1,0 +1,32 @@
+"""Contracts between pipeline stages: small typed pytrees with their shapes in the annotations.
+
+Alphabet: B prompts, G samples per prompt, P prompt tokens, M new tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import struct
+
+
+@struct.dataclass
+class PromptBatch:
+    tokens: jax.Array  # i32[B, P], left padded
+    mask: jax.Array  # i32[B, P], 1 on real tokens
+    index: jax.Array  # i32[B], global prompt index: seeds each prompt's sampling stream
+
+
+@struct.dataclass
+class Rollout:
+    prompt_tokens: jax.Array  # i32[B*G, P], prompt b repeated G times (row b*G + g)
+    prompt_mask: jax.Array  # i32[B*G, P]
+    tokens: jax.Array  # i32[B*G, M], pad after the stop token
+    mask: jax.Array  # i32[B*G, M], 1 on generated tokens (the stop token included)
+    lengths: jax.Array  # i32[B*G], generated tokens per sequence
+    eos: jax.Array  # bool[B*G], True: stopped on a stop id; False: hit max_new_tokens
+    logp: jax.Array  # f32[B*G, M], log pi(y_t) under the un-tempered policy (PPO's logp_old)
+    logp_sample: jax.Array  # f32[B*G, M], log-prob under the sampling distribution (T, top-p, top-k)
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return ["eos" if bool(e) else "length" for e in jax.device_get(self.eos)]

@@ -1,0 +1,212 @@
+"""The KV-cache sampler against uncached forwards, its RNG contract, stopping, filtering, sharding."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlvr_jax import cli
+from rlvr_jax.config import MeshConfig
+from rlvr_jax.mesh import ROLLOUT_RULES, make_mesh
+from rlvr_jax.model import forward, from_pretrained
+from rlvr_jax.rollout import SamplingParams, filter_logits, make_sampler, sample_tokens
+from rlvr_jax.tokenizer import encode_left_padded, load_tokenizer
+from rlvr_jax.types import PromptBatch
+
+PAD, EOS = 1, 0
+M = 7  # new tokens
+PROMPTS = np.array([[PAD, PAD, PAD, 5, 6, 7, 8], [2, 3, 4, 5, 6, 7, 9], [PAD, 11, 12, 13, 14, 15, 16],
+                    [PAD, PAD, PAD, PAD, PAD, 40, 41]], np.int32)
+
+
+def _batch(tokens=PROMPTS, start=0):
+    return PromptBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray((tokens != PAD).astype(np.int32)),
+                       index=jnp.arange(start, start + len(tokens)))
+
+
+@pytest.fixture(scope="module")
+def single(qwen2_dir):
+    mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+    arch, graphdef, params = from_pretrained(qwen2_dir, mesh, ROLLOUT_RULES)
+    return mesh, arch, graphdef, params
+
+
+@pytest.fixture(scope="module")
+def samplers(single):
+    mesh, arch, graphdef, params = single
+    make = lambda **kw: make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES,  # noqa: E731
+                                     SamplingParams(max_new_tokens=M, pad_id=PAD, **kw))
+    return {
+        "greedy": make(temperature=0.0, stop_on_eos=False),
+        "sample": make(temperature=0.8, group_size=3, stop_on_eos=False),
+        "topk1": make(temperature=1.0, top_k=1, stop_on_eos=False),
+    }
+
+
+def _full_logp(single, rollout):
+    """log-softmax of one uncached forward over prompt + completion, at the completion's positions."""
+    _, _, graphdef, params = single
+    tokens = np.concatenate([rollout.prompt_tokens, rollout.tokens], axis=1)
+    mask = np.concatenate([rollout.prompt_mask, rollout.mask], axis=1)
+    logits = np.asarray(forward(graphdef, params, tokens, mask))
+    p = rollout.prompt_tokens.shape[1]
+    return np.asarray(jax.nn.log_softmax(logits[:, p - 1:-1], axis=-1))
+
+
+def test_greedy_cache_equals_uncached_argmax(single, samplers):
+    rollout = jax.device_get(samplers["greedy"](single[3], _batch(), jax.random.key(0)))
+    logp = _full_logp(single, rollout)
+    np.testing.assert_array_equal(rollout.tokens, logp.argmax(-1))
+    assert (rollout.lengths == M).all() and not rollout.eos.any()
+    np.testing.assert_array_equal(rollout.logp_sample, 0.0)
+
+
+def test_recorded_logp_equals_full_forward(single, samplers):
+    rollout = jax.device_get(samplers["sample"](single[3], _batch(), jax.random.key(3)))
+    logp = _full_logp(single, rollout)
+    taken = np.take_along_axis(logp, rollout.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(rollout.logp, taken, atol=1e-5)
+    # The sampling distribution at T=0.8 (no filter) is log_softmax(logits / T), derivable from logp.
+    tempered = np.asarray(jax.nn.log_softmax(logp / 0.8, axis=-1))
+    np.testing.assert_allclose(rollout.logp_sample, np.take_along_axis(tempered, rollout.tokens[..., None], -1)[..., 0],
+                               atol=1e-5)
+    # Row b*G + g belongs to prompt b.
+    np.testing.assert_array_equal(rollout.prompt_tokens, np.repeat(PROMPTS, 3, axis=0))
+
+
+def test_seeds_reproduce_and_differ(single, samplers):
+    run = lambda seed: jax.device_get(samplers["sample"](single[3], _batch(), jax.random.key(seed)).tokens)  # noqa: E731
+    a, b, c = run(1), run(1), run(2)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).mean() > 0.5
+    # The G samples of one prompt differ from each other.
+    assert len({tuple(r) for r in a[:3]}) == 3
+
+
+def test_prompt_stream_independent_of_batch(single, samplers):
+    """A prompt draws the same tokens whatever batch it sits in: keys fold in the global index."""
+    whole = jax.device_get(samplers["sample"](single[3], _batch(), jax.random.key(5)).tokens)
+    tail = jax.device_get(samplers["sample"](single[3], _batch(PROMPTS[2:], start=2), jax.random.key(5)).tokens)
+    np.testing.assert_array_equal(whole[6:], tail)
+
+
+def test_top_k_one_is_greedy(single, samplers):
+    greedy = jax.device_get(samplers["greedy"](single[3], _batch(), jax.random.key(0)).tokens)
+    topk = jax.device_get(samplers["topk1"](single[3], _batch(), jax.random.key(9)).tokens)
+    np.testing.assert_array_equal(greedy, topk)
+
+
+def test_stop_token_ends_sequence_and_masks_rest(single):
+    mesh, arch, graphdef, params = single
+    greedy = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES,
+                          SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_on_eos=False))
+    free = jax.device_get(greedy(params, _batch(), jax.random.key(0)))
+    stop = int(free.tokens[0, 2])  # the third greedy token of row 0 becomes a stop id
+    stopping = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES,
+                            SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_ids=(stop,)))
+    out = jax.device_get(stopping(params, _batch(), jax.random.key(0)))
+    for row in range(len(PROMPTS)):
+        hits = np.flatnonzero(free.tokens[row] == stop)
+        length = hits[0] + 1 if hits.size else M
+        assert out.lengths[row] == length and bool(out.eos[row]) == bool(hits.size)
+        np.testing.assert_array_equal(out.tokens[row, :length], free.tokens[row, :length])
+        np.testing.assert_array_equal(out.tokens[row, length:], PAD)
+        np.testing.assert_array_equal(out.mask[row], np.arange(M) < length)
+        np.testing.assert_array_equal(out.logp[row, length:], 0.0)
+    assert out.lengths[0] <= 3 and out.finish_reasons[0] == "eos"
+
+
+def test_decode_exits_early_when_all_done(single):
+    """With every sequence stopped after its first token, the while_loop runs no decode step."""
+    from flax import nnx
+
+    from rlvr_jax.rollout import decode, prefill
+
+    mesh, arch, graphdef, params = single
+    first = jax.device_get(make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, SamplingParams(
+        max_new_tokens=1, temperature=0.0, pad_id=PAD))(params, _batch(), jax.random.key(0)).tokens[:, 0])
+    sp = SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_ids=tuple(sorted(set(first.tolist()))))
+    @jax.jit
+    def run(params, prompts):
+        model = nnx.merge(graphdef, params)
+        state = decode(model, prefill(model, prompts, jax.random.key(0), sp), sp)
+        return state.step, state.done.all()
+
+    step, all_done = run(params, _batch())
+    assert int(step) == 1 and bool(all_done)
+
+
+def _reference_set(logits, top_k, top_p):
+    order = np.argsort(-logits, kind="stable")
+    keep = np.zeros(logits.shape, bool)
+    probs = np.exp(logits[order] - logits.max())
+    probs /= probs.sum()
+    if top_k:
+        keep[order[:top_k]] = True
+        return keep
+    n = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+    keep[order[:n]] = True
+    return keep
+
+
+@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.5), (0, 0.9)])
+def test_filtering_never_samples_outside_the_set(top_k, top_p):
+    logits = jax.random.normal(jax.random.key(0), (16, 50)) * 3
+    sp = SamplingParams(max_new_tokens=1, temperature=1.0, top_k=top_k, top_p=top_p)
+    keys = jax.random.split(jax.random.key(1), 16)
+    draws = jax.jit(jax.vmap(lambda step: sample_tokens(logits, keys, step, sp)[0]))(jnp.arange(400))
+    draws = np.asarray(draws)
+    filtered = np.isfinite(np.asarray(filter_logits(logits, sp)))
+    for row in range(16):
+        allowed = _reference_set(np.asarray(logits[row]), top_k, top_p)
+        np.testing.assert_array_equal(filtered[row], allowed)
+        assert allowed[draws[:, row]].all()
+        assert len(set(draws[:, row])) > 1 or allowed.sum() == 1
+
+
+def test_sharded_sampling_equals_single_device(qwen2_dir, single, samplers):
+    mesh8 = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    arch, graphdef, params8 = from_pretrained(qwen2_dir, mesh8, ROLLOUT_RULES)
+    sharded = make_sampler(arch, graphdef, params8, mesh8, ROLLOUT_RULES,
+                           SamplingParams(max_new_tokens=M, temperature=0.8, group_size=3, pad_id=PAD,
+                                          stop_on_eos=False))
+    out8 = jax.device_get(sharded(params8, _batch(), jax.random.key(11)))
+    out1 = jax.device_get(samplers["sample"](single[3], _batch(), jax.random.key(11)))
+    np.testing.assert_array_equal(out8.tokens, out1.tokens)
+    np.testing.assert_allclose(out8.logp, out1.logp, atol=1e-5)
+
+
+def test_generate_cli_greedy_equals_transformers(qwen2_dir, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompts = ["What is 12 + 30?", "Hello"]
+    assert cli.main(["generate", "--model", str(qwen2_dir), "--raw", "--temperature", "0", "--max-new-tokens",
+                     "12"] + sum((["--prompt", p] for p in prompts), [])) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    tok = load_tokenizer(qwen2_dir)
+    ids, mask = encode_left_padded(tok, prompts)
+    model = AutoModelForCausalLM.from_pretrained(str(qwen2_dir), dtype=torch.float32).eval()
+    stop = [EOS, tok.convert_tokens_to_ids("<|im_end|>")]
+    with torch.no_grad():
+        ref = model.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask), do_sample=False,
+                             max_new_tokens=12, eos_token_id=stop, pad_token_id=PAD)[:, ids.shape[1]:].numpy()
+    for row, out in zip(ref, rows):
+        expected = row.tolist()
+        for i, t in enumerate(expected):
+            if t in stop:
+                expected = expected[: i + 1]
+                break
+        assert out["token_ids"] == expected
+        assert out["finish_reason"] == ("eos" if expected[-1] in stop else "length")
+        assert out["completion"] == tok.decode(expected, skip_special_tokens=True)
+
+
+def test_generate_cli_rejects_bad_arguments(qwen2_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--top-p"):
+        cli.main(["generate", "--model", str(qwen2_dir), "--prompt", "x", "--top-p", "0"])
+    with pytest.raises(SystemExit, match="config.json"):
+        cli.main(["generate", "--model", str(tmp_path), "--tokenizer", str(qwen2_dir), "--prompt", "x"])
