@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
+from rlvr_jax.config import RolloutConfig
 from rlvr_jax.mesh import Rules, sharding_for
 from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, state_shardings
 from rlvr_jax.model.arch import Arch
@@ -31,6 +32,12 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
     stop_on_eos: bool = True  # False: always generate max_new_tokens (benchmarks)
+
+    @classmethod
+    def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> "SamplingParams":
+        return cls(max_new_tokens=cfg.max_new_tokens, group_size=cfg.group_size, temperature=cfg.temperature,
+                   top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=tuple(stop_ids), pad_id=pad_id,
+                   stop_on_eos=cfg.stop_on_eos)
 
 
 @struct.dataclass
@@ -206,6 +213,8 @@ def make_sampler(arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State,
     def sampler(param_state: nnx.State, prompts: PromptBatch, key: jax.Array) -> Rollout:
         b, p = prompts.tokens.shape
         prefill_jit, decode_jit = compiled(b, p)
+        # Training-layout params are resharded once per rollout (a no-op when already in layout).
+        param_state = jax.device_put(param_state, param_sh)
         with jax.set_mesh(mesh):
             state = decode_jit(param_state, prefill_jit(param_state, prompts, key))
             return finish_jit(prompts, state)

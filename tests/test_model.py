@@ -240,7 +240,9 @@ def test_bf16_params_close_to_f32(hf_model_dir, single, mesh1, dtype):
 
 
 def test_init_params_sharded(mesh8):
-    arch = Arch.from_hf(dict(hf_fixtures.TINY_CONFIGS["qwen3"], model_type="qwen3", attention_bias=True))
+    # One layer holds every parameter kind (qk-norm, q/k/v/o biases, untied head) and compiles faster.
+    arch = Arch.from_hf(dict(hf_fixtures.TINY_CONFIGS["qwen3"], model_type="qwen3", attention_bias=True,
+                             num_hidden_layers=1))
     graphdef, state = init_params(arch, mesh8, TRAIN_RULES, jax.random.key(0))
     abstract = abstract_model(arch)[1]
     expected = _flat(state_shardings(abstract, mesh8, TRAIN_RULES))
@@ -248,22 +250,22 @@ def test_init_params_sharded(mesh8):
     params = _flat(state)
     assert set(params) == set(expected)
     for name, value in params.items():
-        assert value.sharding == expected[name], name
+        # jit may normalise P(None,) to P(): compare the device layouts, not the spec spelling.
+        assert value.sharding.is_equivalent_to(expected[name], value.ndim), name
         assert (value.shape, value.dtype) == shapes[name], name
-    assert not params["embed"].sharding.is_fully_replicated
+    assert params["embed"].sharding.spec == jax.P("tensor", "fsdp")
+    assert params["layers.0.attn.q"].sharding.spec == jax.P("tensor", None, "fsdp")
     assert {s.data.shape for s in params["embed"].addressable_shards} == {(arch.vocab_size // 2, arch.hidden_size // 2)}
     # Norm scales start at one, biases at zero, matrices ~ N(0, 0.02).
     np.testing.assert_array_equal(np.asarray(params["final_norm.scale"]), 1.0)
     np.testing.assert_array_equal(np.asarray(params["layers.0.attn.q_norm.scale"]), 1.0)
-    np.testing.assert_array_equal(np.asarray(params["layers.1.attn.k_bias"]), 0.0)
-    for name in ("embed", "lm_head", "layers.0.attn.q", "layers.1.mlp.down"):
+    np.testing.assert_array_equal(np.asarray(params["layers.0.attn.k_bias"]), 0.0)
+    np.testing.assert_array_equal(np.asarray(params["layers.0.attn.o_bias"]), 0.0)
+    for name in ("embed", "lm_head", "layers.0.attn.q", "layers.0.mlp.down"):
         assert 0.015 < float(np.asarray(params[name]).std()) < 0.025, name
-    assert not np.array_equal(np.asarray(params["layers.0.attn.q"]), np.asarray(params["layers.1.attn.q"]))
-    # Deterministic in the key.
-    _, again = init_params(arch, mesh8, TRAIN_RULES, jax.random.key(0))
-    _, other = init_params(arch, mesh8, TRAIN_RULES, jax.random.key(1))
-    assert np.array_equal(np.asarray(_flat(again)["embed"]), np.asarray(params["embed"]))
-    assert not np.array_equal(np.asarray(_flat(other)["embed"]), np.asarray(params["embed"]))
+    assert not np.array_equal(np.asarray(params["layers.0.attn.q"])[:2], np.asarray(params["layers.0.attn.k"]))
+    # (Each init_params call compiles afresh, ~10 s of XLA:CPU time for the RNG ops, so key
+    # determinism is not checked here.)
     logits = _logits(graphdef, state)
     assert logits.shape == (*TOKENS.shape, arch.vocab_size) and np.isfinite(logits).all()
     assert np.abs(logits[REAL]).max() > 0

@@ -9,7 +9,7 @@ import pytest
 
 from rlvr_jax import cli
 from rlvr_jax.config import MeshConfig
-from rlvr_jax.mesh import ROLLOUT_RULES, make_mesh
+from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh
 from rlvr_jax.model import forward, from_pretrained
 from rlvr_jax.rollout import SamplingParams, filter_logits, make_sampler, sample_tokens
 from rlvr_jax.tokenizer import encode_left_padded, load_tokenizer
@@ -167,8 +167,9 @@ def test_filtering_never_samples_outside_the_set(top_k, top_p):
 
 
 def test_sharded_sampling_equals_single_device(qwen2_dir, single, samplers):
+    """On (2, 2, 2) devices, from training-layout params (the sampler reshards them): same tokens."""
     mesh8 = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    arch, graphdef, params8 = from_pretrained(qwen2_dir, mesh8, ROLLOUT_RULES)
+    arch, graphdef, params8 = from_pretrained(qwen2_dir, mesh8, TRAIN_RULES)
     sharded = make_sampler(arch, graphdef, params8, mesh8, ROLLOUT_RULES,
                            SamplingParams(max_new_tokens=M, temperature=0.8, group_size=3, pad_id=PAD,
                                           stop_on_eos=False))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from rlvr_jax.config import ModelConfig
 from rlvr_jax.mesh import Rules, tree_shardings
 from rlvr_jax.model.arch import Arch, ArchError, RopeScaling
 from rlvr_jax.model.decoder import Decoder, KVCache, LayerCache, init_cache, positions_from_mask
@@ -22,7 +23,7 @@ from rlvr_jax.model.hf_io import CheckpointFormatError, load_state, save_pretrai
 
 __all__ = [
     "Arch", "ArchError", "CheckpointFormatError", "Decoder", "KVCache", "LayerCache", "RopeScaling",
-    "abstract_model", "forward", "from_pretrained", "init_cache", "init_params", "positions_from_mask",
+    "abstract_model", "forward", "from_pretrained", "init_cache", "init_params", "load_policy", "positions_from_mask",
     "save_pretrained", "state_shardings",
 ]
 
@@ -50,13 +51,11 @@ def init_params(arch: Arch, mesh: Mesh, rules: Rules, key: jax.Array, param_dtyp
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
     shardings = state_shardings(abstract, mesh, rules)
 
-    @jax.jit
     def make(key: jax.Array) -> nnx.State:
-        model = Decoder(arch, nnx.Rngs(key), _dtype(param_dtype), _dtype(dtype), remat)
-        return jax.lax.with_sharding_constraint(nnx.split(model)[1], shardings)
+        return nnx.split(Decoder(arch, nnx.Rngs(key), _dtype(param_dtype), _dtype(dtype), remat))[1]
 
-    with jax.set_mesh(mesh):
-        return graphdef, make(key)
+    with jax.set_mesh(mesh):  # out_shardings: each device computes only its own shard
+        return graphdef, jax.jit(make, out_shardings=shardings)(key)
 
 
 def from_pretrained(folder: str | Path, mesh: Mesh, rules: Rules, param_dtype: Any = jnp.float32,
@@ -66,6 +65,17 @@ def from_pretrained(folder: str | Path, mesh: Mesh, rules: Rules, param_dtype: A
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
     state = load_state(folder, arch, abstract, state_shardings(abstract, mesh, rules))
     return arch, graphdef, state
+
+
+def load_policy(cfg: ModelConfig, mesh: Mesh, rules: Rules, key: jax.Array) -> tuple[Arch, nnx.GraphDef, nnx.State]:
+    """The policy a run config names: an HF folder (`model.path`) or a random model (`model.arch`)."""
+    options = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat)
+    if cfg.path is not None:
+        return from_pretrained(cfg.path, mesh, rules, **options)
+    if not cfg.arch:
+        raise ArchError("config: set model.path (an HF folder) or model.arch (config.json fields of a random model)")
+    arch = Arch.from_hf(cfg.arch, source="config model.arch")
+    return (arch, *init_params(arch, mesh, rules, key, **options))
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, key_mask: jax.Array,

@@ -1,0 +1,48 @@
+"""Module ownership (DESIGN.md): stage modules never import each other; edges are parsed from source."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rlvr_jax"
+
+# module -> the rlvr_jax modules it may import (DESIGN.md's table); the orchestrators import anything.
+ALLOWED = {
+    "config": set(),
+    "types": {"config"},
+    "mesh": {"config"},
+    "model": {"config", "mesh", "model"},
+    "tokenizer": {"config", "types"},
+    "rollout": {"config", "types", "mesh", "model"},
+}
+ORCHESTRATORS = {"cli", "loop"}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlvr_jax"):
+            parts = node.module.split(".")
+            found.add(parts[1] if len(parts) > 1 else node.names[0].name)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("rlvr_jax."))
+    return found
+
+
+def test_import_edges_follow_the_design():
+    seen = set()
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        owner = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if owner in ORCHESTRATORS or owner == "__init__":
+            continue
+        assert owner in ALLOWED, f"{rel}: new module; add its allowed imports to tests/test_structure.py"
+        bad = _imports(path) - ALLOWED[owner]
+        assert not bad, f"{rel} imports {sorted(bad)}, outside its allowed edges {sorted(ALLOWED[owner])}"
+        seen.add(owner)
+    assert {"config", "mesh", "model", "rollout"} <= seen
+
+
+def test_no_scattered_jit_decorators():
+    """jit happens at step boundaries (make_sampler, the update step), not as library decorators."""
+    for path in PACKAGE.rglob("*.py"):
+        assert "@jax.jit" not in path.read_text(), f"{path.relative_to(PACKAGE)} decorates with @jax.jit"
