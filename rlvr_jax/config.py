@@ -205,6 +205,8 @@ class LossConfig(_Section):
     aggregation: _mode(Aggregation) = Aggregation.token_mean
     max_len_norm: int | None = None
     """Constant length for seq_mean_token_sum_norm; default rollout.max_new_tokens."""
+    logits_chunk: int = Field(default=0, ge=0)
+    """Compute logits/log-softmax over this many tokens at a time (0: all at once); bounds [B, T, V] memory."""
 
 
 class OptimConfig(_Section):

@@ -30,3 +30,17 @@ class Rollout:
     @property
     def finish_reasons(self) -> list[str]:
         return ["eos" if bool(e) else "length" for e in jax.device_get(self.eos)]
+
+
+@struct.dataclass
+class TrainBatch:
+    """What the update step reads: one rollout batch with its advantages (N = B*G rows)."""
+
+    prompt_tokens: jax.Array  # i32[N, P]
+    prompt_mask: jax.Array  # i32[N, P]
+    tokens: jax.Array  # i32[N, M]
+    mask: jax.Array  # i32[N, M], 1 on tokens that count in the loss
+    logp_old: jax.Array  # f32[N, M], log pi_old(y_t) recorded by the sampler
+    adv: jax.Array  # f32[N], advantage of each rollout
+    weight: jax.Array  # f32[N], 1 for rollouts that count in the loss normaliser
+    logp_ref: jax.Array | None = None  # f32[N, M] under the frozen reference (only when kl_beta > 0)

@@ -13,6 +13,7 @@ ALLOWED = {
     "model": {"config", "mesh", "model"},
     "tokenizer": {"config", "types"},
     "rollout": {"config", "types", "mesh", "model"},
+    "loss": {"config", "types", "model"},
 }
 ORCHESTRATORS = {"cli", "loop"}
 

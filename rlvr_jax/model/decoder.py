@@ -211,15 +211,25 @@ class Decoder(nnx.Module):
             new_cache.append(layer_cache)
         return self.final_norm(x), (None if cache is None else tuple(new_cache))
 
+    def head_weight(self) -> jax.Array:
+        """The output projection [V, D] in the compute dtype (the embedding when tied)."""
+        head = self.embed if self.arch.tie_word_embeddings else self.lm_head
+        return head[...].astype(self.dtype)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """f32 logits [B, T, V] from hidden states [B, T, D]."""
-        head = self.embed if self.arch.tie_word_embeddings else self.lm_head
-        return jnp.einsum("btd,vd->btv", hidden, head[...].astype(self.dtype)).astype(jnp.float32)
+        return head_logits(hidden, self.head_weight())
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
                  cache: KVCache | None = None, index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
         hidden, cache = self.hidden_states(tokens, positions, key_mask, cache, index)
         return self.logits(hidden), cache
+
+
+def head_logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """Logits [B, T, V] in at least f32 (bf16 compute still gets f32 log-softmax)."""
+    logits = jnp.einsum("btd,vd->btv", hidden, head)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 def init_cache(arch: Arch, batch: int, slots: int, dtype: jnp.dtype) -> KVCache:

@@ -1,0 +1,181 @@
+"""Policy losses against analytic gradients, finite differences and hand-computed tables."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlvr_jax.config import Aggregation, KLEstimator, LossConfig, MeshConfig, PolicyObjective
+from rlvr_jax.loss import (combine_terms, completion_logp_entropy, finalize_metrics, kl_penalty, normaliser,
+                           policy_loss, ppo_token_loss, row_contributions, token_logp_entropy)
+from rlvr_jax.mesh import TRAIN_RULES, make_mesh
+from rlvr_jax.model import Arch, init_params
+from rlvr_jax.types import TrainBatch
+
+
+def _batch(tokens, mask, logp_old, adv, weight=None, logp_ref=None, prompt_width=1):
+    n = len(tokens)
+    return TrainBatch(prompt_tokens=jnp.full((n, prompt_width), 3, jnp.int32),
+                      prompt_mask=jnp.ones((n, prompt_width), jnp.int32), tokens=jnp.asarray(tokens, jnp.int32),
+                      mask=jnp.asarray(mask, jnp.int32), logp_old=jnp.asarray(logp_old, jnp.float32),
+                      adv=jnp.asarray(adv, jnp.float32),
+                      weight=jnp.ones(n, jnp.float32) if weight is None else jnp.asarray(weight, jnp.float32),
+                      logp_ref=None if logp_ref is None else jnp.asarray(logp_ref, jnp.float32))
+
+
+def _loss_from_logits(logits, batch, cfg, max_len=None):
+    """Loss with logits given directly (head = identity, hidden = logits)."""
+    v = logits.shape[-1]
+    logp, ent = token_logp_entropy(logits, jnp.eye(v, dtype=logits.dtype), batch.tokens)
+    norm = normaliser(batch.mask, batch.weight, cfg.aggregation)
+    return policy_loss(logp, ent, batch, cfg, max_len or batch.tokens.shape[1], norm)[0]
+
+
+def test_one_position_gradient_is_analytic():
+    """At ratio 1 with token_mean: dL/dz_v = -A (1[v=y] - pi_v), the update of ALGORITHMS.md section 1."""
+    z = jnp.array([[[0.3, -1.2, 2.0, 0.5, 0.0]]])
+    pi = np.asarray(jax.nn.softmax(z[0, 0]))
+    for y, a in [(2, 1.5), (1, -0.7)]:
+        logp_old = np.log(pi[y])
+        batch = _batch([[y]], [[1]], [[logp_old]], [a])
+        grad = jax.grad(_loss_from_logits)(z, batch, LossConfig())[0, 0]
+        expected = -a * (np.eye(5)[y] - pi)
+        np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
+def test_zero_advantage_rows_get_exactly_zero_gradient():
+    """negative_only sets positive advantages to 0: those rollouts contribute exactly nothing."""
+    logits = jax.random.normal(jax.random.key(0), (3, 4, 6))
+    tokens = np.array([[1, 2, 3, 4], [5, 0, 1, 2], [2, 2, 2, 2]])
+    logp_old = np.asarray(jax.nn.log_softmax(logits))[np.arange(3)[:, None], np.arange(4), tokens] + 0.05
+    batch = _batch(tokens, np.ones((3, 4)), logp_old, [min(1.2, 0.0), -0.8, min(0.4, 0.0)])
+    grad = jax.grad(_loss_from_logits)(logits, batch, LossConfig(dual_clip=3.0, entropy_coef=0.0))
+    assert np.all(np.asarray(grad[0]) == 0.0) and np.all(np.asarray(grad[2]) == 0.0)
+    assert np.abs(np.asarray(grad[1])).max() > 1e-3
+
+
+@pytest.mark.parametrize("cfg", [
+    LossConfig(eps_low=0.1, eps_high=0.3, dual_clip=2.0, kl_beta=0.1, kl_estimator=KLEstimator.k3, entropy_coef=0.01),
+    LossConfig(objective=PolicyObjective.gspo, aggregation=Aggregation.seq_mean_token_mean, kl_beta=0.05,
+               kl_estimator=KLEstimator.k2),
+    LossConfig(aggregation=Aggregation.seq_mean_token_sum_norm, kl_beta=0.2, kl_estimator=KLEstimator.k1),
+])
+def test_full_loss_matches_finite_differences(cfg):
+    with jax.enable_x64(True):
+        logits = jax.random.normal(jax.random.key(1), (3, 4, 5), jnp.float64)
+        tokens = np.array([[1, 2, 3, 4], [0, 0, 1, 2], [2, 4, 2, 0]])
+        mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+        rng = np.random.default_rng(0)
+        logp_now = np.asarray(jax.nn.log_softmax(logits))[np.arange(3)[:, None], np.arange(4), tokens]
+        # Old and reference log-probs off the current ones: ratios inside and outside the clip range.
+        batch = _batch(tokens, mask, logp_now + rng.normal(0, 0.3, (3, 4)), [0.9, -1.1, 0.4],
+                       logp_ref=logp_now + rng.normal(0, 0.2, (3, 4)))
+        batch = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, batch)
+        f = lambda z: _loss_from_logits(z, batch, cfg, max_len=6)  # noqa: E731
+        grad = np.asarray(jax.grad(f)(logits))
+        direction = np.asarray(jax.random.normal(jax.random.key(2), logits.shape, jnp.float64))
+        eps = 1e-6
+        fd = (f(logits + eps * direction) - f(logits - eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(fd, np.sum(grad * direction), rtol=1e-6, atol=1e-9)
+
+
+def test_aggregation_modes_by_hand():
+    per_token = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0], [6.0, 0.0, 0.0]])
+    mask = jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    weight = jnp.array([1.0, 1.0, 0.0])  # the third rollout is dropped (NSR/PSR subsetting)
+    agg = lambda mode, w=weight: float(jnp.sum(row_contributions(per_token, mask, w, mode, 4))  # noqa: E731
+                                       / normaliser(mask, w, mode))
+    # token_mean over kept tokens: (1+2+3+4+5) / 5
+    assert agg(Aggregation.token_mean) == pytest.approx(15 / 5)
+    # seq_mean_token_mean: mean over kept rows of per-row means: (2 + 4.5) / 2
+    assert agg(Aggregation.seq_mean_token_mean) == pytest.approx(3.25)
+    # seq_mean_token_sum_norm (Dr.GRPO): (6/4 + 9/4) / 2
+    assert agg(Aggregation.seq_mean_token_sum_norm) == pytest.approx(1.875)
+    # loss_denominator=all: every rollout counts: (1+...+6) / 6
+    assert agg(Aggregation.token_mean, jnp.ones(3)) == pytest.approx(21 / 6)
+
+
+def test_kl_estimators_by_hand():
+    logp, logp_ref = jnp.array([np.log(0.5)]), jnp.array([np.log(0.25)])  # p = 0.5, q = 0.25
+    assert float(kl_penalty(logp, logp_ref, KLEstimator.k1)[0]) == pytest.approx(np.log(2))
+    assert float(kl_penalty(logp, logp_ref, KLEstimator.k2)[0]) == pytest.approx(0.5 * np.log(2) ** 2)
+    assert float(kl_penalty(logp, logp_ref, KLEstimator.k3)[0]) == pytest.approx(0.5 - 1 - np.log(0.5))
+
+
+def test_ppo_clip_table_by_hand():
+    logp_old = jnp.zeros((1, 4))
+    ratios = np.array([0.5, 0.9, 1.1, 1.5])
+    logp = jnp.log(jnp.asarray(ratios))[None]
+    cfg = LossConfig(eps_low=0.2, eps_high=0.28)
+    loss_pos, _, act_pos = ppo_token_loss(logp, logp_old, jnp.array([2.0]), cfg)
+    # A > 0: -min(w A, clip(w) A) = -A * min(w, clip(w)): 0.5 -> -1.0, 0.9 -> -1.8, 1.1 -> -2.2, 1.5 -> -2.56
+    np.testing.assert_allclose(loss_pos[0], [-1.0, -1.8, -2.2, -2.56], rtol=1e-6)
+    np.testing.assert_array_equal(act_pos[0], [False, False, False, True])
+    loss_neg, _, act_neg = ppo_token_loss(logp, logp_old, jnp.array([-1.0]), cfg)
+    # A < 0: -min(-w, -clip(w)) = max(w, clip(w)): 0.5 -> 0.8, 0.9 -> 0.9, 1.1 -> 1.1, 1.5 -> 1.5
+    np.testing.assert_allclose(loss_neg[0], [0.8, 0.9, 1.1, 1.5], rtol=1e-6)
+    np.testing.assert_array_equal(act_neg[0], [True, False, False, False])
+    dual, _, _ = ppo_token_loss(logp, logp_old, jnp.array([-1.0]), LossConfig(dual_clip=1.2))
+    # dual clip caps the negative-advantage loss at -c A = 1.2
+    np.testing.assert_allclose(dual[0], [0.8, 0.9, 1.1, 1.2], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    arch = Arch(model_type="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                num_kv_heads=1, head_dim=8, qkv_bias=True, tie_word_embeddings=True)
+    mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+    graphdef, state = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0))
+    return graphdef, state
+
+
+def _model_loss(tiny_policy, batch, chunk=0):
+    from flax import nnx
+
+    graphdef, state = tiny_policy
+    cfg = LossConfig(logits_chunk=chunk)
+
+    def f(state):
+        logp, ent = completion_logp_entropy(nnx.merge(graphdef, state), batch, chunk)
+        return policy_loss(logp, ent, batch, cfg, batch.tokens.shape[1],
+                           normaliser(batch.mask, batch.weight, cfg.aggregation))
+
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(state)
+
+
+def test_padding_does_not_change_the_loss(tiny_policy):
+    tokens = np.array([[5, 6, 7], [8, 9, 10]])
+    base = _batch(tokens, [[1, 1, 1], [1, 1, 0]], np.full((2, 3), -3.0), [1.0, -0.5], prompt_width=2)
+    padded = base.replace(
+        prompt_tokens=jnp.concatenate([jnp.full((2, 3), 1, jnp.int32), base.prompt_tokens], axis=1),
+        prompt_mask=jnp.concatenate([jnp.zeros((2, 3), jnp.int32), base.prompt_mask], axis=1),
+        tokens=jnp.concatenate([base.tokens, jnp.full((2, 2), 1, jnp.int32)], axis=1),
+        mask=jnp.concatenate([base.mask, jnp.zeros((2, 2), jnp.int32)], axis=1),
+        logp_old=jnp.concatenate([base.logp_old, jnp.zeros((2, 2))], axis=1))
+    (l0, _), g0 = _model_loss(tiny_policy, base)
+    (l1, _), g1 = _model_loss(tiny_policy, padded)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_chunked_logits_equal_unchunked(tiny_policy):
+    tokens = np.arange(14).reshape(2, 7) + 3
+    batch = _batch(tokens, np.ones((2, 7)), np.full((2, 7), -3.5), [0.7, -1.3], prompt_width=2)
+    (l0, m0), g0 = _model_loss(tiny_policy, batch)
+    (l1, m1), g1 = _model_loss(tiny_policy, batch, chunk=3)  # 7 is not a multiple of 3: padding path
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    np.testing.assert_allclose(m0["sum/entropy"], m1["sum/entropy"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_metrics_split_by_sign_and_combine():
+    logp_old = jnp.zeros((2, 2))
+    logp = jnp.log(jnp.array([[1.5, 1.0], [0.5, 1.0]]))
+    batch = _batch([[1, 2], [3, 4]], [[1, 1], [1, 1]], logp_old, [1.0, -1.0], weight=[1.0, 0.0])
+    _, terms = policy_loss(logp, jnp.zeros((2, 2)), batch, LossConfig(), 2, jnp.array(1.0))
+    m = finalize_metrics(combine_terms(terms, terms))
+    assert float(m["clip_frac/pos"]) == 0.5 and float(m["clip_frac/neg"]) == 0.5
+    assert float(m["ratio/min"]) == pytest.approx(0.5) and float(m["ratio/max"]) == pytest.approx(1.5)
+    assert float(m["tokens"]) == 8 and float(m["tokens_kept"]) == 4
