@@ -112,17 +112,23 @@ def sharding_for(names: Sequence[str | None], mesh: Mesh, rules: Rules,
     return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
 
 
-def tree_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Shardings for a tree of NNX Variables that carry `logical_axes` metadata."""
+def tree_shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Shardings for a tree: NNX Variables by their `logical_axes` metadata, other leaves replicated.
+
+    Optimizer moments made by `jax.tree.map` over an nnx.State keep the Variables' metadata, so a
+    whole TrainState (params, Adam moments, counters) gets its layout from one call.
+    """
     from flax import nnx
 
-    def one(var: Any) -> Any:
-        names = getattr(var, "logical_axes", None)
+    def one(leaf: Any) -> Any:
+        if not isinstance(leaf, nnx.Variable):
+            return NamedSharding(mesh, PartitionSpec())
+        names = getattr(leaf, "logical_axes", None)
         if names is None:
-            raise ValueError(f"parameter of shape {var.shape} has no logical_axes metadata")
-        return var.replace(sharding_for(names, mesh, rules, var.shape))
+            raise ValueError(f"parameter of shape {leaf.shape} has no logical_axes metadata")
+        return leaf.replace(sharding_for(names, mesh, rules, leaf.shape))
 
-    return jax.tree.map(one, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

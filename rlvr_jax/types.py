@@ -5,6 +5,8 @@ Alphabet: B prompts, G samples per prompt, P prompt tokens, M new tokens, V voca
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from flax import struct
 
@@ -44,3 +46,14 @@ class TrainBatch:
     adv: jax.Array  # f32[N], advantage of each rollout
     weight: jax.Array  # f32[N], 1 for rollouts that count in the loss normaliser
     logp_ref: jax.Array | None = None  # f32[N, M] under the frozen reference (only when kl_beta > 0)
+
+
+@struct.dataclass
+class TrainState:
+    """Everything the next update reads (and a checkpoint must hold)."""
+
+    params: Any  # nnx.State of the policy
+    opt_state: Any  # optax state
+    step: jax.Array  # i32[]: update calls done (one per rollout batch)
+    key: jax.Array  # the train-purpose key; folded with step, never split in place
+    skipped: jax.Array  # i32[]: optimizer steps skipped for non-finite gradients

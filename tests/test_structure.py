@@ -13,7 +13,10 @@ ALLOWED = {
     "model": {"config", "mesh", "model"},
     "tokenizer": {"config", "types"},
     "rollout": {"config", "types", "mesh", "model"},
+    "advantage": {"config", "types"},
+    "bandit": {"config", "types", "advantage"},
     "loss": {"config", "types", "model"},
+    "update": {"config", "types", "mesh", "loss", "model"},
 }
 ORCHESTRATORS = {"cli", "loop"}
 
