@@ -131,5 +131,21 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
     return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+# Activations: batch over data x fsdp, heads / MLP hidden / vocab over tensor (Megatron-style).
+ACTIVATION_RULES: Rules = {**TRAIN_RULES, "embed": None}
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's layout under the mesh in context (`jax.set_mesh`); a no-op without one.
+
+    Guides GSPMD where propagation alone picks a layout that needs a full rematerialisation
+    (e.g. after the embedding gather from a vocab x fsdp sharded table).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, ACTIVATION_RULES, x.shape, mesh))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from rlvr_jax.mesh import constrain
 from rlvr_jax.model.arch import Arch
 
 _INIT_STD = 0.02
@@ -108,7 +109,7 @@ class Attention(nnx.Module):
         y = jnp.einsum("btd,nhd->btnh", x, w)
         if self.arch.qkv_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
-        return y
+        return constrain(y, ("batch", None, "q_heads" if name == "q" else "kv_heads", None))
 
     def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array,
                  cache: LayerCache | None, index: jax.Array | int) -> tuple[jax.Array, LayerCache | None]:
@@ -128,7 +129,7 @@ class Attention(nnx.Module):
         y = jnp.einsum("btnh,dnh->btd", out, self.o[...].astype(self.dtype))
         if self.arch.o_bias:
             y = y + self.o_bias[...].astype(self.dtype)
-        return y, cache
+        return constrain(y, ("batch", None, None)), cache
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, index: jax.Array | int) -> jax.Array:
@@ -165,7 +166,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden = jax.nn.silu(self._linear(x, "gate", "btd,fd->btf")) * self._linear(x, "up", "btd,fd->btf")
-        return self._linear(hidden, "down", "btf,df->btd")
+        hidden = constrain(hidden, ("batch", None, "mlp"))
+        return constrain(self._linear(hidden, "down", "btf,df->btd"), ("batch", None, None))
 
 
 class Block(nnx.Module):
@@ -203,7 +205,10 @@ class Decoder(nnx.Module):
     def hidden_states(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
                       cache: KVCache | None = None, index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D] (and the updated cache)."""
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        # Gather D in full first (the FSDP weight all-gather): a lookup from a D-sharded table would
+        # come out sharded on D and need a full rematerialisation to reach the batch layout.
+        table = constrain(self.embed[...], ("vocab", None))
+        x = constrain(jnp.take(table, tokens, axis=0).astype(self.dtype), ("batch", None, None))
         run = nnx.remat(_run_block) if self.remat else _run_block
         new_cache = []
         for i, block in enumerate(self.layers):
