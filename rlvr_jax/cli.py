@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from rlvr_jax.bandit import add_bandit_parser, run_bandit
+
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample completions from a Hugging Face-format model folder",
@@ -83,12 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr-jax", description="RLVR training for LLMs in JAX/Flax NNX.")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
+    add_bandit_parser(sub)
     sub.add_parser("train", help="RL training (arrives with issue 4)", add_help=True)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "generate":
+    commands = {"generate": run_generate, "bandit": run_bandit}
+    if args.command in commands:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return run_generate(args)
+        return commands[args.command](args)
     return run_not_yet(args.command, 4)
 
 

@@ -1,0 +1,178 @@
+"""Advantages from group rewards: baseline x sign filter (ALGORITHMS.md section 2).
+
+Every function here is pure jnp over `rewards: f32[B, G]` (B prompts, G rollouts each) and jit-safe.
+The config is static: jit `advantages` with the config closed over (`functools.partial`) or marked
+static (`AdvantageConfig` is frozen and hashable), never traced.
+
+Non-finite rewards are a bug upstream (a verifier or a format reward), never a signal. They cannot
+raise inside jit, so the contract is two-sided: callers run `check_rewards` on the host before the
+jitted step (a clear error naming the first bad cell), and `advantages` itself turns every group
+holding a NaN or inf into NaN advantages, so a caller that skips the check gets a NaN loss that the
+writers' NaN guard reports, not silently zeroed rollouts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax.config import AdvantageConfig, Estimator, LossDenominator, SignFilter, StdMode
+
+Array = jax.Array
+
+# Estimators that compare a rollout with its group: with G = 1 there is nothing to compare with
+# (GRPO and Dr.GRPO give 0 for every rollout, RLOO divides by G - 1 = 0), so G = 1 is an error.
+# The absolute estimators (NSR, PSR, W-REINFORCE) score each rollout on its own: G = 1 is fine.
+GROUP_RELATIVE = frozenset({Estimator.grpo, Estimator.drgrpo, Estimator.rloo})
+
+
+# --- host-side check ------------------------------------------------------------------------------
+
+
+def check_rewards(rewards: np.ndarray | Array) -> None:
+    """Raise ValueError unless `rewards` is a finite f32[B, G] array; run on the host before jit."""
+    r = np.asarray(rewards)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be [B, G] (prompts x group_size), got shape {r.shape}")
+    bad = np.argwhere(~np.isfinite(r))
+    if bad.size:
+        row, col = (int(i) for i in bad[0])
+        raise ValueError(f"reward at row {row}, col {col} (prompt {row}, rollout {col}) is {r[row, col]}; "
+                         f"{len(bad)} non-finite reward(s) in total: fix the verifier or reward function")
+
+
+# --- baseline (group-relative) estimators ---------------------------------------------------------
+
+
+def _all_equal(rewards: Array) -> Array:
+    """bool[B, 1]: every reward of the group is the same finite value.
+
+    Tested explicitly because r - mean(r) is not always exactly 0 in f32 (mean of three 0.1 is not
+    0.1), and GRPO would blow that rounding up by 1/eps. An all-inf group is not "equal": it must
+    come out NaN like any other non-finite group.
+    """
+    hi = jnp.max(rewards, axis=-1, keepdims=True)
+    lo = jnp.min(rewards, axis=-1, keepdims=True)
+    return (hi == lo) & jnp.isfinite(hi)
+
+
+def grpo(rewards: Array, std: StdMode = StdMode.population, eps: float = 1e-6) -> Array:
+    """GRPO: A_i = (r_i - mean(r)) / (std(r) + eps); all-equal groups get exactly 0.
+
+    std is the population std (divide by G) or the unbiased one (divide by G - 1).
+    """
+    ddof = 1 if std == StdMode.unbiased else 0
+    centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
+    adv = centred / (jnp.std(rewards, axis=-1, keepdims=True, ddof=ddof) + eps)
+    return jnp.where(_all_equal(rewards), 0.0, adv)
+
+
+def drgrpo(rewards: Array) -> Array:
+    """Dr.GRPO: A_i = r_i - mean(r) (no std division); all-equal groups get exactly 0."""
+    adv = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
+    return jnp.where(_all_equal(rewards), 0.0, adv)
+
+
+def rloo(rewards: Array) -> Array:
+    """RLOO: A_i = r_i - mean_{j != i} r_j = r_i - (sum(r) - r_i) / (G - 1); all-equal groups get 0."""
+    g = rewards.shape[-1]
+    others = (jnp.sum(rewards, axis=-1, keepdims=True) - rewards) / (g - 1)
+    return jnp.where(_all_equal(rewards), 0.0, rewards - others)
+
+
+# --- absolute estimators (no baseline; Zhu et al.) ------------------------------------------------
+
+
+def is_correct(rewards: Array, threshold: float) -> Array:
+    """bool[B, G]: r_i >= threshold (NaN counts as incorrect; `advantages` turns it into NaN)."""
+    return rewards >= threshold
+
+
+def nsr(rewards: Array, threshold: float = 1.0) -> Array:
+    """Negative sample reinforcement: A_i = -1 if incorrect else 0 (all-wrong groups still get -1)."""
+    return jnp.where(is_correct(rewards, threshold), 0.0, -1.0).astype(rewards.dtype)
+
+
+def psr(rewards: Array, threshold: float = 1.0) -> Array:
+    """Positive sample reinforcement: A_i = +1 if correct else 0."""
+    return jnp.where(is_correct(rewards, threshold), 1.0, 0.0).astype(rewards.dtype)
+
+
+def w_reinforce(rewards: Array, threshold: float = 1.0, w_lambda: float = 0.1) -> Array:
+    """Weighted REINFORCE: A_i = +lambda if correct else -1."""
+    return jnp.where(is_correct(rewards, threshold), w_lambda, -1.0).astype(rewards.dtype)
+
+
+# --- sign filter and loss weights -----------------------------------------------------------------
+
+_ESTIMATORS: dict[Estimator, Callable[[Array, AdvantageConfig], Array]] = {
+    Estimator.grpo: lambda r, cfg: grpo(r, cfg.std, cfg.eps),
+    Estimator.drgrpo: lambda r, cfg: drgrpo(r),
+    Estimator.rloo: lambda r, cfg: rloo(r),
+    Estimator.nsr: lambda r, cfg: nsr(r, cfg.correct_threshold),
+    Estimator.psr: lambda r, cfg: psr(r, cfg.correct_threshold),
+    Estimator.w_reinforce: lambda r, cfg: w_reinforce(r, cfg.correct_threshold, cfg.w_lambda),
+}
+
+# full: A; negative_only: min(A, 0) (GRPO-N, "relative negative gradients"); positive_only: max(A, 0).
+_SIGN_FILTERS: dict[SignFilter, Callable[[Array], Array]] = {
+    SignFilter.full: lambda a: a,
+    SignFilter.negative_only: lambda a: jnp.minimum(a, 0.0),
+    SignFilter.positive_only: lambda a: jnp.maximum(a, 0.0),
+}
+
+
+def loss_weight(rewards: Array, cfg: AdvantageConfig) -> Array:
+    """f32[B, G]: 1 on the rollouts that count in the loss normaliser, else 0.
+
+    NSR and PSR train on a subset of the batch (the paper drops the other rollouts), so with
+    `loss_denominator=kept` their token mean divides by the kept rollouts only: NSR keeps the
+    incorrect ones, PSR the correct ones. Every other estimator, and `loss_denominator=all`, keeps
+    every rollout (a sign filter zeroes advantages but does not shrink the denominator).
+    """
+    ones = jnp.ones_like(rewards)
+    if cfg.loss_denominator == LossDenominator.all:
+        return ones
+    correct = is_correct(rewards, cfg.correct_threshold)
+    if cfg.estimator == Estimator.nsr:
+        return jnp.where(correct, 0.0, 1.0).astype(rewards.dtype)
+    if cfg.estimator == Estimator.psr:
+        return correct.astype(rewards.dtype)
+    return ones
+
+
+def _check_shape(rewards: Array, cfg: AdvantageConfig) -> None:
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must be [B, G] (prompts x group_size), got shape {rewards.shape}")
+    if rewards.shape[-1] < 2 and cfg.estimator in GROUP_RELATIVE:
+        raise ValueError(f"estimator {cfg.estimator.value!r} compares rollouts within a group and needs "
+                         f"group_size >= 2, got group_size {rewards.shape[-1]}; use more samples per "
+                         f"prompt or an absolute estimator (nsr, psr, w_reinforce)")
+
+
+def advantages(rewards: Array, cfg: AdvantageConfig) -> tuple[Array, Array]:
+    """(adv f32[B, G], weight f32[B, G]) for rewards f32[B, G].
+
+    adv = sign_filter(estimator(r)): the estimator sees the FULL group, then the filter clips, so
+    under GRPO-N a wrong rollout keeps the -sqrt(p / (1 - p)) it has in its full binary group.
+    A group with any NaN/inf reward gets NaN advantages (see the module docstring).
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    _check_shape(rewards, cfg)
+    adv = _SIGN_FILTERS[cfg.sign](_ESTIMATORS[cfg.estimator](rewards, cfg))
+    finite = jnp.all(jnp.isfinite(rewards), axis=-1, keepdims=True)
+    return jnp.where(finite, adv, jnp.nan), loss_weight(rewards, cfg)
+
+
+def group_stats(rewards: Array, threshold: float = 1.0) -> dict[str, Array]:
+    """Batch ratios as f32 scalars on device: correct rollouts / B*G, all-correct groups / B,
+    all-wrong groups / B (correct means r >= threshold)."""
+    correct = is_correct(rewards, threshold)
+    return {
+        "correct_ratio": jnp.mean(correct.astype(jnp.float32)),
+        "all_correct_ratio": jnp.mean(jnp.all(correct, axis=-1).astype(jnp.float32)),
+        "all_wrong_ratio": jnp.mean(jnp.all(~correct, axis=-1).astype(jnp.float32)),
+    }
