@@ -157,21 +157,25 @@ def batch_shardings(batch: TrainBatch, mesh: Mesh, rules: Rules) -> TrainBatch:
     return jax.tree.map(one, batch, is_leaf=lambda x: x is None)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: UpdateSpec, state: TrainState,
-                    mesh: Mesh, rules: Rules) -> Callable[[TrainState, TrainBatch], tuple[TrainState, dict]]:
-    """Jit `train_step` once with explicit in/out shardings, donating the state."""
+def jit_step(fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: TrainState, mesh: Mesh,
+             rules: Rules) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Jit `fn(state, batch)` once per batch shape with explicit in/out shardings, donating the state."""
     state_sh = tree_shardings(state, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
-    compiled: dict[Any, Callable] = {}
+    compiled: dict[str, Callable] = {}
 
-    def step(state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
-        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), batch)
-        key = str(shapes)
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        key = str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))
         if key not in compiled:
-            fn = lambda s, b: train_step(s, b, graphdef, tx, spec)  # noqa: E731
             compiled[key] = jax.jit(fn, in_shardings=(state_sh, batch_shardings(batch, mesh, rules)),
                                     out_shardings=(state_sh, replicated), donate_argnums=0)
         with jax.set_mesh(mesh):
             return compiled[key](state, batch)
 
     return step
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: UpdateSpec, state: TrainState,
+                    mesh: Mesh, rules: Rules) -> Callable[[TrainState, TrainBatch], tuple[TrainState, dict]]:
+    """The RL update step, jitted at this boundary."""
+    return jit_step(lambda s, b: train_step(s, b, graphdef, tx, spec), state, mesh, rules)

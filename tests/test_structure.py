@@ -17,8 +17,11 @@ ALLOWED = {
     "bandit": {"config", "types", "advantage"},
     "loss": {"config", "types", "model"},
     "update": {"config", "types", "mesh", "loss", "model"},
+    "dynamics": {"types", "model"},
+    "writers": {"config"},
+    "sft": {"config", "types", "loss", "tokenizer"},
 }
-ORCHESTRATORS = {"cli", "loop"}
+ORCHESTRATORS = {"cli", "loop", "warmstart"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,0 +1,92 @@
+"""Host-side metric sinks: metrics.jsonl always, TensorBoard optionally; one-step-late device fetch.
+
+Metrics arrive as flat dicts of device scalars. `LateWriter.push(step, metrics)` keeps step k's
+arrays and fetches them only when step k+1 is pushed, so the host never waits for the device in the
+middle of a step (maxtext's metric_logger does the same). Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def to_host(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
+    """Device scalars -> JSON-safe Python numbers; non-finite values become None with a warning."""
+    fetched = jax.device_get(dict(metrics))
+    out: dict[str, float | int | None] = {}
+    for key, value in fetched.items():
+        value = np.asarray(value)
+        if value.size != 1:
+            continue  # arrays (histograms) go to dedicated sinks, not the scalar log
+        number = value.item()
+        if isinstance(number, float) and not math.isfinite(number):
+            log.warning("metric %s is %s", key, number)
+            out[key] = None
+        else:
+            out[key] = number
+    return out
+
+
+class MetricWriter:
+    """Append-only metrics.jsonl (+ TensorBoard events) in the run directory."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, step: int, row: Mapping[str, float | int | None]) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps({"step": step, **row}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if value is not None:
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class LateWriter:
+    """Writes step k's device metrics when step k+1 arrives (or at flush)."""
+
+    def __init__(self, writer: MetricWriter):
+        self.writer = writer
+        self._pending: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+        self.last: dict[str, Any] = {}
+
+    def push(self, step: int, device_metrics: Mapping[str, Any], host_metrics: Mapping[str, Any]) -> None:
+        self.flush()
+        self._pending = (step, dict(device_metrics), dict(host_metrics))
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step, device_metrics, host_metrics = self._pending
+        self._pending = None
+        row = {**to_host(device_metrics), **to_host(host_metrics)}
+        self.last = {"step": step, **row}
+        self.writer.write(step, row)
