@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rlvr_jax.bandit import add_bandit_parser, run_bandit
@@ -76,9 +77,30 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_not_yet(name: str, issue: int) -> int:
-    print(f"rlvr-jax {name}: not available yet; it arrives with issue {issue}.", file=sys.stderr)
-    return 2
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "toy_strategy.yaml"
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="RL training (default: the toy strategy task on CPU)",
+                       description="Train with a YAML config plus dotted overrides, e.g. advantage.sign=negative_only.")
+    p.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    p.add_argument("--run-dir", type=Path, default=None, help="output folder (default: runs/<run.name>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rlvr_jax.config import ConfigError, load_config
+
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else Path("configs/toy_strategy.yaml"))
+    overrides = list(args.overrides) + ([f"run.run_dir={args.run_dir}"] if args.run_dir else [])
+    try:
+        cfg = load_config(path, overrides)
+    except ConfigError as err:
+        raise SystemExit(f"rlvr-jax train: {err}") from None
+    from rlvr_jax.loop import train
+
+    train(cfg)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,14 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     add_bandit_parser(sub)
-    sub.add_parser("train", help="RL training (arrives with issue 4)", add_help=True)
-    args, rest = parser.parse_known_args(argv)
-    commands = {"generate": run_generate, "bandit": run_bandit}
-    if args.command in commands:
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return commands[args.command](args)
-    return run_not_yet(args.command, 4)
+    _train_parser(sub)
+    args = parser.parse_args(argv)
+    commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,17 @@ class DataConfig(_Section):
     """Template used without a chat template; {prompt} is replaced by the problem text."""
 
 
+class WarmstartConfig(_Section):
+    enabled: bool = False
+    """Build the base policy by supervised training on the task's warm-start traces (toy_strategy)."""
+    steps: int = Field(default=300, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=3e-3, gt=0.0)
+    prior: list[float] = Field(default_factory=lambda: [0.30, 0.02, 0.68])
+    """Strategy prior of the traces (S1, S2, S3)."""
+    traces: int = Field(default=4096, ge=1)
+
+
 class RolloutConfig(_Section):
     group_size: int = Field(default=8, ge=1)
     """G: samples per prompt."""
@@ -261,6 +272,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     mesh: MeshConfig = MeshConfig()
     data: DataConfig = DataConfig()
+    warmstart: WarmstartConfig = WarmstartConfig()
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     advantage: AdvantageConfig = AdvantageConfig()
@@ -302,9 +314,13 @@ def parse_yaml_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config; a top-level `base: other.yaml` (relative to this file) is loaded first and
+    this file's keys are merged over it, so recipes share one base instead of copies."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path}: `base` chain loops back to itself")
     try:
         data = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
@@ -313,7 +329,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: `base` must be a file name, got {base!r}")
+    return _deep_merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), data)
+
+
+def _deep_merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(under)
+    for key, value in over.items():
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both_maps else value
+    return out
 
 
 def apply_override(tree: dict[str, Any], override: str) -> dict[str, Any]:

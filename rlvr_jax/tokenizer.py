@@ -6,6 +6,7 @@ wrapped in `PreTrainedTokenizerFast`, so they run exactly the code path of a rea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -24,13 +25,11 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(folder: str | Path) -> Any:
-    from transformers import AutoTokenizer
-
     folder = Path(folder)
     if not folder.is_dir():
         raise TokenizerError(f"tokenizer folder {folder} does not exist")
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        tok = _generic_class(folder).from_pretrained(str(folder))
     except (OSError, ValueError) as err:
         raise TokenizerError(f"{folder}: cannot load a tokenizer ({err}); it needs tokenizer.json or "
                              "the files of a Hugging Face tokenizer") from err
@@ -40,6 +39,27 @@ def load_tokenizer(folder: str | Path) -> Any:
             raise TokenizerError(f"{folder}: the tokenizer has neither a pad nor an eos token; set pad_token")
         tok.pad_token = tok.eos_token
     return tok
+
+
+_GENERIC_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def _generic_class(folder: Path) -> Any:
+    """AutoTokenizer, unless the folder's tokenizer says it is a plain tokenizers-library tokenizer.
+
+    transformers 5 picks the tokenizer class from config.json's model_type when a model sits in the
+    same folder; for a locally trained BPE saved beside a qwen2 model, that swaps in Qwen2's digit-
+    splitting pre-tokenizer and silently changes every token id. A tokenizer saved as the generic
+    class is loaded as exactly what tokenizer.json says.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = folder / "tokenizer_config.json"
+    try:
+        declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    except json.JSONDecodeError as err:
+        raise TokenizerError(f"{config} is not valid JSON: {err}") from err
+    return PreTrainedTokenizerFast if declared in _GENERIC_CLASSES else AutoTokenizer
 
 
 def render_prompt(tok: Any, text: str, use_chat_template: bool = True, plain_template: str = "{prompt}") -> str:
@@ -95,6 +115,22 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | P
                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"], padding_side="left")
     if chat_template:
         tok.chat_template = chat_template
+    if out_dir is not None:
+        tok.save_pretrained(str(out_dir))
+    return tok
+
+
+def build_bpe_tokenizer_with_special_tokens(corpus: Iterable[str], vocab_size: int, extra_special: Sequence[str],
+                                            out_dir: str | Path | None = None,
+                                            chat_template: str | None = CHATML_TEMPLATE) -> Any:
+    """`build_bpe_tokenizer` plus `extra_special` tokens, each one id that BPE never splits.
+
+    The BPE is trained to `vocab_size - len(extra_special)` so the whole vocabulary stays within
+    `vocab_size`; the extra tokens take the ids after it.
+    """
+    tok = build_bpe_tokenizer(corpus, vocab_size - len(extra_special), None, chat_template)
+    # transformers 5 calls the list `extra_special_tokens` (4.x: additional_special_tokens); extend it.
+    tok.add_special_tokens({"extra_special_tokens": list(extra_special)}, replace_extra_special_tokens=False)
     if out_dir is not None:
         tok.save_pretrained(str(out_dir))
     return tok

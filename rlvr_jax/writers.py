@@ -39,14 +39,15 @@ def to_host(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
 class MetricWriter:
     """Append-only metrics.jsonl (+ TensorBoard events) in the run directory."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None,
+                 append: bool = False):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a")
+        self._file = self.path.open("a" if append else "w")  # append: a resumed run continues the file
         if tensorboard:
             from tensorboardX import SummaryWriter
 

@@ -12,6 +12,7 @@ ALLOWED = {
     "mesh": {"config"},
     "model": {"config", "mesh", "model"},
     "tokenizer": {"config", "types"},
+    "data": {"config", "types", "tokenizer", "data"},
     "rollout": {"config", "types", "mesh", "model"},
     "advantage": {"config", "types"},
     "bandit": {"config", "types", "advantage"},
@@ -20,6 +21,7 @@ ALLOWED = {
     "dynamics": {"types", "model"},
     "writers": {"config"},
     "sft": {"config", "types", "loss", "tokenizer"},
+    "rewards": {"config", "types", "rewards"},
 }
 ORCHESTRATORS = {"cli", "loop", "warmstart"}
 

@@ -71,11 +71,23 @@ def load_policy(cfg: ModelConfig, mesh: Mesh, rules: Rules, key: jax.Array) -> t
     """The policy a run config names: an HF folder (`model.path`) or a random model (`model.arch`)."""
     options = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat)
     if cfg.path is not None:
+        if cfg.arch:  # recipes state the architecture they were sized for: catch a wrong checkpoint early
+            check_arch_matches(Arch.from_hf(cfg.arch, source="config model.arch"), Arch.from_dir(cfg.path), cfg.path)
         return from_pretrained(cfg.path, mesh, rules, **options)
     if not cfg.arch:
         raise ArchError("config: set model.path (an HF folder) or model.arch (config.json fields of a random model)")
     arch = Arch.from_hf(cfg.arch, source="config model.arch")
     return (arch, *init_params(arch, mesh, rules, key, **options))
+
+
+def check_arch_matches(expected: Arch, found: Arch, folder: str) -> None:
+    import dataclasses
+
+    skip = {"bos_token_id", "eos_token_ids", "pad_token_id"}  # token ids may legitimately differ by release
+    diff = [f"{f.name}: config {getattr(expected, f.name)!r} vs {folder} {getattr(found, f.name)!r}"
+            for f in dataclasses.fields(Arch) if f.name not in skip and getattr(expected, f.name) != getattr(found, f.name)]
+    if diff:
+        raise ArchError("model.arch does not match the checkpoint's config.json:\n  " + "\n  ".join(diff))
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, key_mask: jax.Array,

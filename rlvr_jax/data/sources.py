@@ -1,0 +1,76 @@
+"""The task registry: build a task's dataset offline (once) and open a split as a random-access source.
+
+Builders are not registered in TFDS's global registry (a name such as `math` or `gsm8k` could clash
+with another package's); this module is the one place that maps task names to builder classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from rlvr_jax.data import arithmetic, common, official, toy_strategy
+
+TASKS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    "toy_strategy": toy_strategy.ToyStrategy,
+    "arithmetic": arithmetic.Arithmetic,
+    "gsm8k": official.Gsm8k,
+    "math": official.Math,
+}
+MANUAL_HELP = {"gsm8k": official.GSM8K_HELP, "math": official.MATH_HELP}
+# Without a data_dir, TFDS's own default (~/tensorflow_datasets or $TFDS_DATA_DIR) is used.
+
+
+def task_builder(task: str, data_dir: str | Path | None = None, **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `task` whose config holds `builder_kwargs` (not built yet)."""
+    if task not in TASKS:
+        raise common.DataError(f"unknown task {task!r}; valid tasks: {sorted(TASKS)}")
+    builder_cls = TASKS[task]
+    config = common.make_config(builder_cls, **builder_kwargs)
+    return builder_cls(config=config, data_dir=None if data_dir is None else str(data_dir),
+                       file_format="array_record")
+
+
+def build_task(task: str, data_dir: str | Path | None = None, manual_dir: str | Path | None = None,
+               **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
+    """Build `task` into `data_dir` unless it is already there (offline: generators and manual files only)."""
+    builder = task_builder(task, data_dir, **builder_kwargs)
+    if _is_built(builder):
+        return builder  # reading a built dataset needs neither the manual files nor a generator run
+    if task in MANUAL_HELP and manual_dir is None:
+        raise common.DataError(f"task {task!r} is built from local files: set data.manual_dir and "
+                               f"{MANUAL_HELP[task]}")
+    if task in MANUAL_HELP and not Path(manual_dir).is_dir():
+        raise common.DataError(f"data.manual_dir {manual_dir} does not exist: {MANUAL_HELP[task]}")
+    # Multi-host: the build writes to a temporary folder and renames it, but hosts racing on a shared
+    # data_dir still duplicate work; build once (process 0 or ahead of time) before the others read.
+    config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else str(manual_dir))
+    # A build takes seconds; TFDS's progress bars (a process-wide switch) would bury the run's log.
+    tfds.display_progress_bar(False)
+    builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def _is_built(builder: tfds.core.DatasetBuilder) -> bool:
+    return builder.data_path.joinpath("dataset_info.json").exists()
+
+
+def load_task_source(task: str, split: str, data_dir: str | Path | None = None,
+                     manual_dir: str | Path | None = None, **builder_kwargs: Any) -> Sequence[dict[str, Any]]:
+    """Random-access source of one split (TFDS slicing such as `train[:100]` works); text values are bytes.
+
+    Builds the dataset first when `data_dir` does not hold it yet.
+    """
+    builder = build_task(task, data_dir, manual_dir, **builder_kwargs)
+    splits = sorted(builder.info.splits)
+    if split.split("[", 1)[0] not in splits:
+        raise common.DataError(f"task {task!r} has no split {split!r}; valid splits: {splits}")
+    return builder.as_data_source(split=split)
+
+
+def warmstart_examples(data_dir: str | Path | None = None, **builder_kwargs: Any) -> list[dict[str, str]]:
+    """All toy_strategy warm-start traces in file order: dicts with id, prompt, answer, subset, response."""
+    source = load_task_source("toy_strategy", "warmstart", data_dir, **builder_kwargs)
+    return [common.decode_record(source[i]) for i in range(len(source))]

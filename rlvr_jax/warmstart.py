@@ -1,0 +1,85 @@
+"""The toy task's base policy: a tiny decoder warm-started by SFT on strategy traces, saved HF-style.
+
+Cached: the folder is written to a temporary name and renamed when complete, and a second run with
+the same warm-start settings reuses it (a different setting rebuilds).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+import optax
+
+from rlvr_jax.config import Config
+from rlvr_jax.data import STRATEGY_TOKENS, toy_tokenizer, warmstart_examples
+from rlvr_jax.mesh import TRAIN_RULES
+from rlvr_jax.model import Arch, init_params, save_pretrained
+from rlvr_jax.sft import SFTSpec, batch_rows, encode_traces, sft_step
+from rlvr_jax.tokenizer import load_tokenizer, render_prompt, stop_token_ids
+from rlvr_jax.update import init_train_state, jit_step
+
+END_OF_TURN = "<|im_end|>"
+
+
+def _fingerprint(cfg: Config) -> dict:
+    return {"warmstart": cfg.warmstart.model_dump(mode="json"), "arch": cfg.model.arch, "seed": cfg.run.seed,
+            "max_prompt_len": cfg.data.max_prompt_len, "max_new_tokens": cfg.rollout.max_new_tokens}
+
+
+def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.sharding.Mesh,
+                      log: Callable[[str], None] = print) -> Path:
+    """Return an HF folder with the warm-started policy and its tokenizer (reused when cached)."""
+    record = out_dir / "warmstart.json"
+    if record.is_file() and json.loads(record.read_text()).get("fingerprint") == _fingerprint(cfg):
+        log(f"warm start: reusing the base policy in {out_dir}")
+        return out_dir
+    start = time.perf_counter()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = load_tokenizer(toy_tokenizer(tmp))
+    arch = _toy_arch(cfg, tok)
+    graphdef, params = init_params(arch, mesh, TRAIN_RULES, jax.random.fold_in(jax.random.key(cfg.run.seed), 0))
+    traces = warmstart_examples(data_dir, prior=tuple(cfg.warmstart.prior), warmstart_size=cfg.warmstart.traces,
+                                seed=cfg.run.seed)
+    prompts = [render_prompt(tok, t["prompt"], cfg.data.chat_template, cfg.data.plain_template) for t in traces]
+    data = encode_traces(tok, prompts, [t["response"] for t in traces], cfg.data.max_prompt_len,
+                         cfg.rollout.max_new_tokens, END_OF_TURN)
+    spec = SFTSpec(steps=cfg.warmstart.steps, batch_size=cfg.warmstart.batch_size, lr=cfg.warmstart.lr)
+    warmup = max(spec.steps // 10, 1)
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, spec.lr, warmup, spec.steps + 1), weight_decay=0.0)
+    state = init_train_state(params, tx, jax.random.key(0), mesh, TRAIN_RULES)
+    step = jit_step(lambda s, b: sft_step(s, b, graphdef, tx), state, mesh, TRAIN_RULES)
+    losses = []
+    for k in range(spec.steps):
+        state, metrics = step(state, batch_rows(data, k, spec.batch_size, cfg.run.seed))
+        losses.append(metrics["sft/loss"])
+    final_loss = float(np.mean(jax.device_get(losses[-10:])))
+    save_pretrained(tmp, arch, state.params, tok)
+    info = {"fingerprint": _fingerprint(cfg), "final_loss": final_loss, "traces": len(traces),
+            "seconds": round(time.perf_counter() - start, 2)}
+    (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    log(f"warm start: {spec.steps} SFT steps on {len(traces)} traces, final loss {final_loss:.3f}, "
+        f"{info['seconds']:.1f} s -> {out_dir}")
+    return out_dir
+
+
+def _toy_arch(cfg: Config, tok) -> Arch:
+    fields = dict(cfg.model.arch)
+    fields.setdefault("vocab_size", len(tok))
+    if fields["vocab_size"] < len(tok):
+        raise ValueError(f"model.arch.vocab_size={fields['vocab_size']} is smaller than the toy tokenizer "
+                         f"({len(tok)} tokens)")
+    fields.update(eos_token_id=list(stop_token_ids(tok)), pad_token_id=int(tok.pad_token_id), bos_token_id=None)
+    return Arch.from_hf(fields, source="config model.arch")
+
+
+def strategy_token_ids(tok) -> list[list[int]]:
+    return [[int(tok.convert_tokens_to_ids(t))] for t in STRATEGY_TOKENS]

@@ -1,0 +1,57 @@
+"""The default pipeline, shortened, end to end through the CLI: warm start, RL steps, run directory."""
+
+import json
+
+import pytest
+
+from rlvr_jax import cli
+
+SHORT = ["run.steps=3", "warmstart.steps=30", "warmstart.traces=512", "eval.max_problems=16", "eval.n=4",
+         "data.prompts_per_step=4", "logging.probe_every=1", "logging.progress_bar=false"]
+REQUIRED = {"step", "reward/mean", "reward/correct_frac", "loss", "entropy", "tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["train", "--run-dir", str(out), *SHORT]) == 0
+    return out
+
+
+def test_run_directory_layout(run_dir):
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "base_policy" / "config.json").is_file()
+    assert (run_dir / "base_policy" / "tokenizer.json").is_file()
+    assert any((run_dir / "tensorboard").iterdir())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert REQUIRED <= row.keys()
+        assert 0.0 <= row["reward/mean"] <= 1.0 and row["tokens_per_s"] > 0
+        assert {"probe/pi_S1", "probe/pi_S2", "probe/pi_S3", "probe/pi_rest"} <= row.keys()
+        assert row["update/skipped_total"] == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["advantage"] == {"estimator": "grpo", "sign": "full"}
+    for stage in ("base", "final"):
+        probs = [summary[stage][f"probe/pi_{c}"] for c in ("S1", "S2", "S3", "rest")]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert "eval/correct_frac/hard" in summary[stage]
+
+
+def test_resolved_config_reloads(run_dir):
+    from rlvr_jax.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.run.steps == 3 and cfg.run.run_dir == str(run_dir)
+
+
+def test_second_run_reuses_the_base_policy(run_dir, capsys):
+    stamp = (run_dir / "base_policy" / "model.safetensors").stat().st_mtime_ns
+    assert cli.main(["train", "--run-dir", str(run_dir), *SHORT, "run.steps=1"]) == 0
+    assert "reusing the base policy" in capsys.readouterr().out
+    assert (run_dir / "base_policy" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_bad_override_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="rollout.temprature"):
+        cli.main(["train", "--run-dir", str(tmp_path), "rollout.temprature=0.5"])
