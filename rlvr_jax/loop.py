@@ -53,7 +53,9 @@ def prepare_policy(cfg: Config, run_dir: Path, mesh: Any, log: Callable[[str], N
     folder = Path(cfg.model.path) if cfg.model.path else None
     if folder is None and cfg.warmstart.enabled:
         folder = build_base_policy(cfg, run_dir / "base_policy", Path(cfg.data.data_dir), mesh, log)
-    model_cfg = cfg.model.model_copy(update={"path": str(folder)}) if folder else cfg.model
+    # The warm-started folder's own config.json is the architecture (model.arch only described how to build it).
+    model_cfg = cfg.model.model_copy(update={"path": str(folder), "arch": {}}) if folder and not cfg.model.path \
+        else cfg.model
     arch, graphdef, params = load_policy(model_cfg, mesh, TRAIN_RULES, purpose_key(cfg.run.seed, "init"))
     tok_dir = cfg.model.tokenizer or folder
     if tok_dir is None:
