@@ -167,10 +167,14 @@ def jit_step(fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: Tr
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         key = str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))
         if key not in compiled:
-            compiled[key] = jax.jit(fn, in_shardings=(state_sh, batch_shardings(batch, mesh, rules)),
-                                    out_shardings=(state_sh, replicated), donate_argnums=0)
+            batch_sh = batch_shardings(batch, mesh, rules)
+            compiled[key] = (batch_sh, jax.jit(fn, in_shardings=(state_sh, batch_sh),
+                                               out_shardings=(state_sh, replicated), donate_argnums=0))
+        batch_sh, fn_jit = compiled[key]
+        # Rollout outputs (or host arrays) arrive in whatever layout produced them: put rows on the batch axes.
+        batch = jax.device_put(batch, batch_sh)
         with jax.set_mesh(mesh):
-            return compiled[key](state, batch)
+            return fn_jit(state, batch)
 
     return step
 
