@@ -171,6 +171,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
                 host_metrics.update(_strategy_fractions(texts))
             if probe.enabled and (step + 1) % cfg.logging.probe_every == 0:
                 host_metrics.update(probe(state.params))
+            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.run.steps:
+                host_metrics.update(evaluate(state.params, step + 1))
             writer.push(step + 1, {**device_metrics, **adv_lib.group_stats(jnp.asarray(rewards),
                                                                             cfg.advantage.correct_threshold)},
                         host_metrics)
@@ -186,8 +188,42 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     summary = _summary(cfg, first_eval, final_eval, history, time.perf_counter() - start, writer.last)
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_training(run_dir)
     log(f"summary written to {run_dir / 'summary.json'}")
     return summary
+
+
+def plot_training(run_dir: Path) -> Path:
+    """figures/training.png: reward, entropy and the probe's class probabilities over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    series = lambda key: [(r["step"], r[key]) for r in rows if r.get(key) is not None]  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for key in ("reward/mean", "eval/correct_frac"):
+        if series(key):
+            axes[0].plot(*zip(*series(key)), label=key)
+    axes[0].set_title("reward")
+    axes[1].plot(*zip(*series("entropy")), color="k")
+    axes[1].set_title("token entropy (sampled positions)")
+    for name in ("S1", "S2", "S3", "rest"):
+        if series(f"probe/pi_{name}"):
+            axes[2].plot(*zip(*series(f"probe/pi_{name}")), label=f"pi({name})")
+    axes[2].set_yscale("log")
+    axes[2].set_title("probe: first response token")
+    for ax in axes:
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "figures" / "training.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 class _Probe:

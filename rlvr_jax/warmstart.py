@@ -22,13 +22,14 @@ from rlvr_jax.mesh import TRAIN_RULES
 from rlvr_jax.model import Arch, init_params, save_pretrained
 from rlvr_jax.sft import SFTSpec, batch_rows, encode_traces, sft_step
 from rlvr_jax.tokenizer import load_tokenizer, render_prompt, stop_token_ids
+from rlvr_jax.types import TrainBatch
 from rlvr_jax.update import init_train_state, jit_step
 
 END_OF_TURN = "<|im_end|>"
 
 
 def _fingerprint(cfg: Config) -> dict:
-    return {"warmstart": cfg.warmstart.model_dump(mode="json"), "arch": cfg.model.arch, "seed": cfg.run.seed,
+    return {"recipe": 3, "warmstart": cfg.warmstart.model_dump(mode="json"), "arch": cfg.model.arch, "seed": cfg.run.seed,
             "max_prompt_len": cfg.data.max_prompt_len, "max_new_tokens": cfg.rollout.max_new_tokens}
 
 
@@ -45,11 +46,8 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
     tok = load_tokenizer(toy_tokenizer(tmp))
     arch = _toy_arch(cfg, tok)
     graphdef, params = init_params(arch, mesh, TRAIN_RULES, jax.random.fold_in(jax.random.key(cfg.run.seed), 0))
-    traces = warmstart_examples(data_dir, prior=tuple(cfg.warmstart.prior), warmstart_size=cfg.warmstart.traces,
-                                seed=cfg.run.seed)
-    prompts = [render_prompt(tok, t["prompt"], cfg.data.chat_template, cfg.data.plain_template) for t in traces]
-    data = encode_traces(tok, prompts, [t["response"] for t in traces], cfg.data.max_prompt_len,
-                         cfg.rollout.max_new_tokens, END_OF_TURN)
+    data = _training_data(cfg, tok, data_dir)
+    traces = data.tokens
     spec = SFTSpec(steps=cfg.warmstart.steps, batch_size=cfg.warmstart.batch_size, lr=cfg.warmstart.lr)
     warmup = max(spec.steps // 10, 1)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, spec.lr, warmup, spec.steps + 1), weight_decay=0.0)
@@ -66,9 +64,30 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
     (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    log(f"warm start: {spec.steps} SFT steps on {len(traces)} traces, final loss {final_loss:.3f}, "
+    log(f"warm start: {spec.steps} SFT steps on {len(traces)} traces (choice + execution), final loss {final_loss:.3f}, "
         f"{info['seconds']:.1f} s -> {out_dir}")
     return out_dir
+
+
+def _training_data(cfg: Config, tok, data_dir: Path) -> TrainBatch:
+    """Two kinds of traces. Choice traces (strategy drawn from the prior) teach pi(S1, S2, S3) at the
+    first response token. Execution traces (uniform strategies, first-token loss masked out) teach
+    faithful execution of every strategy: with the prior alone, S2 appears on about 16 hard problems
+    in 4096 traces and the policy learns "S2 copies the first number" like S1, so the rare optimal
+    strategy would not actually solve the hard subset."""
+    def encode(prior: tuple[float, ...], seed: int, hard_fraction: float) -> TrainBatch:
+        traces = warmstart_examples(data_dir, prior=prior, warmstart_size=cfg.warmstart.traces, seed=seed,
+                                    hard_fraction=hard_fraction)
+        prompts = [render_prompt(tok, t["prompt"], cfg.data.chat_template, cfg.data.plain_template) for t in traces]
+        return encode_traces(tok, prompts, [t["response"] for t in traces], cfg.data.max_prompt_len,
+                             cfg.rollout.max_new_tokens, END_OF_TURN)
+
+    choice = encode(tuple(cfg.warmstart.prior), cfg.run.seed, 0.2)
+    # Half hard: S1 and S2 differ only there, so execution traces show the difference often.
+    execution = encode((1 / 3, 1 / 3, 1 / 3), cfg.run.seed + 1, 0.5)
+    execution = execution.replace(mask=execution.mask.copy())
+    execution.mask[:, 0] = 0
+    return jax.tree.map(lambda a, b: np.concatenate([a, b]), choice, execution)
 
 
 def _toy_arch(cfg: Config, tok) -> Arch:
