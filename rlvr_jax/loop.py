@@ -19,7 +19,7 @@ import numpy as np
 
 from rlvr_jax import advantage as adv_lib
 from rlvr_jax.config import Config, save_config
-from rlvr_jax.data import PromptPipeline
+from rlvr_jax.data import PromptPipeline, verification_target
 from rlvr_jax.dynamics import class_probabilities
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed
 from rlvr_jax.model import Arch, load_policy
@@ -111,7 +111,7 @@ class Evaluator:
         rollout = jax.device_get(self.sampler(params, PromptBatch(**arrays),
                                               jax.random.fold_in(purpose_key(self.cfg.run.seed, "eval"), 0)))
         texts = decode_completions(self.policy.tokenizer, rollout, self.stop)
-        golds = [e["answer"] for e in examples for _ in range(self.samples)]
+        golds = [verification_target(self.cfg.data.task, e) for e in examples for _ in range(self.samples)]
         result = self.pool.score(texts, golds, self.cfg.reward.verifier)
         correct = result.correct.reshape(len(examples), self.samples)
         out = {"eval/reward_mean": float(result.rewards.mean()), "eval/correct_frac": float(correct.mean()),
@@ -159,7 +159,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
                               jax.random.fold_in(purpose_key(cfg.run.seed, "rollout"), step))
             host = jax.device_get(rollout)
             texts = decode_completions(tok, host, stop)
-            result = pool.score(texts, [e["answer"] for e in examples for _ in range(g)], cfg.reward.verifier)
+            golds = [verification_target(cfg.data.task, e) for e in examples for _ in range(g)]
+            result = pool.score(texts, golds, cfg.reward.verifier)
             rewards = result.rewards.reshape(-1, g)
             adv_lib.check_rewards(rewards)
             adv, weight = advantages(jnp.asarray(rewards))

@@ -120,9 +120,25 @@ def test_exact_table(completion, gold, want):
     ("<S2> 047", "47", 1.0),
     ("<S4> 47", "47", 0.0),
     ("I pick <S1> 47", "47", 0.0),  # the token must come first
+    # Strategy-faithful gold: S2 solves everything, S1 only easy instances, S3 nothing.
+    ("<S1> 47", "47|easy", 1.0),
+    ("<S2> 47", "47|easy", 1.0),
+    ("<S1> 47", "47|hard", 0.0),  # the right number under S1 on a hard instance does not count
+    ("<S2> 47", "47|hard", 1.0),
+    ("<S3> 47", "47|easy", 0.0),
+    ("<S2> 13", "47|hard", 0.0),
 ])
 def test_toy_strategy_table(completion, gold, want):
     assert score_toy_strategy(completion, gold) == want
+
+
+@pytest.mark.parametrize("gold", ["47|medium", "x|hard", "47|"])
+def test_toy_strategy_rejects_bad_gold(gold):
+    if gold == "47|":
+        assert score_toy_strategy("<S1> 47", gold) == 1.0  # an empty subset means answer-only
+        return
+    with pytest.raises(ValueError, match="toy_strategy gold"):
+        score_toy_strategy("<S1> 47", gold)
 
 
 def test_toy_strategy_of():

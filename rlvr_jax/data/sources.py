@@ -74,3 +74,10 @@ def warmstart_examples(data_dir: str | Path | None = None, **builder_kwargs: Any
     """All toy_strategy warm-start traces in file order: dicts with id, prompt, answer, subset, response."""
     source = load_task_source("toy_strategy", "warmstart", data_dir, **builder_kwargs)
     return [common.decode_record(source[i]) for i in range(len(source))]
+
+
+def verification_target(task: str, example: dict) -> str:
+    """The gold string the task's verifier scores against (the toy adds the subset: strategy-faithful)."""
+    if task == "toy_strategy":
+        return f"{example['answer']}|{example['subset']}"
+    return example["answer"]

@@ -169,13 +169,26 @@ def _canonical_int(text: str) -> str:
     return "-" + digits if text.startswith("-") and digits != "0" else digits
 
 
+# Which strategies can solve an instance of each subset (ALGORITHMS.md section 6): S2 always, S1 only
+# off the hard subset, S3 never.
+_SOLVES = {"easy": {"S1", "S2"}, "hard": {"S2"}}
+
+
 def score_toy_strategy(completion: str, gold: str) -> float:
-    """1.0 iff the completion opens with a strategy token and the first integer after it is gold."""
-    if not _INT.fullmatch(gold.strip()):
-        raise ValueError(f"toy_strategy gold must be an integer, got {gold!r}")
+    """1.0 iff the completion opens with a strategy token and the first integer after it is the answer.
+
+    Gold is `"<answer>"` (the answer alone is scored) or `"<answer>|<subset>"`, which also requires a
+    strategy that can solve that instance (S1 fails on `hard`, S3 always). Without the subset, RL
+    can rewrite what follows `<S1>` to copy the right number (the answer is in the prompt) instead of
+    moving probability to S2; with it, the per-instance reward is exactly the bandit's three classes.
+    """
+    answer_text, _, subset = gold.strip().partition("|")
+    if not _INT.fullmatch(answer_text) or subset not in ("", *_SOLVES):
+        raise ValueError(f"toy_strategy gold must be an integer, optionally '|easy' or '|hard', got {gold!r}")
     m = _STRATEGY.match(completion)
     answer = _INT.search(completion, m.end()) if m else None
-    return float(answer is not None and _canonical_int(answer.group()) == _canonical_int(gold.strip()))
+    right = answer is not None and _canonical_int(answer.group()) == _canonical_int(answer_text)
+    return float(right and (not subset or m.group(1) in _SOLVES[subset]))
 
 
 def starts_with_strategy(completion: str) -> bool:
