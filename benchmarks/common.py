@@ -1,7 +1,7 @@
-"""Helpers shared by the CPU benchmarks: timing, a memory-bandwidth anchor, and a random HF checkpoint.
+"""Helpers for the CPU benchmarks: timing, physical anchors, a neighbour-load meter, a random HF model.
 
-Every speed number a benchmark prints should be read against a physical limit measured in the same
-process on the same machine, so the anchor lives here next to the timer.
+Every speed a benchmark prints is read against a limit measured in the same process on the same
+machine (memory read bandwidth, f32 matmul throughput), so those probes live next to the timer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of `fn()` over `repeats` calls; `fn` must block until its result is ready."""
+    """(median, all) wall times of `fn()`; `fn` must block until its result is ready."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -27,57 +27,64 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
 
 
 class ForeignLoad:
-    """CPU seconds that other processes burned while the block ran (from /proc/stat, Linux only).
+    """CPU time other processes used while the block ran (`cpu_s`; `cores` = cpu_s / wall_s), Linux only.
 
-    On a 2-core box a concurrent test run halves our cores and wrecks OpenMP/XLA barriers, so every
-    result carries this number; anything well above zero means the timings are contaminated.
+    On a shared 2-core box one neighbour halves our cores and stalls the OpenMP/Eigen barriers of
+    both torch and XLA, so each result carries this number; well above 0 means inflated timings.
     """
 
     @staticmethod
     def _busy_s() -> float:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+            fields = [int(x) for x in f.readline().split()[1:8]]
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
     def __enter__(self) -> "ForeignLoad":
-        self.start = (self._busy_s(), sum(os.times()[:2]), time.perf_counter())
+        self._start = (self._busy_s(), sum(os.times()[:2]), time.perf_counter())
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        busy, own, wall = self.start
+        busy, own, wall = self._start
         self.wall_s = time.perf_counter() - wall
-        self.cpu_s = max(0.0, (self._busy_s() - busy) - (sum(os.times()[:2]) - own))
+        self.cpu_s = max(0.0, (self._busy_s() - busy) - (sum(os.times()[:2]) - own))  # others' CPU-seconds
+        self.cores = self.cpu_s / self.wall_s
 
 
 def memory_read_bandwidth(gbytes: float, repeats: int = 5) -> dict[str, float]:
-    """Read bandwidth in GB/s (1e9 bytes) of summing an f32 array far larger than the caches.
+    """Read GB/s (1e9 B/s) of summing an f32 array far larger than the caches.
 
-    numpy's reduction is single-threaded, so it is also run split over all cores (it drops the GIL);
-    the jax reduction is what XLA:CPU achieves on the same bytes. The best of them is the anchor.
+    numpy's sum is single-threaded and near compute bound per core, so it also runs split over all
+    cores (it drops the GIL); jax's is XLA:CPU's own loop. Anchors are best-of-repeats: the limit
+    is a capability, and the fastest repeat is the one least disturbed by neighbours.
     """
     import jax
     import jax.numpy as jnp
 
-    n = int(gbytes * 1e9) // 4
-    host = np.ones(n, np.float32)
+    host = np.ones(int(gbytes * 1e9) // 4, np.float32)
     host.sum()  # fault the pages in before timing
     cores = os.cpu_count() or 1
     chunks = np.array_split(host, cores)
-    pool = ThreadPoolExecutor(cores)
-    out = {
-        "numpy_1thread": host.nbytes / timed(lambda: host.sum(), repeats)[0] / 1e9,
-        f"numpy_{cores}threads": host.nbytes / timed(lambda: sum(pool.map(np.sum, chunks)), repeats)[0] / 1e9,
-    }
-    pool.shutdown()
+    best = lambda fn: host.nbytes / min(timed(fn, repeats)[1]) / 1e9  # noqa: E731
+    with ThreadPoolExecutor(cores) as pool:
+        out = {"numpy_1thread": best(host.sum), f"numpy_{cores}threads": best(lambda: sum(pool.map(np.sum, chunks)))}
     dev = jnp.asarray(host)
-    del host, chunks
     reduce = jax.jit(jnp.sum)
     reduce(dev).block_until_ready()  # compile
-    out["jax_sum"] = dev.nbytes / timed(lambda: reduce(dev).block_until_ready(), repeats)[0] / 1e9
-    dev.delete()
+    out["jax_sum"] = best(lambda: reduce(dev).block_until_ready())
+    del dev, host, chunks
     out["anchor"] = max(out.values())
     return out
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best f32 GFLOP/s of a square jax matmul: the anchor once decode turns compute bound."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    mm(a, a).block_until_ready()
+    return 2 * n**3 / min(timed(lambda: mm(a, a).block_until_ready(), repeats)[1]) / 1e9
 
 
 def make_random_qwen2(folder: Path, seed: int = 0, **config: Any) -> Path:
