@@ -85,9 +85,29 @@ def decode_completions(tok: Any, rollout: Rollout, stop_ids: tuple[int, ...]) ->
     return out
 
 
-def to_train_batch(rollout: Rollout, adv: jax.Array, weight: jax.Array) -> TrainBatch:
+def to_train_batch(rollout: Rollout, adv: jax.Array, weight: jax.Array, logp_ref: jax.Array | None = None) -> TrainBatch:
     return TrainBatch(prompt_tokens=rollout.prompt_tokens, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
-                      mask=rollout.mask, logp_old=rollout.logp, adv=adv.reshape(-1), weight=weight.reshape(-1))
+                      mask=rollout.mask, logp_old=rollout.logp, adv=adv.reshape(-1), weight=weight.reshape(-1),
+                      logp_ref=logp_ref)
+
+
+def make_reference(cfg: Config, policy: Policy, params: Any) -> Callable[[Rollout], jax.Array] | None:
+    """log pi_ref of the sampled tokens under a frozen copy of the initial policy; None when kl_beta = 0
+    (then no reference is kept). Dispatched before host-side scoring, so the two overlap."""
+    if cfg.loss.kl_beta == 0:
+        return None
+    from flax import nnx
+
+    from rlvr_jax.loss import completion_logp_entropy
+
+    frozen = jax.tree.map(jnp.copy, params)  # the train state is donated: keep our own buffers
+
+    def logp_ref(p: Any, r: Rollout) -> jax.Array:
+        batch = to_train_batch(r, jnp.zeros(r.tokens.shape[0]), jnp.zeros(r.tokens.shape[0]))
+        return completion_logp_entropy(nnx.merge(policy.graphdef, p), batch, cfg.loss.logits_chunk)[0]
+
+    fn = jax.jit(logp_ref)
+    return lambda rollout: fn(frozen, rollout)
 
 
 class Evaluator:
@@ -144,6 +164,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     train_step = make_train_step(policy.graphdef, tx, spec, state, mesh, TRAIN_RULES)
     advantages = jax.jit(lambda r: adv_lib.advantages(r, cfg.advantage))
     probe = make_probe(cfg, policy, mesh)
+    reference = make_reference(cfg, policy, params)
     writer = LateWriter(MetricWriter(run_dir, cfg.logging.tensorboard))
     g = cfg.rollout.group_size
     with RewardPool(cfg.reward) as pool:
@@ -157,6 +178,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             arrays, examples = pipeline.batch(step)
             rollout = sampler(state.params, PromptBatch(**arrays),
                               jax.random.fold_in(purpose_key(cfg.run.seed, "rollout"), step))
+            logp_ref = reference(rollout) if reference else None  # async: runs while the host scores
             host = jax.device_get(rollout)
             texts = decode_completions(tok, host, stop)
             golds = [verification_target(cfg.data.task, e) for e in examples for _ in range(g)]
@@ -164,7 +186,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             rewards = result.rewards.reshape(-1, g)
             adv_lib.check_rewards(rewards)
             adv, weight = advantages(jnp.asarray(rewards))
-            state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight))
+            state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight, logp_ref))
             host_metrics = {**_rollout_metrics(host, rewards, result, cfg), **result.metrics(),
                             **pipeline_metrics(examples), "step_time_s": time.perf_counter() - t0}
             host_metrics["tokens_per_s"] = float(host.lengths.sum()) / host_metrics["step_time_s"]

@@ -6,7 +6,7 @@ import pytest
 
 from rlvr_jax import cli
 
-SHORT = ["run.steps=3", "eval.every=2", "warmstart.steps=30", "warmstart.traces=512", "eval.max_problems=16", "eval.n=4",
+SHORT = ["run.steps=3", "eval.every=2", "loss.kl_beta=0.01", "warmstart.steps=30", "warmstart.traces=512", "eval.max_problems=16", "eval.n=4",
          "data.prompts_per_step=4", "logging.probe_every=1", "logging.progress_bar=false"]
 REQUIRED = {"step", "reward/mean", "reward/correct_frac", "loss", "entropy", "tokens_per_s"}
 
@@ -31,6 +31,7 @@ def test_run_directory_layout(run_dir):
         assert 0.0 <= row["reward/mean"] <= 1.0 and row["tokens_per_s"] > 0
         assert {"probe/pi_S1", "probe/pi_S2", "probe/pi_S3", "probe/pi_rest"} <= row.keys()
         assert row["update/skipped_total"] == 0
+        assert row["kl"] is not None and abs(row["kl"]) < 1.0  # KL to the frozen initial policy
     assert "eval/correct_frac" in rows[1] and "eval/correct_frac" not in rows[0]  # eval.every=2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["advantage"] == {"estimator": "grpo", "sign": "full"}
