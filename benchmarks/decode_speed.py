@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--prompt-len", type=int, default=32, help="prompt tokens, no padding (default 32)")
     ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence (default 64)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 2 with --quick)")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="re-measure a batch up to N times while other processes kept >0.1 core busy (default 1)")
     ap.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling at temperature 1)")
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--workdir", default=None, help="where to save the HF checkpoint (default: a temp dir)")
@@ -122,7 +124,7 @@ def prepare_torch(model, batch: int, args: argparse.Namespace):
 
 
 def measure(loaded: tuple, torch_model, batch: int, args: argparse.Namespace, repeats: int) -> dict:
-    """Alternate our and transformers' repeats, so a busy neighbour slows both alike."""
+    """Alternate our and transformers' repeats, so a busy neighbour lands on both, not on one only."""
     run, run_prefill, row = prepare_ours(loaded, batch, args)
     runs = {"ours": run} if torch_model is None else {"ours": run, "torch": prepare_torch(torch_model, batch, args)}
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -166,6 +168,11 @@ def main() -> None:
         torch_model = None if args.no_torch else load_torch(folder)
         for b in (int(x) for x in args.batches.split(",")):
             row = measure(loaded, torch_model, b, args, repeats)
+            for _ in range(args.retries):  # a shared box: retry a measurement a neighbour disturbed
+                if row["foreign_cores"] <= 0.1:
+                    break
+                print(f"  batch {b}: others kept {row['foreign_cores']:.2f} cores busy, measuring again", flush=True)
+                row = min(row, measure(loaded, torch_model, b, args, repeats), key=lambda r: r["foreign_cores"])
             row.update(bw_fraction=row["step_gb_s"] / bw["anchor"], flop_fraction=row["step_gflop_s"] / peak)
             rows.append(row)
             print(f"  batch {b}: ours {fmt(row['ours_times'])} s" + (f", transformers {fmt(row['torch_times'])} s"
