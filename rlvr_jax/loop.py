@@ -175,7 +175,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         progress = _progress(cfg)
         for step in range(cfg.run.steps):
             t0 = time.perf_counter()
-            arrays, examples = pipeline.batch(step)
+            step_batch = pipeline.batch(step)
+            arrays, examples = step_batch
             rollout = sampler(state.params, PromptBatch(**arrays),
                               jax.random.fold_in(purpose_key(cfg.run.seed, "rollout"), step))
             logp_ref = reference(rollout) if reference else None  # async: runs while the host scores
@@ -188,7 +189,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             adv, weight = advantages(jnp.asarray(rewards))
             state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight, logp_ref))
             host_metrics = {**_rollout_metrics(host, rewards, result, cfg), **result.metrics(),
-                            **pipeline_metrics(examples), "step_time_s": time.perf_counter() - t0}
+                            **step_batch.metrics, "step_time_s": time.perf_counter() - t0}
             host_metrics["tokens_per_s"] = float(host.lengths.sum()) / host_metrics["step_time_s"]
             if cfg.data.task == "toy_strategy":
                 host_metrics.update(_strategy_fractions(texts))
@@ -270,11 +271,7 @@ def make_probe(cfg: Config, policy: Policy, mesh: Any) -> _Probe:
     arrays, _ = PromptPipeline(cfg.data.task, cfg.eval.split, probe_data, policy.tokenizer, cfg.run.seed + 1).batch(0)
     prompts = PromptBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
     fn = jax.jit(lambda p: class_probabilities(nnx.merge(policy.graphdef, p), prompts, policy.probe_classes))
-    return _Probe(lambda p: fn(p), ["S1", "S2", "S3"])
-
-
-def pipeline_metrics(examples: list[dict]) -> dict[str, float]:
-    return {"data/truncated": float(sum(e.get("truncated", 0) for e in examples))}
+    return _Probe(fn, ["S1", "S2", "S3"])
 
 
 def _rollout_metrics(host: Rollout, rewards: np.ndarray, result: Any, cfg: Config) -> dict[str, float]:

@@ -165,7 +165,7 @@ def finish(prompts: PromptBatch, state: SamplerState, params: SamplingParams) ->
                    logp_sample=state.logp_sample)
 
 
-def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int, m: int) -> SamplerState:
+def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int) -> SamplerState:
     batch = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (n,) + (1,) * len(rest))  # noqa: E731
     cache_sh = sharding_for(("batch", "cache_seq", "kv_heads", "head_dim"), mesh, rules,
                             (n, slots, arch.num_kv_heads, arch.head_dim))
@@ -201,7 +201,7 @@ def make_sampler(arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State,
     def compiled(b: int, p: int) -> tuple[Callable, Callable]:
         if (b, p) not in jitted:
             n, m = b * params.group_size, params.max_new_tokens
-            st_sh = _state_shardings(arch, mesh, rules, n, p + m, m)
+            st_sh = _state_shardings(arch, mesh, rules, n, p + m)
             pb = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (b,) + (1,) * len(rest))  # noqa: E731
             prompt_sh = PromptBatch(tokens=pb(None), mask=pb(None), index=pb())
             jitted[(b, p)] = (
