@@ -85,7 +85,47 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train with a YAML config plus dotted overrides, e.g. advantage.sign=negative_only.")
     p.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
     p.add_argument("--run-dir", type=Path, default=None, help="output folder (default: runs/<run.name>)")
+    p.add_argument("--restart", action="store_true",
+                   help="start at step 0 even if the run dir has checkpoints (they are moved aside, not deleted)")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="save a checkpoint and exit after this step (resume later with the same command)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although settings that change the training maths differ from the checkpoint's")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's policy as a Hugging Face folder",
+                       description="safetensors + config.json + tokenizer, loadable by transformers and "
+                                   "`rlvr-jax generate --model`.")
+    p.add_argument("--run-dir", type=Path, required=True, help="a training run directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or be empty)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import shutil
+
+    from rlvr_jax.checkpoint import CheckpointError, restore_policy
+    from rlvr_jax.mesh import TRAIN_RULES, make_mesh
+    from rlvr_jax.model import save_pretrained
+    from rlvr_jax.tokenizer import TokenizerError, load_tokenizer
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"rlvr-jax export: --out {args.out} is not empty; choose a new folder")
+    try:
+        tok = load_tokenizer(args.run_dir / "tokenizer")
+        arch, _, params, meta = restore_policy(args.run_dir, args.step, make_mesh(), TRAIN_RULES)
+    except (CheckpointError, TokenizerError) as err:
+        raise SystemExit(f"rlvr-jax export: {err}") from None
+    tmp = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(tmp, arch, params, tok)
+    if args.out.exists():
+        args.out.rmdir()
+    tmp.rename(args.out)  # a failed export never leaves a half-written folder under the requested name
+    print(f"exported step {meta['step']} of {args.run_dir} to {args.out}")
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -97,9 +137,13 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(path, overrides)
     except ConfigError as err:
         raise SystemExit(f"rlvr-jax train: {err}") from None
+    from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.loop import train
 
-    train(cfg)
+    try:
+        train(cfg, restart=args.restart, stop_at=args.stop_at, allow_config_change=args.allow_config_change)
+    except CheckpointError as err:
+        raise SystemExit(f"rlvr-jax train: {err}") from None
     return 0
 
 
@@ -109,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _generate_parser(sub)
     add_bandit_parser(sub)
     _train_parser(sub)
+    _export_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train}
+    commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train, "export": run_export}
     return commands[args.command](args)
 
 

@@ -8,11 +8,12 @@ mutated; derived values are properties.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import re
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
@@ -88,6 +89,11 @@ class Schedule(str, enum.Enum):
 class LongPrompt(str, enum.Enum):
     error = "error"
     truncate = "truncate"
+
+
+class BestMode(str, enum.Enum):
+    max = "max"
+    min = "min"
 
 
 class DistributedInit(str, enum.Enum):
@@ -240,11 +246,15 @@ class OptimConfig(_Section):
 
 class CheckpointConfig(_Section):
     every: int = Field(default=0, ge=0)
-    """Save every N steps (0: only at the end)."""
+    """Save every N steps (0: only at the end, or when stopped by SIGTERM/SIGINT)."""
     keep: int = Field(default=3, ge=1)
+    """Keep the latest N checkpoints (plus the best one, when best_metric is set)."""
     best_metric: str | None = None
-    """Also keep the best checkpoint by this metric (e.g. eval/pass@1)."""
+    """Also keep the best checkpoint by this logged metric (e.g. eval/correct_frac); checkpoints are
+    also written at the steps that measure it."""
+    best_mode: _mode(BestMode) = BestMode.max
     async_save: bool = True
+    """Write checkpoints in a background thread (training goes on once the arrays are on the host)."""
 
 
 class LoggingConfig(_Section):
@@ -253,6 +263,8 @@ class LoggingConfig(_Section):
     dynamics_every: int = Field(default=1, ge=1)
     """Post-update probability-mass pass every N steps."""
     probe_every: int = Field(default=10, ge=1)
+    rollouts_every: int = Field(default=0, ge=0)
+    """Append every N-th step's sampled completions (token ids, text, reward) to rollouts.jsonl (0: never)."""
     progress_bar: bool = True
 
 
@@ -410,3 +422,45 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config; loading it back gives an equal Config."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(to_yaml(cfg))
+
+
+# --- resuming -------------------------------------------------------------------------------------
+
+# Keys a resumed run may change freely: they touch neither the saved state nor the training maths
+# (a mesh change re-shards the state on restore; model.path/tokenizer may move, their content is verified).
+HARMLESS_ON_RESUME = ("run.steps", "run.name", "run.run_dir", "logging.", "checkpoint.", "eval.", "mesh.",
+                      "reward.workers", "reward.timeout_s", "data.data_dir", "data.manual_dir", "model.path",
+                      "model.tokenizer", "model.remat")
+# Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
+STATE_DEFINING = ("model.arch", "model.param_dtype", "warmstart.", "optim.max_grad_norm")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChanges:
+    """Differences between a checkpoint's config and the config of the run resuming it."""
+
+    harmless: list[str]
+    trajectory: list[str]  # change the maths from here on: allowed only when asked
+    state: list[str]  # change the saved state itself: never allowed
+
+    @staticmethod
+    def between(saved: Mapping[str, Any], cfg: "Config") -> "ConfigChanges":
+        old, new = flatten(saved), flatten(cfg.model_dump(mode="json"))
+        lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
+        for key in sorted(old.keys() | new.keys()):
+            if old.get(key, "<unset>") == new.get(key, "<unset>"):
+                continue
+            kind = "harmless" if key.startswith(HARMLESS_ON_RESUME) else \
+                "state" if key.startswith(STATE_DEFINING) else "trajectory"
+            lines[kind].append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+        return ConfigChanges(**lines)

@@ -18,18 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import advantage as adv_lib
-from rlvr_jax.config import Config, save_config
+from rlvr_jax.checkpoint import Checkpointer, CheckpointError, fingerprint, move_aside
+from rlvr_jax.config import Config, ConfigChanges, save_config
 from rlvr_jax.data import PromptPipeline, verification_target
-from rlvr_jax.dynamics import class_probabilities
+from rlvr_jax.evaluate import Evaluator, decode_completions, make_probe, plot_training
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed
 from rlvr_jax.model import Arch, load_policy
+from rlvr_jax.preemption import StopRequest
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
-from rlvr_jax.update import UpdateSpec, init_train_state, make_optimizer, make_train_step, total_optimizer_steps
+from rlvr_jax.update import (UpdateSpec, abstract_train_state, init_train_state, make_optimizer, make_train_step,
+                             total_optimizer_steps)
 from rlvr_jax.warmstart import build_base_policy, strategy_token_ids
-from rlvr_jax.writers import LateWriter, MetricWriter
+from rlvr_jax.writers import LateWriter, MetricWriter, RolloutLog, read_jsonl, trim_jsonl
 
 PURPOSES = {"init": 0, "rollout": 1, "train": 2, "eval": 3}
 
@@ -74,17 +77,6 @@ def with_data_dir(cfg: Config, run_dir: Path) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(data_dir(cfg, run_dir))})})
 
 
-def decode_completions(tok: Any, rollout: Rollout, stop_ids: tuple[int, ...]) -> list[str]:
-    """Completion text per row, without the stop token; special tokens kept (strategy tokens are special)."""
-    out = []
-    for row, length in zip(rollout.tokens, rollout.lengths):
-        ids = [int(t) for t in row[:length]]
-        if ids and ids[-1] in stop_ids:
-            ids = ids[:-1]
-        out.append(tok.decode(ids, skip_special_tokens=False))
-    return out
-
-
 def to_train_batch(rollout: Rollout, adv: jax.Array, weight: jax.Array, logp_ref: jax.Array | None = None) -> TrainBatch:
     return TrainBatch(prompt_tokens=rollout.prompt_tokens, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
                       mask=rollout.mask, logp_old=rollout.logp, adv=adv.reshape(-1), weight=weight.reshape(-1),
@@ -110,70 +102,64 @@ def make_reference(cfg: Config, policy: Policy, params: Any) -> Callable[[Rollou
     return lambda rollout: fn(frozen, rollout)
 
 
-class Evaluator:
-    """Mean reward (overall and per subset) on held-out prompts, sampled like the evaluation config says."""
+def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = False, stop_at: int | None = None,
+          allow_config_change: bool = False) -> dict[str, Any]:
+    """Run (or resume) RL training as configured; returns the summary (also written to the run dir).
 
-    def __init__(self, cfg: Config, policy: Policy, mesh: Any, params: Any, pool: RewardPool):
-        n_problems = cfg.eval.max_problems or 256
-        eval_data = cfg.data.model_copy(update={"prompts_per_step": n_problems})
-        self.pipeline = PromptPipeline(cfg.data.task, cfg.eval.split, eval_data, policy.tokenizer, cfg.run.seed,
-                                       jax.process_index(), jax.process_count())
-        self.samples = min(cfg.eval.n, 16)
-        self.stop = stop_token_ids(policy.tokenizer, policy.arch.eos_token_ids)
-        params_sampling = SamplingParams.from_config(
-            cfg.rollout.model_copy(update={"group_size": self.samples, "temperature": cfg.eval.temperature,
-                                           "top_p": cfg.eval.top_p}), self.stop, int(policy.tokenizer.pad_token_id))
-        self.sampler = make_sampler(policy.arch, policy.graphdef, params, mesh, ROLLOUT_RULES, params_sampling)
-        self.cfg, self.policy, self.pool = cfg, policy, pool
-
-    def __call__(self, params: Any, step: int) -> dict[str, float]:
-        arrays, examples = self.pipeline.batch(0)
-        rollout = jax.device_get(self.sampler(params, PromptBatch(**arrays),
-                                              jax.random.fold_in(purpose_key(self.cfg.run.seed, "eval"), 0)))
-        texts = decode_completions(self.policy.tokenizer, rollout, self.stop)
-        golds = [verification_target(self.cfg.data.task, e) for e in examples for _ in range(self.samples)]
-        result = self.pool.score(texts, golds, self.cfg.reward.verifier)
-        correct = result.correct.reshape(len(examples), self.samples)
-        out = {"eval/reward_mean": float(result.rewards.mean()), "eval/correct_frac": float(correct.mean()),
-               "eval/pass@1": float(correct.mean()), f"eval/pass@{self.samples}": float(correct.any(axis=1).mean())}
-        for subset in sorted({e["subset"] for e in examples} - {""}):
-            rows = np.array([e["subset"] == subset for e in examples])
-            out[f"eval/correct_frac/{subset}"] = float(correct[rows].mean())
-        return out
-
-
-def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run RL training as configured; returns (and writes) the summary."""
+    restart: move existing checkpoints aside and start at step 0 (default: resume from the latest).
+    stop_at: save a checkpoint and return after this step (a time-boxed slice of a longer run).
+    allow_config_change: resume even if settings that change the maths differ from the checkpoint's.
+    """
     maybe_initialize_distributed(cfg.mesh)
     run_dir = cfg.run_dir
     cfg = with_data_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     mesh = make_mesh(cfg.mesh)
-    start = time.perf_counter()
+    clock = time.perf_counter()
+    if restart and (moved := move_aside(run_dir / "checkpoints")):
+        log(f"--restart: previous checkpoints moved to {moved}")
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
     policy, params = prepare_policy(cfg, run_dir, mesh, log)
     tok = policy.tokenizer
-    stop = stop_token_ids(tok, policy.arch.eos_token_ids)
+    stop_ids = stop_token_ids(tok, policy.arch.eos_token_ids)
     pipeline = PromptPipeline(cfg.data.task, cfg.data.split, cfg.data, tok, cfg.run.seed, jax.process_index(),
                               jax.process_count())
     sampler = make_sampler(policy.arch, policy.graphdef, params, mesh, ROLLOUT_RULES,
-                           SamplingParams.from_config(cfg.rollout, stop, int(tok.pad_token_id)))
+                           SamplingParams.from_config(cfg.rollout, stop_ids, int(tok.pad_token_id)))
     tx = make_optimizer(cfg.optim, total_optimizer_steps(cfg.optim, cfg.run.steps))
-    state = init_train_state(params, tx, purpose_key(cfg.run.seed, "train"), mesh, TRAIN_RULES)
+    reference_id = {"source": str(policy.folder or "random init from model.arch and run.seed"),
+                    "fingerprint": fingerprint(params)}
+    train_key = purpose_key(cfg.run.seed, "train")
+    resumed = ckpt.restore_latest(abstract_train_state(params, tx, train_key, mesh, TRAIN_RULES),
+                                  lambda meta: check_resumable(meta, cfg, reference_id, allow_config_change, log), log)
+    if resumed:
+        state, meta = resumed
+        start, base_eval = meta["step"], meta["base_eval"]
+        log(f"resuming from checkpoint step {start} ({ckpt.directory / str(start)})")
+        trim_jsonl(run_dir / "metrics.jsonl", start)
+        trim_jsonl(run_dir / "rollouts.jsonl", start)
+    else:
+        state, start, base_eval = init_train_state(params, tx, train_key, mesh, TRAIN_RULES), 0, None
+    write_run_files(cfg, run_dir, tok)
     spec = UpdateSpec(cfg.loss, cfg.optim, cfg.loss.max_len_norm or cfg.rollout.max_new_tokens)
     train_step = make_train_step(policy.graphdef, tx, spec, state, mesh, TRAIN_RULES)
     advantages = jax.jit(lambda r: adv_lib.advantages(r, cfg.advantage))
     probe = make_probe(cfg, policy, mesh)
     reference = make_reference(cfg, policy, params)
-    writer = LateWriter(MetricWriter(run_dir, cfg.logging.tensorboard))
+    del params  # the state (fresh or restored) owns the policy from here on
+    writer = LateWriter(MetricWriter(run_dir, cfg.logging.tensorboard, append=start > 0))
+    samples = RolloutLog(run_dir, cfg.logging.rollouts_every)
     g = cfg.rollout.group_size
-    with RewardPool(cfg.reward) as pool:
-        evaluate = Evaluator(cfg, policy, mesh, params, pool)
-        first_eval = {**evaluate(state.params, 0), **probe(state.params)}
-        log(_format_eval("base policy", first_eval))
-        history = []
-        progress = _progress(cfg)
-        for step in range(cfg.run.steps):
+    with StopRequest(log) as stop, RewardPool(cfg.reward) as pool:
+        evaluate = Evaluator(cfg, policy, mesh, state.params, pool)
+        if base_eval is None:
+            base_eval = {**evaluate(state.params, 0), **probe(state.params)}
+        log(_format_eval("base policy", base_eval))
+        meta = {"config": cfg.model_dump(mode="json"), "reference": reference_id, "base_eval": base_eval,
+                "arch": policy.arch.to_hf(), "mesh": dict(mesh.shape), "process_count": jax.process_count()}
+        progress = _progress(cfg, start)
+        done = start
+        for step in range(start, cfg.run.steps):
             t0 = time.perf_counter()
             step_batch = pipeline.batch(step)
             arrays, examples = step_batch
@@ -181,35 +167,49 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
                               jax.random.fold_in(purpose_key(cfg.run.seed, "rollout"), step))
             logp_ref = reference(rollout) if reference else None  # async: runs while the host scores
             host = jax.device_get(rollout)
-            texts = decode_completions(tok, host, stop)
+            texts = decode_completions(tok, host, stop_ids)
             golds = [verification_target(cfg.data.task, e) for e in examples for _ in range(g)]
             result = pool.score(texts, golds, cfg.reward.verifier)
             rewards = result.rewards.reshape(-1, g)
             adv_lib.check_rewards(rewards)
             adv, weight = advantages(jnp.asarray(rewards))
             state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight, logp_ref))
+            done = step + 1
+            samples.write(done, np.repeat(arrays["index"], g), host, texts, result.rewards)
             host_metrics = {**_rollout_metrics(host, rewards, result, cfg), **result.metrics(),
-                            **step_batch.metrics, "step_time_s": time.perf_counter() - t0}
-            host_metrics["tokens_per_s"] = float(host.lengths.sum()) / host_metrics["step_time_s"]
+                            **step_batch.metrics, "time/step_s": time.perf_counter() - t0}
+            host_metrics["time/tokens_per_s"] = float(host.lengths.sum()) / host_metrics["time/step_s"]
             if cfg.data.task == "toy_strategy":
                 host_metrics.update(_strategy_fractions(texts))
-            if probe.enabled and (step + 1) % cfg.logging.probe_every == 0:
+            if probe.enabled and done % cfg.logging.probe_every == 0:
                 host_metrics.update(probe(state.params))
-            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.run.steps:
-                host_metrics.update(evaluate(state.params, step + 1))
-            writer.push(step + 1, {**device_metrics, **adv_lib.group_stats(jnp.asarray(rewards),
-                                                                            cfg.advantage.correct_threshold)},
+            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.run.steps:
+                host_metrics.update(evaluate(state.params, done))
+            writer.push(done, {**device_metrics, **adv_lib.group_stats(jnp.asarray(rewards),
+                                                                       cfg.advantage.correct_threshold)},
                         host_metrics)
-            history.append(host_metrics["reward/mean"])
             progress.update(1)
             progress.set_postfix(reward=f"{host_metrics['reward/mean']:.3f}",
-                                 tok_s=f"{host_metrics['tokens_per_s']:.0f}")
+                                 tok_s=f"{host_metrics['time/tokens_per_s']:.0f}")
+            stopping = stop.should_stop(done) or (stop_at is not None and done >= stop_at)
+            if stopping or done == cfg.run.steps or _checkpoint_due(cfg, done, host_metrics):
+                writer.flush()  # the metrics row of `done` is on disk before its checkpoint
+                ckpt.save(done, state, {**meta, "data": {"next_batch": done}}, writer.last)
+            if stopping:
+                break
         writer.flush()
         progress.close()
-        final_eval = {**evaluate(state.params, cfg.run.steps), **probe(state.params)}
+        final_eval = {} if done < cfg.run.steps else {**evaluate(state.params, cfg.run.steps), **probe(state.params)}
+    ckpt.close()
     writer.writer.close()
+    samples.close()
+    if done < cfg.run.steps:
+        why = stop.reason or f"--stop-at {stop_at}"
+        log(f"stopped after step {done} of {cfg.run.steps} ({why}); checkpoint saved in "
+            f"{ckpt.directory / str(done)}. Run the same command again to resume.")
+        return {"run": cfg.run.name, "stopped_at": done, "reason": why}
     log(_format_eval("final policy", final_eval))
-    summary = _summary(cfg, first_eval, final_eval, history, time.perf_counter() - start, writer.last)
+    summary = _summary(cfg, base_eval, final_eval, run_dir, time.perf_counter() - clock, writer.last)
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_training(run_dir)
@@ -217,61 +217,47 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     return summary
 
 
-def plot_training(run_dir: Path) -> Path:
-    """figures/training.png: reward, entropy and the probe's class probabilities over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    series = lambda key: [(r["step"], r[key]) for r in rows if r.get(key) is not None]  # noqa: E731
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for key in ("reward/mean", "eval/correct_frac"):
-        if series(key):
-            axes[0].plot(*zip(*series(key)), label=key)
-    axes[0].set_title("reward")
-    axes[1].plot(*zip(*series("entropy")), color="k")
-    axes[1].set_title("token entropy (sampled positions)")
-    for name in ("S1", "S2", "S3", "rest"):
-        if series(f"probe/pi_{name}"):
-            axes[2].plot(*zip(*series(f"probe/pi_{name}")), label=f"pi({name})")
-    axes[2].set_yscale("log")
-    axes[2].set_title("probe: first response token")
-    for ax in axes:
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = run_dir / "figures" / "training.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def _checkpoint_due(cfg: Config, step: int, host_metrics: dict[str, Any]) -> bool:
+    """Every `checkpoint.every` steps, and at each step that measures `checkpoint.best_metric`."""
+    every = cfg.checkpoint.every
+    best = cfg.checkpoint.best_metric
+    return bool(every and step % every == 0) or bool(best and best in host_metrics)
 
 
-class _Probe:
-    def __init__(self, fn: Callable | None, names: list[str]):
-        self.fn, self.names, self.enabled = fn, names, fn is not None
+def check_resumable(meta: dict[str, Any], cfg: Config, reference_id: dict[str, str], allow_change: bool,
+                    log: Callable[[str], None]) -> None:
+    """Refuse a resume that would not continue the saved run; report the harmless differences."""
+    where = f"checkpoint step {meta['step']}"
+    changes = ConfigChanges.between(meta["config"], cfg)
+    if changes.state:
+        raise CheckpointError(f"cannot resume from {where}: these settings define the saved state and differ:\n  "
+                              + "\n  ".join(changes.state)
+                              + "\nUse the original values, or start over with --restart or a new --run-dir.")
+    if changes.trajectory and not allow_change:
+        raise CheckpointError(f"cannot resume from {where}: these settings change the training maths:\n  "
+                              + "\n  ".join(changes.trajectory)
+                              + "\nUse the original values, or pass --allow-config-change to continue with the "
+                              "new ones (the run then no longer matches an uninterrupted run).")
+    for line in changes.harmless + (changes.trajectory if allow_change else []):
+        log(f"resume: config changed: {line}")
+    saved = meta["reference"]
+    if saved["fingerprint"] != reference_id["fingerprint"]:
+        text = (f"the initial policy loaded now ({reference_id['source']}, fingerprint "
+                f"{reference_id['fingerprint']}) differs from the one the run started with ({saved['source']}, "
+                f"fingerprint {saved['fingerprint']})")
+        if cfg.loss.kl_beta > 0:
+            raise CheckpointError(f"cannot resume from {where}: {text}; it is the KL reference, so restore the "
+                                  "original model files (or point model.path at them)")
+        log(f"resume: warning: {text}; not used since loss.kl_beta = 0")
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        if self.fn is None:
-            return {}
-        values = np.asarray(jax.device_get(self.fn(params)))
-        return {f"probe/pi_{name}": float(v) for name, v in zip(self.names + ["rest"], values)}
 
-
-def make_probe(cfg: Config, policy: Policy, mesh: Any) -> _Probe:
-    """pi(class) at the first response position of fixed held-out prompts (toy: S1, S2, S3)."""
-    if policy.probe_classes is None:
-        return _Probe(None, [])
-    from flax import nnx
-
-    probe_data = cfg.data.model_copy(update={"prompts_per_step": 64})
-    arrays, _ = PromptPipeline(cfg.data.task, cfg.eval.split, probe_data, policy.tokenizer, cfg.run.seed + 1).batch(0)
-    prompts = PromptBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
-    fn = jax.jit(lambda p: class_probabilities(nnx.merge(policy.graphdef, p), prompts, policy.probe_classes))
-    return _Probe(fn, ["S1", "S2", "S3"])
+def write_run_files(cfg: Config, run_dir: Path, tok: Any) -> None:
+    """The resolved config and the tokenizer (so `rlvr-jax export` needs nothing outside the run dir)."""
+    if jax.process_index() != 0:
+        return
+    save_config(cfg, run_dir / "config.yaml")
+    if not (run_dir / "tokenizer" / "tokenizer_config.json").is_file():
+        tok.save_pretrained(str(run_dir / "tokenizer"))
 
 
 def _rollout_metrics(host: Rollout, rewards: np.ndarray, result: Any, cfg: Config) -> dict[str, float]:
@@ -287,10 +273,11 @@ def _strategy_fractions(texts: list[str]) -> dict[str, float]:
     return {f"rollout/frac_{s}": chosen.count(s) / len(chosen) for s in ("S1", "S2", "S3")}
 
 
-def _progress(cfg: Config) -> Any:
+def _progress(cfg: Config, start: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.run.steps, desc="rl", disable=not cfg.logging.progress_bar or jax.process_index() != 0)
+    return tqdm(total=cfg.run.steps, initial=start, desc="rl",
+                disable=not cfg.logging.progress_bar or jax.process_index() != 0)
 
 
 def _format_eval(name: str, values: dict[str, float]) -> str:
@@ -300,8 +287,10 @@ def _format_eval(name: str, values: dict[str, float]) -> str:
     return f"{name}: {shown}"
 
 
-def _summary(cfg: Config, first: dict, final: dict, history: list[float], seconds: float, last: dict) -> dict:
-    return {"run": cfg.run.name, "steps": cfg.run.steps, "seconds": round(seconds, 1),
+def _summary(cfg: Config, first: dict, final: dict, run_dir: Path, seconds: float, last: dict) -> dict:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    history = [r["reward/mean"] for r in rows if r.get("reward/mean") is not None]
+    return {"run": cfg.run.name, "steps": cfg.run.steps, "seconds_this_session": round(seconds, 1),
             "advantage": {"estimator": cfg.advantage.estimator.value, "sign": cfg.advantage.sign.value},
             "base": first, "final": final,
             "train_reward_first_10": float(np.mean(history[:10])) if history else None,

@@ -133,17 +133,29 @@ def _reduce_terms(stacked: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: ops[k.split("/")[0]](v, axis=0) for k, v in stacked.items()}
 
 
-def init_train_state(params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh,
-                     rules: Rules) -> TrainState:
-    """The whole train state, created under jit directly in its sharded layout."""
-
+def _fresh_state(tx: optax.GradientTransformation) -> Callable[[Any, jax.Array], TrainState]:
     def make(params: Any, key: jax.Array) -> TrainState:
         return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32), key=key,
                           skipped=jnp.zeros((), jnp.int32))
 
+    return make
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh,
+                     rules: Rules) -> TrainState:
+    """The whole train state, created under jit directly in its sharded layout."""
+    make = _fresh_state(tx)
     abstract = jax.eval_shape(make, params, key)
     with jax.set_mesh(mesh):
         return jax.jit(make, out_shardings=tree_shardings(abstract, mesh, rules))(params, key)
+
+
+def abstract_train_state(params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh,
+                         rules: Rules) -> TrainState:
+    """Shapes, dtypes and target shardings of the train state, allocating nothing (a restore target)."""
+    abstract = jax.eval_shape(_fresh_state(tx), params, key)
+    shardings = tree_shardings(abstract, mesh, rules)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def batch_shardings(batch: TrainBatch, mesh: Mesh, rules: Rules) -> TrainBatch:

@@ -71,6 +71,56 @@ class MetricWriter:
             self._tb.close()
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def trim_jsonl(path: str | Path, last_step: int) -> None:
+    """Drop rows after `last_step` (written after the checkpoint a run resumes from; the resumed run
+    writes them again). Atomic replace, so a crash here leaves the old file intact."""
+    path = Path(path)
+    if jax.process_index() != 0 or not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and _step_of(line) <= last_step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+    log.info("%s: dropped %d rows after step %d", path, len(lines) - len(kept), last_step)
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line from a killed run: drop it
+
+
+class RolloutLog:
+    """rollouts.jsonl: every N-th step's completions (prompt index, token ids, text, reward), one line per step."""
+
+    def __init__(self, run_dir: str | Path, every: int):
+        self.every = every
+        self.enabled = every > 0 and jax.process_index() == 0
+        self._file = (Path(run_dir) / "rollouts.jsonl").open("a") if self.enabled else None
+
+    def write(self, step: int, prompt_index: np.ndarray, rollout: Any, texts: list[str], rewards: np.ndarray) -> None:
+        if self._file is None or step % self.every:
+            return
+        tokens = [np.asarray(row[:n]).tolist() for row, n in zip(rollout.tokens, rollout.lengths)]
+        row = {"step": step, "prompt_index": np.asarray(prompt_index).tolist(), "tokens": tokens, "text": texts,
+               "reward": np.asarray(rewards, dtype=float).tolist()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class LateWriter:
     """Writes step k's device metrics when step k+1 arrives (or at flush)."""
 

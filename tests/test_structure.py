@@ -22,8 +22,10 @@ ALLOWED = {
     "writers": {"config"},
     "sft": {"config", "types", "loss", "tokenizer"},
     "rewards": {"config", "types", "rewards"},
+    "checkpoint": {"config", "types", "mesh", "model"},
+    "preemption": set(),
 }
-ORCHESTRATORS = {"cli", "loop", "warmstart"}
+ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate"}
 
 
 def _imports(path: Path) -> set[str]:

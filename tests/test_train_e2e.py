@@ -8,7 +8,7 @@ from rlvr_jax import cli
 
 SHORT = ["run.steps=3", "eval.every=2", "loss.kl_beta=0.01", "warmstart.steps=30", "warmstart.traces=512", "eval.max_problems=16", "eval.n=4",
          "data.prompts_per_step=4", "logging.probe_every=1", "logging.progress_bar=false"]
-REQUIRED = {"step", "reward/mean", "reward/correct_frac", "loss", "entropy", "tokens_per_s"}
+REQUIRED = {"step", "reward/mean", "reward/correct_frac", "loss", "entropy", "time/tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_run_directory_layout(run_dir):
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert REQUIRED <= row.keys()
-        assert 0.0 <= row["reward/mean"] <= 1.0 and row["tokens_per_s"] > 0
+        assert 0.0 <= row["reward/mean"] <= 1.0 and row["time/tokens_per_s"] > 0
         assert {"probe/pi_S1", "probe/pi_S2", "probe/pi_S3", "probe/pi_rest"} <= row.keys()
         assert row["update/skipped_total"] == 0
         assert row["kl"] is not None and abs(row["kl"]) < 1.0  # KL to the frozen initial policy

@@ -48,7 +48,7 @@ class RewardResult:
 
     def metrics(self) -> dict[str, float]:
         return {"reward/timeouts": float(self.timeouts), "reward/errors": float(self.errors),
-                "reward/seconds": self.seconds}
+                "time/reward_s": self.seconds}
 
 
 class _Worker:

@@ -1,0 +1,291 @@
+"""Functional reproducibility: a stopped-and-resumed run equals the uninterrupted one bit for bit
+(params, optimizer state, metrics rows, sampled tokens), on the 8-device (2,2,2) mesh in process and
+on one device in subprocesses that get real signals (SIGTERM, SIGKILL during a save). Restoring onto
+another mesh (2,2,2 -> 1,4,2; 8 devices -> 4) continues within f32 tolerance.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr_jax import cli
+from rlvr_jax.checkpoint import KILL_IN_SAVE_ENV, read_arrays
+from rlvr_jax.writers import read_jsonl
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 4
+MESH_222 = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+
+
+@pytest.fixture(scope="module")
+def toy_base(tmp_path_factory):
+    """A briefly warm-started toy policy (shared: each run below starts from it via model.path)."""
+    from rlvr_jax.config import load_config
+    from rlvr_jax.mesh import make_mesh
+    from rlvr_jax.warmstart import build_base_policy
+
+    out = tmp_path_factory.mktemp("toy_base")
+    cfg = load_config(cli.DEFAULT_CONFIG, ["warmstart.steps=30", "warmstart.traces=512", f"data.data_dir={out / 'data'}"])
+    folder = build_base_policy(cfg, out / "policy", out / "data", make_mesh(cfg.mesh), log=lambda _: None)
+    return folder, out / "data"
+
+
+def run_args(toy_base, *extra):
+    """Few steps, small batches; format reward + entropy bonus + KL so every step moves the params."""
+    folder, data = toy_base
+    return [f"model.path={folder}", "model.arch={}", "warmstart.enabled=false", f"data.data_dir={data}",
+            f"run.steps={STEPS}", "data.prompts_per_step=4", "rollout.group_size=4", "eval.every=2",
+            "eval.max_problems=8", "eval.n=2", "logging.probe_every=1", "logging.rollouts_every=1",
+            "logging.progress_bar=false", "logging.tensorboard=false", "reward.format_weight=1.0",
+            "reward.workers=1", "loss.entropy_coef=0.01", "loss.kl_beta=0.01", "checkpoint.every=2", *extra]
+
+
+def train(run_dir, args, *flags):
+    assert cli.main(["train", "--run-dir", str(run_dir), *flags, *args]) == 0
+
+
+def deterministic_rows(run_dir):
+    """metrics.jsonl without the wall-clock metrics (all under time/)."""
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def flat_arrays(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flat_arrays(value, f"{prefix}/{key}"))
+        return out
+    if isinstance(tree, (list, tuple)):
+        return flat_arrays(dict(enumerate(tree)), prefix)
+    return {prefix: np.asarray(tree)}
+
+
+def assert_same_state(a, b, step, exact=True):
+    for item in ("params", "train"):
+        left, right = flat_arrays(read_arrays(a, step, item)), flat_arrays(read_arrays(b, step, item))
+        assert left.keys() == right.keys()
+        for key in left:
+            if exact:
+                assert left[key].tobytes() == right[key].tobytes(), f"{item}{key} differs"
+            elif left[key].dtype.kind == "f":
+                np.testing.assert_allclose(left[key], right[key], rtol=2e-4, atol=2e-6, err_msg=f"{item}{key}")
+
+
+def assert_same_run(a, b):
+    assert deterministic_rows(a) == deterministic_rows(b)
+    assert [r["step"] for r in deterministic_rows(a)] == list(range(1, STEPS + 1))
+    assert (a / "rollouts.jsonl").read_text() == (b / "rollouts.jsonl").read_text()
+    assert_same_state(a, b, STEPS)
+
+
+# --- in process, 8 devices, mesh (2, 2, 2) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy_base, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(run_dir, run_args(toy_base, *MESH_222))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def stopped_at_2(toy_base, tmp_path_factory):
+    """A run stopped after step 2 (a pristine copy: tests resume their own copies)."""
+    run_dir = tmp_path_factory.mktemp("stopped")
+    train(run_dir, run_args(toy_base, *MESH_222), "--stop-at", "2")
+    return run_dir
+
+
+def copy_run(src, dest):
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_params_actually_change(uninterrupted):
+    """Guards the equality tests below against a run in which nothing moves."""
+    first, last = (flat_arrays(read_arrays(uninterrupted, s, "params")) for s in (2, STEPS))
+    assert any(not np.array_equal(first[k], last[k]) for k in first)
+    rows = deterministic_rows(uninterrupted)
+    assert len({r["loss"] for r in rows}) > 1 and any(r["reward/std"] > 0 for r in rows)
+
+
+def test_same_seed_same_bits_and_resumed_equals_uninterrupted(toy_base, uninterrupted, stopped_at_2, tmp_path, capsys):
+    assert sorted(p.name for p in (stopped_at_2 / "checkpoints").iterdir()) == ["2"]
+    assert [r["step"] for r in read_jsonl(stopped_at_2 / "metrics.jsonl")] == [1, 2]
+    resumed = copy_run(stopped_at_2, tmp_path / "resumed")
+    train(resumed, run_args(toy_base, *MESH_222))
+    assert "resuming from checkpoint step 2" in capsys.readouterr().out
+    assert_same_run(uninterrupted, resumed)
+    # The same seed twice from scratch (the stopped run's first half) gives the same bits too.
+    assert deterministic_rows(stopped_at_2) == deterministic_rows(uninterrupted)[:2]
+    assert_same_state(uninterrupted, stopped_at_2, 2)
+
+
+def test_resume_onto_another_mesh_shape(toy_base, uninterrupted, stopped_at_2, tmp_path, capsys):
+    resumed = copy_run(stopped_at_2, tmp_path / "remeshed")
+    train(resumed, run_args(toy_base, "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"))
+    out = capsys.readouterr().out
+    assert "resuming from checkpoint step 2" in out and "config changed: mesh.fsdp: 2 -> 4" in out
+    assert_same_state(uninterrupted, resumed, STEPS, exact=False)
+    rows, expected = deterministic_rows(resumed), deterministic_rows(uninterrupted)
+    assert [r["reward/mean"] for r in rows] == [r["reward/mean"] for r in expected]
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in expected], rtol=1e-4, atol=1e-6)
+
+
+def test_config_changes_on_resume(toy_base, stopped_at_2, tmp_path, capsys):
+    run_dir = copy_run(stopped_at_2, tmp_path / "changed")
+    with pytest.raises(SystemExit) as err:
+        train(run_dir, run_args(toy_base, *MESH_222, "optim.lr=0.5", "advantage.sign=negative_only"))
+    text = str(err.value)
+    assert "optim.lr: 0.001 -> 0.5" in text and "advantage.sign: 'full' -> 'negative_only'" in text
+    assert "--allow-config-change" in text
+    with pytest.raises(SystemExit, match=r"model.param_dtype: 'float32' -> 'bfloat16'[\s\S]*--restart"):
+        train(run_dir, run_args(toy_base, *MESH_222, "model.param_dtype=bfloat16"), "--allow-config-change")
+    # Nothing was touched by the refused attempts: the checkpoint and the logs are as saved.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2"]
+    assert (run_dir / "config.yaml").read_text() == (stopped_at_2 / "config.yaml").read_text()
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous(toy_base, uninterrupted, tmp_path, capsys):
+    run_dir = copy_run(uninterrupted, tmp_path / "corrupted")
+    for blob in (run_dir / "checkpoints" / str(STEPS) / "params").rglob("*"):
+        if blob.is_file() and blob.stat().st_size > 1000:
+            blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 3])  # truncated array data
+    train(run_dir, run_args(toy_base, *MESH_222))
+    out = capsys.readouterr().out
+    assert f"checkpoint {run_dir / 'checkpoints' / str(STEPS)} cannot be restored" in out
+    assert "resuming from checkpoint step 2" in out
+    assert list((run_dir / "checkpoints.corrupt").iterdir())  # moved aside, not deleted
+    assert_same_run(uninterrupted, run_dir)
+
+
+def test_restart_moves_old_checkpoints_aside(toy_base, stopped_at_2, tmp_path, capsys):
+    run_dir = copy_run(stopped_at_2, tmp_path / "restarted")
+    train(run_dir, run_args(toy_base, *MESH_222), "--restart", "--stop-at", "1")
+    out = capsys.readouterr().out
+    assert "previous checkpoints moved to" in out and "resuming" not in out
+    assert [p.name for p in run_dir.glob("checkpoints.replaced-*/*")] == ["2"]
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1]
+
+
+# --- subprocesses, one device, real signals -----------------------------------------------------
+
+
+def subprocess_env(devices):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def command(run_dir, args):
+    return [sys.executable, "-m", "rlvr_jax.cli", "train", "--run-dir", str(run_dir), *args]
+
+
+def run_cli(run_dir, args, devices=1, extra_env=None):
+    env = {**subprocess_env(devices), **(extra_env or {})}
+    return subprocess.run(command(run_dir, args), env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def one_device(toy_base, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one_device")
+    done = run_cli(run_dir, run_args(toy_base))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def test_sigterm_saves_exits_0_and_the_restart_finishes_identically(toy_base, one_device, tmp_path):
+    run_dir = tmp_path / "sigterm"
+    proc = subprocess.Popen(command(run_dir, run_args(toy_base)), env=subprocess_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # the signal arrives while step 1 runs
+        lines.append(line)
+        if line.startswith("base policy:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=600) == 0, "".join(lines)[-3000:]
+    out = "".join(lines)
+    assert "SIGTERM received" in out and f"stopped after step 1 of {STEPS} (SIGTERM)" in out
+    assert (run_dir / "checkpoints" / "1").is_dir() and not (run_dir / "summary.json").exists()
+    again = run_cli(run_dir, run_args(toy_base))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint step 1" in again.stdout
+    assert_same_run(one_device, run_dir)
+
+
+def test_kill_9_during_a_save_resumes_from_the_previous_complete_checkpoint(toy_base, one_device, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = run_args(toy_base, "checkpoint.every=1")
+    killed = run_cli(run_dir, args, extra_env={KILL_IN_SAVE_ENV: "3"})
+    assert killed.returncode == -signal.SIGKILL
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names[:2] == ["1", "2"] and len(names) == 3 and names[2].startswith("3.orbax-checkpoint-tmp"), names
+    again = run_cli(run_dir, args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint step 2" in again.stdout
+    assert_same_run(one_device, run_dir)
+
+
+def test_eight_device_checkpoint_resumes_on_four_devices(toy_base, uninterrupted, stopped_at_2, tmp_path):
+    run_dir = copy_run(stopped_at_2, tmp_path / "four_devices")
+    done = run_cli(run_dir, run_args(toy_base, "mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2"), devices=4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from checkpoint step 2" in done.stdout
+    assert_same_state(uninterrupted, run_dir, STEPS, exact=False)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def test_export_gives_transformers_the_same_logits_and_generate_runs(uninterrupted, tmp_path, capsys):
+    import json
+
+    import torch
+    import transformers
+
+    from rlvr_jax.checkpoint import restore_policy
+    from rlvr_jax.mesh import TRAIN_RULES, make_mesh
+    from rlvr_jax.model import forward
+    from rlvr_jax.tokenizer import load_tokenizer, render_prompt
+
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--run-dir", str(uninterrupted), "--out", str(out)]) == 0
+    assert f"exported step {STEPS} of" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    tok = load_tokenizer(out)
+    ids = tok(render_prompt(tok, "17 42 17"))["input_ids"]
+    ids = np.asarray([ids + tok.convert_tokens_to_ids(["<S2>"])], dtype=np.int32)
+    _, graphdef, params, _ = restore_policy(uninterrupted, None, make_mesh(), TRAIN_RULES)
+    ours = np.asarray(forward(graphdef, params, ids, np.ones_like(ids)))
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(ids).long()).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=1e-5)
+    assert cli.main(["generate", "--model", str(out), "--prompt", "17 42 17", "--max-new-tokens", "4",
+                     "--seed", "1"]) == 0
+    sample = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sample["token_ids"] and sample["finish_reason"] in {"eos", "length"}
+
+
+def test_export_errors_name_the_problem(uninterrupted, tmp_path):
+    with pytest.raises(SystemExit, match=r"no checkpoint for step 3; available: \[2, 4\]"):
+        cli.main(["export", "--run-dir", str(uninterrupted), "--step", "3", "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="holds no complete checkpoint"):
+        (tmp_path / "empty_run" / "tokenizer").mkdir(parents=True)
+        shutil.copytree(uninterrupted / "tokenizer", tmp_path / "empty_run" / "tokenizer", dirs_exist_ok=True)
+        cli.main(["export", "--run-dir", str(tmp_path / "empty_run"), "--out", str(tmp_path / "b")])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is not empty"):
+        cli.main(["export", "--run-dir", str(uninterrupted), "--out", str(tmp_path / "c")])
+    assert (tmp_path / "c" / "keep.txt").read_text() == "mine"
