@@ -24,6 +24,7 @@ ALLOWED = {
     "rewards": {"config", "types", "rewards"},
     "checkpoint": {"config", "types", "mesh", "model"},
     "preemption": set(),
+    "boundary": set(),
 }
 ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate"}
 
