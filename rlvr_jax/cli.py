@@ -147,6 +147,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from rlvr_jax.evaluate import add_eval_parser as add
+
+    add(sub)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rlvr_jax.evaluate import run_eval_command
+
+    return run_eval_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr-jax", description="RLVR training for LLMs in JAX/Flax NNX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bandit_parser(sub)
     _train_parser(sub)
     _export_parser(sub)
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train, "export": run_export}
+    commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train, "export": run_export,
+                "eval": _run_eval}
     return commands[args.command](args)
 
 

@@ -260,9 +260,13 @@ class CheckpointConfig(_Section):
 class LoggingConfig(_Section):
     every: int = Field(default=1, ge=1)
     tensorboard: bool = True
-    dynamics_every: int = Field(default=1, ge=1)
-    """Post-update probability-mass pass every N steps."""
+    dynamics_every: int = Field(default=20, ge=1)
+    """Post-update probability-mass pass (two extra forwards) every N steps; the per-sign statistics of
+    the sampled tokens are logged every step regardless."""
     probe_every: int = Field(default=10, ge=1)
+    probe_file: str | None = None
+    """Probe set (YAML/JSONL: prompts, decision positions, token classes; see rlvr_jax/probe.py). Default:
+    the task's own probe (toy_strategy: pi(S1), pi(S2), pi(S3) at the first response token), else none."""
     rollouts_every: int = Field(default=0, ge=0)
     """Append every N-th step's sampled completions (token ids, text, reward) to rollouts.jsonl (0: never)."""
     progress_bar: bool = True
@@ -277,6 +281,11 @@ class EvalConfig(_Section):
     temperature: float = Field(default=0.6, ge=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_problems: int | None = None
+    """Evaluate the first N problems of the split (None: all of them)."""
+    samples_per_pass: int = Field(default=16, ge=1)
+    """Samples per problem drawn in one sampler call (n is drawn in n / samples_per_pass passes)."""
+    batch_problems: int = Field(default=16, ge=1)
+    """Problems per sampler call (rows = batch_problems * samples_per_pass)."""
 
 
 class Config(_Section):

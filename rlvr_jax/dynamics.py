@@ -1,12 +1,14 @@
 """On-device probability-mass statistics (ALGORITHMS.md section 4).
 
-`class_probabilities` is the probe: at the first response position of fixed prompts, the exact
-softmax mass of named token classes (e.g. the toy task's strategy tokens S1/S2/S3) and the rest.
+`class_probabilities` is the probe (see probe.py): at named decision positions of fixed prompts, the
+exact softmax mass of named token classes (e.g. the toy task's strategy tokens S1/S2/S3) and the rest.
+`sampled_token_stats` and `update_shift_stats` split the sampled tokens of an update by the sign of
+their rollout's advantage (section 4 of ALGORITHMS.md).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +16,76 @@ import jax.numpy as jnp
 from rlvr_jax.types import PromptBatch
 
 
-def class_probabilities(model: Any, prompts: PromptBatch, classes: Sequence[Sequence[int]]) -> jax.Array:
-    """f32[C + 1]: mean over prompts of each class's next-token probability, then the remaining mass.
+def class_probabilities(model: Any, prompts: PromptBatch, member: jax.Array, applies: jax.Array) -> jax.Array:
+    """f32[C + 1]: each class's next-token probability at the last prompt position, averaged over the
+    prompts it applies to, then the mean mass outside each prompt's classes ("rest").
 
-    A class is a set of token ids (a class such as "S1" may have several spellings).
+    member f32[C, V]: 1 where token v belongs to class c (a class may have several spellings);
+    applies f32[B, C]: 1 where prompt b defines class c.
     """
     from rlvr_jax.model import positions_from_mask
 
     logits, _ = model(prompts.tokens, positions_from_mask(prompts.mask), prompts.mask)
     probs = jax.nn.softmax(logits[:, -1].astype(jnp.float32), axis=-1)  # left padded: last slot is real
-    per_class = jnp.stack([probs[:, jnp.asarray(ids)].sum(axis=-1) for ids in classes], axis=-1)
-    mean = per_class.mean(axis=0)
-    return jnp.concatenate([mean, 1.0 - mean.sum(keepdims=True)])
+    mass = (probs @ member.T) * applies  # [B, C]
+    per_class = mass.sum(axis=0) / jnp.maximum(applies.sum(axis=0), 1.0)
+    rest = jnp.mean(1.0 - mass.sum(axis=1))
+    return jnp.concatenate([per_class, rest[None]])
+
+
+SIGNS = ("pos", "neg", "zero")
+HIST_EDGES = tuple(i / 10 for i in range(11))  # fixed pi_old bins [0, .1), ..., [.9, 1]
+SATURATED, RARE = 0.9, 0.01
+
+
+def sign_masks(adv: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """f32[N, M] token masks of rollouts with positive / negative / zero advantage."""
+    m = mask.astype(jnp.float32)
+    a = adv[:, None]
+    return {"pos": m * (a > 0), "neg": m * (a < 0), "zero": m * (a == 0)}
+
+
+def _mean(x: jax.Array, m: jax.Array) -> jax.Array:
+    return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def sampled_token_stats(logp_old: jax.Array, adv: jax.Array, mask: jax.Array,
+                        entropy: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Before the update, per advantage sign: pi_old(y) mean, saturated (> 0.9) and rare (< 0.01)
+    fractions, a 10-bin histogram (fractions), token count, mean entropy; and the share of tokens
+    that carry a non-zero advantage."""
+    p = jnp.exp(logp_old)
+    out: dict[str, jax.Array] = {}
+    masks = sign_masks(adv, mask)
+    bins = jnp.clip(jnp.floor(p * 10).astype(jnp.int32), 0, 9)
+    for sign, m in masks.items():
+        out[f"dyn/tokens/{sign}"] = jnp.sum(m)
+        out[f"dyn/pi_old/{sign}"] = _mean(p, m)
+        out[f"dyn/saturated/{sign}"] = _mean((p > SATURATED).astype(jnp.float32), m)
+        out[f"dyn/rare/{sign}"] = _mean((p < RARE).astype(jnp.float32), m)
+        counts = jnp.zeros(10).at[bins.reshape(-1)].add(m.reshape(-1))
+        out[f"dyn/hist/{sign}"] = counts / jnp.maximum(jnp.sum(m), 1.0)
+        if entropy is not None:
+            out[f"dyn/entropy/{sign}"] = _mean(entropy, m)
+    total = jnp.maximum(jnp.sum(mask), 1)
+    out["dyn/nonzero_adv_token_frac"] = (jnp.sum(masks["pos"]) + jnp.sum(masks["neg"])) / total
+    return out
+
+
+def update_shift_stats(before: tuple[jax.Array, jax.Array], after: tuple[jax.Array, jax.Array],
+                       logp_rollout: jax.Array, adv: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Where the update moved mass, per advantage sign, from (log pi(y), log max_v pi(v)) at the sampled
+    positions before and after the update: mean logp change of the sampled token, mean change of the
+    top-1 probability, and how often the argmax itself was the sampled token. Also the sampler-vs-
+    trainer mismatch |logp_rollout - logp_trainer| for the same params (~0 in f32 on one device)."""
+    (logp0, top0), (logp1, top1) = before, after
+    out: dict[str, jax.Array] = {}
+    for sign, m in sign_masks(adv, mask).items():
+        out[f"dyn/dlogp/{sign}"] = _mean(logp1 - logp0, m)
+        out[f"dyn/dtop1/{sign}"] = _mean(jnp.exp(top1) - jnp.exp(top0), m)
+        out[f"dyn/sampled_is_top1/{sign}"] = _mean((logp0 >= top0).astype(jnp.float32), m)
+    m = mask.astype(jnp.float32)
+    gap = jnp.abs(logp_rollout - logp0)
+    out["dyn/sampler_mismatch/mean"] = _mean(gap, m)
+    out["dyn/sampler_mismatch/max"] = jnp.max(gap * m)
+    return out

@@ -21,7 +21,8 @@ from rlvr_jax import advantage as adv_lib
 from rlvr_jax.checkpoint import Checkpointer, CheckpointError, fingerprint, move_aside
 from rlvr_jax.config import Config, ConfigChanges, save_config
 from rlvr_jax.data import PromptPipeline, verification_target
-from rlvr_jax.evaluate import Evaluator, decode_completions, make_probe, plot_training
+from rlvr_jax.evaluate import Evaluator, decode_completions, plot_training
+from rlvr_jax.probe import make_probe
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed
 from rlvr_jax.model import Arch, load_policy
 from rlvr_jax.preemption import StopRequest
@@ -31,7 +32,7 @@ from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
 from rlvr_jax.update import (UpdateSpec, abstract_train_state, init_train_state, make_optimizer, make_train_step,
                              total_optimizer_steps)
-from rlvr_jax.warmstart import build_base_policy, strategy_token_ids
+from rlvr_jax.warmstart import build_base_policy
 from rlvr_jax.writers import LateWriter, MetricWriter, RolloutLog, read_jsonl, trim_jsonl
 
 PURPOSES = {"init": 0, "rollout": 1, "train": 2, "eval": 3}
@@ -49,7 +50,6 @@ class Policy:
     graphdef: Any
     tokenizer: Any
     folder: Path | None
-    probe_classes: list[list[int]] | None  # token-id classes of the probe (toy: S1, S2, S3)
 
 
 def prepare_policy(cfg: Config, run_dir: Path, mesh: Any, log: Callable[[str], None]) -> tuple[Policy, Any]:
@@ -64,8 +64,7 @@ def prepare_policy(cfg: Config, run_dir: Path, mesh: Any, log: Callable[[str], N
     if tok_dir is None:
         raise ValueError("config: a random model (model.arch) needs model.tokenizer, or warmstart.enabled=true")
     tok = load_tokenizer(tok_dir)
-    probe = strategy_token_ids(tok) if cfg.data.task == "toy_strategy" else None
-    return Policy(arch, graphdef, tok, folder, probe), params
+    return Policy(arch, graphdef, tok, folder), params
 
 
 def data_dir(cfg: Config, run_dir: Path) -> Path:
@@ -144,21 +143,22 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     spec = UpdateSpec(cfg.loss, cfg.optim, cfg.loss.max_len_norm or cfg.rollout.max_new_tokens)
     train_step = make_train_step(policy.graphdef, tx, spec, state, mesh, TRAIN_RULES)
     advantages = jax.jit(lambda r: adv_lib.advantages(r, cfg.advantage))
-    probe = make_probe(cfg, policy, mesh)
+    probe = make_probe(cfg, tok, policy.graphdef)
     reference = make_reference(cfg, policy, params)
     del params  # the state (fresh or restored) owns the policy from here on
     writer = LateWriter(MetricWriter(run_dir, cfg.logging.tensorboard, append=start > 0))
     samples = RolloutLog(run_dir, cfg.logging.rollouts_every)
     g = cfg.rollout.group_size
     with StopRequest(log) as stop, RewardPool(cfg.reward) as pool:
-        evaluate = Evaluator(cfg, policy, mesh, state.params, pool)
-        if base_eval is None:
+        evaluate = Evaluator(cfg, tok, policy.arch, policy.graphdef, state.params, mesh, pool)
+        if base_eval is None:  # step 0: every run carries its own base-policy record
             base_eval = {**evaluate(state.params, 0), **probe(state.params)}
+            writer.writer.write(0, base_eval)
         log(_format_eval("base policy", base_eval))
         meta = {"config": cfg.model_dump(mode="json"), "reference": reference_id, "base_eval": base_eval,
                 "arch": policy.arch.to_hf(), "mesh": dict(mesh.shape), "process_count": jax.process_count()}
         progress = _progress(cfg, start)
-        done = start
+        done, final_eval = start, None
         for step in range(start, cfg.run.steps):
             t0 = time.perf_counter()
             step_batch = pipeline.batch(step)
@@ -173,7 +173,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
             rewards = result.rewards.reshape(-1, g)
             adv_lib.check_rewards(rewards)
             adv, weight = advantages(jnp.asarray(rewards))
-            state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight, logp_ref))
+            measure = (step + 1) % cfg.logging.dynamics_every == 0
+            state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight, logp_ref), measure)
             done = step + 1
             samples.write(done, np.repeat(arrays["index"], g), host, texts, result.rewards)
             host_metrics = {**_rollout_metrics(host, rewards, result, cfg), **result.metrics(),
@@ -181,10 +182,12 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
             host_metrics["time/tokens_per_s"] = float(host.lengths.sum()) / host_metrics["time/step_s"]
             if cfg.data.task == "toy_strategy":
                 host_metrics.update(_strategy_fractions(texts))
-            if probe.enabled and done % cfg.logging.probe_every == 0:
+            if probe.enabled and (done % cfg.logging.probe_every == 0 or done == cfg.run.steps):
                 host_metrics.update(probe(state.params))
-            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.run.steps:
+            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.run.steps:
                 host_metrics.update(evaluate(state.params, done))
+            if done == cfg.run.steps:
+                final_eval = {k: v for k, v in host_metrics.items() if k.startswith(("eval/", "probe/"))}
             writer.push(done, {**device_metrics, **adv_lib.group_stats(jnp.asarray(rewards),
                                                                        cfg.advantage.correct_threshold)},
                         host_metrics)
@@ -199,7 +202,9 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
                 break
         writer.flush()
         progress.close()
-        final_eval = {} if done < cfg.run.steps else {**evaluate(state.params, cfg.run.steps), **probe(state.params)}
+        if final_eval is None and done >= cfg.run.steps:  # resumed a run that had already finished
+            log(f"the run is already complete (step {done} of run.steps={cfg.run.steps}); use --restart to train again")
+            final_eval = {**evaluate(state.params, done), **probe(state.params)}
     ckpt.close()
     writer.writer.close()
     samples.close()
@@ -281,8 +286,10 @@ def _progress(cfg: Config, start: int) -> Any:
 
 
 def _format_eval(name: str, values: dict[str, float]) -> str:
-    keys = ["eval/reward_mean", "eval/correct_frac", "eval/correct_frac/hard", "probe/pi_S1", "probe/pi_S2",
-            "probe/pi_S3"]
+    keys = ["eval/reward_mean", "eval/correct_frac", "eval/correct_frac/hard"]
+    keys += [k for k in values if k.startswith("eval/pass@") and k.count("/") == 1 and k != "eval/pass@1"][-1:]
+    keys += [k for k in values if k.startswith("eval/pass@") and k.endswith("/hard") and k != "eval/pass@1/hard"][-1:]
+    keys += ["probe/pi_S1", "probe/pi_S2", "probe/pi_S3"]
     shown = ", ".join(f"{k.split('/', 1)[1]}={values[k]:.3f}" for k in keys if k in values)
     return f"{name}: {shown}"
 

@@ -10,7 +10,7 @@ Aggregation divides a sum of per-row contributions by a normaliser computed over
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,31 @@ def _logp_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array) -> tup
     return logp, entropy
 
 
+def _logp_top1(hidden: jax.Array, head: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = head_logits(hidden, head)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - logz
+    return logp, jnp.max(logits, axis=-1) - logz
+
+
+def _chunked(fn: Callable, hidden: jax.Array, head: jax.Array, targets: jax.Array,
+             chunk: int) -> tuple[jax.Array, jax.Array]:
+    """fn(hidden, head, targets) -> two f32 [B, T] arrays, `chunk` positions at a time under remat."""
+    t = hidden.shape[1]
+    if chunk <= 0 or chunk >= t:
+        return fn(hidden, head, targets)
+    pad = (-t) % chunk
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    y = jnp.pad(targets, ((0, 0), (0, pad)))
+    n = (t + pad) // chunk
+    h = h.reshape(h.shape[0], n, chunk, h.shape[-1]).swapaxes(0, 1)
+    y = y.reshape(y.shape[0], n, chunk).swapaxes(0, 1)
+    body = jax.checkpoint(lambda hy: fn(hy[0], head, hy[1]))
+    a, b = jax.lax.map(body, (h, y))
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(x.shape[1], -1)[:, :t]  # noqa: E731
+    return unchunk(a), unchunk(b)
+
+
 def token_logp_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array,
                        chunk: int = 0) -> tuple[jax.Array, jax.Array]:
     """log pi(targets) and the full-distribution entropy, f32 [B, T], from hidden [B, T, D].
@@ -37,28 +62,25 @@ def token_logp_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array,
     With `chunk` > 0 the T axis is processed `chunk` tokens at a time under remat, so the backward
     pass holds one [B, chunk, V] block instead of [B, T, V].
     """
-    t = hidden.shape[1]
-    if chunk <= 0 or chunk >= t:
-        return _logp_entropy(hidden, head, targets)
-    pad = (-t) % chunk
-    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    y = jnp.pad(targets, ((0, 0), (0, pad)))
-    n = (t + pad) // chunk
-    h = h.reshape(h.shape[0], n, chunk, h.shape[-1]).swapaxes(0, 1)
-    y = y.reshape(y.shape[0], n, chunk).swapaxes(0, 1)
-    body = jax.checkpoint(lambda hy: _logp_entropy(hy[0], head, hy[1]))
-    logp, ent = jax.lax.map(body, (h, y))
-    unchunk = lambda x: x.swapaxes(0, 1).reshape(x.shape[1], -1)[:, :t]  # noqa: E731
-    return unchunk(logp), unchunk(ent)
+    return _chunked(_logp_entropy, hidden, head, targets, chunk)
 
 
-def completion_logp_entropy(model: Any, batch: TrainBatch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
-    """Run the policy over prompt + completion; log-probs and entropies at the completion tokens."""
+def _completion(model: Any, batch: TrainBatch, fn: Callable, chunk: int) -> tuple[jax.Array, jax.Array]:
     tokens = jnp.concatenate([batch.prompt_tokens, batch.tokens], axis=1)
     mask = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
     hidden, _ = model.hidden_states(tokens, positions_from_mask(mask), mask)
     p = batch.prompt_tokens.shape[1]
-    return token_logp_entropy(hidden[:, p - 1:-1], model.head_weight(), batch.tokens, chunk)
+    return _chunked(fn, hidden[:, p - 1:-1], model.head_weight(), batch.tokens, chunk)
+
+
+def completion_logp_entropy(model: Any, batch: TrainBatch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Run the policy over prompt + completion; log-probs and entropies at the completion tokens."""
+    return _completion(model, batch, _logp_entropy, chunk)
+
+
+def completion_logp_top1(model: Any, batch: TrainBatch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+    """log pi(y_t) of the completion tokens and log max_v pi(v) at the same positions (no gradient use)."""
+    return _completion(model, batch, _logp_top1, chunk)
 
 
 def ppo_token_loss(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, cfg: LossConfig) -> tuple[jax.Array, ...]:

@@ -19,7 +19,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlvr_jax.config import LossConfig, OptimConfig, Schedule
-from rlvr_jax.loss import combine_terms, completion_logp_entropy, finalize_metrics, normaliser, policy_loss
+from rlvr_jax.dynamics import sampled_token_stats, update_shift_stats
+from rlvr_jax.loss import (combine_terms, completion_logp_entropy, completion_logp_top1, finalize_metrics, normaliser,
+                           policy_loss)
 from rlvr_jax.mesh import Rules, sharding_for, tree_shardings
 from rlvr_jax.types import TrainBatch, TrainState
 
@@ -100,9 +102,25 @@ def _grads(graphdef: nnx.GraphDef, params: Any, mini: TrainBatch, spec: UpdateSp
     return grads, terms, loss
 
 
+def _token_view(graphdef: nnx.GraphDef, params: Any, batch: TrainBatch, spec: UpdateSpec) -> tuple[jax.Array, jax.Array]:
+    """(log pi(y), log top-1 prob) at the sampled tokens, micro-batched like the loss (no gradients)."""
+    parts = spec.optim.mini_batches * spec.optim.micro_batches
+    fn = lambda b: completion_logp_top1(nnx.merge(graphdef, params), b, spec.loss.logits_chunk)  # noqa: E731
+    logp, top1 = jax.lax.map(fn, _split_rows(batch, parts))
+    merge = lambda x: x.swapaxes(0, 1).reshape(-1, x.shape[-1])  # noqa: E731  (inverse of the strided split)
+    return jax.lax.stop_gradient(merge(logp)), jax.lax.stop_gradient(merge(top1))
+
+
 def train_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               spec: UpdateSpec) -> tuple[TrainState, dict[str, jax.Array]]:
-    """epochs x mini_batches optimizer steps over one rollout batch."""
+               spec: UpdateSpec, dynamics: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+    """epochs x mini_batches optimizer steps over one rollout batch.
+
+    Sampled-token statistics per advantage sign are always logged (they read only the batch); with
+    `dynamics`, two extra forward passes (before and after the update) measure where the update
+    moved probability mass (`dynamics.update_shift_stats`).
+    """
+    stats = sampled_token_stats(batch.logp_old, batch.adv, batch.mask)
+    before = _token_view(graphdef, state.params, batch, spec) if dynamics else None
     minis = _split_rows(batch, spec.optim.mini_batches)
     schedule = jax.tree.map(lambda x: jnp.concatenate([x] * spec.optim.epochs), minis)
 
@@ -124,6 +142,10 @@ def train_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx:
     metrics = {**finalize_metrics(terms), "loss": per_step["loss"].mean(), "loss/first": per_step["loss"][0],
                "grad_norm": per_step["grad_norm"].mean(), "update/skipped_total": skipped,
                "update/optimizer_steps": jnp.asarray(per_step["loss"].shape[0], jnp.int32)}
+    metrics.update(stats)
+    if dynamics:
+        after = _token_view(graphdef, params, batch, spec)
+        metrics.update(update_shift_stats(before, after, batch.logp_old, batch.adv, batch.mask))
     new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, skipped=skipped)
     return new_state, metrics
 
@@ -192,6 +214,9 @@ def jit_step(fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: Tr
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: UpdateSpec, state: TrainState,
-                    mesh: Mesh, rules: Rules) -> Callable[[TrainState, TrainBatch], tuple[TrainState, dict]]:
-    """The RL update step, jitted at this boundary."""
-    return jit_step(lambda s, b: train_step(s, b, graphdef, tx, spec), state, mesh, rules)
+                    mesh: Mesh, rules: Rules) -> Callable[..., tuple[TrainState, dict]]:
+    """The RL update step, jitted at this boundary: `step(state, batch, dynamics=False)` (two compiled
+    variants; the one with the post-update pass runs every `logging.dynamics_every` steps)."""
+    plain = jit_step(lambda s, b: train_step(s, b, graphdef, tx, spec), state, mesh, rules)
+    measured = jit_step(lambda s, b: train_step(s, b, graphdef, tx, spec, dynamics=True), state, mesh, rules)
+    return lambda state, batch, dynamics=False: (measured if dynamics else plain)(state, batch)

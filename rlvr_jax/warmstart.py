@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from rlvr_jax.config import Config
-from rlvr_jax.data import STRATEGY_TOKENS, toy_tokenizer, warmstart_examples
+from rlvr_jax.data import toy_tokenizer, warmstart_examples
 from rlvr_jax.mesh import TRAIN_RULES
 from rlvr_jax.model import Arch, init_params, save_pretrained
 from rlvr_jax.sft import SFTSpec, batch_rows, encode_traces, sft_step
@@ -98,7 +98,3 @@ def _toy_arch(cfg: Config, tok) -> Arch:
                          f"({len(tok)} tokens)")
     fields.update(eos_token_id=list(stop_token_ids(tok)), pad_token_id=int(tok.pad_token_id), bos_token_id=None)
     return Arch.from_hf(fields, source="config model.arch")
-
-
-def strategy_token_ids(tok) -> list[list[int]]:
-    return [[int(tok.convert_tokens_to_ids(t))] for t in STRATEGY_TOKENS]

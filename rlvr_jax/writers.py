@@ -25,8 +25,11 @@ def to_host(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
     out: dict[str, float | int | None] = {}
     for key, value in fetched.items():
         value = np.asarray(value)
+        if value.ndim == 1 and value.size > 1:  # histograms: a JSON list in metrics.jsonl, not a TB scalar
+            out[key] = [float(v) if math.isfinite(v) else None for v in value.tolist()]
+            continue
         if value.size != 1:
-            continue  # arrays (histograms) go to dedicated sinks, not the scalar log
+            continue
         number = value.item()
         if isinstance(number, float) and not math.isfinite(number):
             log.warning("metric %s is %s", key, number)
@@ -60,7 +63,7 @@ class MetricWriter:
         self._file.flush()
         if self._tb is not None:
             for key, value in row.items():
-                if value is not None:
+                if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ ALLOWED = {
     "advantage": {"config", "types"},
     "bandit": {"config", "types", "advantage"},
     "loss": {"config", "types", "model"},
-    "update": {"config", "types", "mesh", "loss", "model"},
+    "update": {"config", "types", "mesh", "loss", "model", "dynamics"},
     "dynamics": {"types", "model"},
     "writers": {"config"},
     "sft": {"config", "types", "loss", "tokenizer"},
@@ -26,7 +26,7 @@ ALLOWED = {
     "preemption": set(),
     "boundary": set(),
 }
-ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate"}
+ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate", "probe"}
 
 
 def _imports(path: Path) -> set[str]:

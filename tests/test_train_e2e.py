@@ -25,14 +25,21 @@ def test_run_directory_layout(run_dir):
     assert any((run_dir / "tensorboard").iterdir())
     assert (run_dir / "figures" / "training.png").stat().st_size > 10_000
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    base, rows = rows[0], rows[1:]  # step 0: the base policy's evaluation and probe
+    assert {"eval/pass@1", "eval/pass@4", "eval/pass@4/hard", "probe/pi_S2"} <= base.keys() and "loss" not in base
     for row in rows:
         assert REQUIRED <= row.keys()
         assert 0.0 <= row["reward/mean"] <= 1.0 and row["time/tokens_per_s"] > 0
         assert {"probe/pi_S1", "probe/pi_S2", "probe/pi_S3", "probe/pi_rest"} <= row.keys()
         assert row["update/skipped_total"] == 0
         assert row["kl"] is not None and abs(row["kl"]) < 1.0  # KL to the frozen initial policy
-    assert "eval/correct_frac" in rows[1] and "eval/correct_frac" not in rows[0]  # eval.every=2
+    # eval.every=2, and at the end; each evaluation's per-problem record is in evals/
+    assert ["eval/pass@4/hard" in r for r in rows] == [False, True, True]
+    assert sorted(p.name for p in (run_dir / "evals").iterdir()) == [f"step_{k:06d}.json" for k in (0, 2, 3)]
+    report = json.loads((run_dir / "evals" / "step_000003.json").read_text())
+    assert report["n"] == 4 and len(report["problems"]) == 16 and set(report["pass_at_k"]) == {"1", "2", "4"}
+    assert report["pass_at_k"]["1"] == rows[-1]["eval/pass@1"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["advantage"] == {"estimator": "grpo", "sign": "full"}
     for stage in ("base", "final"):

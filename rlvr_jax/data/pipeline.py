@@ -133,3 +133,30 @@ class PromptPipeline:
         """
         options = read_options or grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
         return iter(self.dataset[start_step:].to_iter_dataset(options))
+
+
+def evaluation_batches(source: Sequence[Any], tokenizer: Any, cfg: DataConfig, problems_per_batch: int,
+                       max_problems: int | None = None, process_index: int = 0,
+                       process_count: int = 1) -> list[tuple[StepBatch, int]]:
+    """The first `max_problems` problems of a split in source order (no shuffle), as (batch, valid rows).
+
+    Every batch has the same static shape (the last one is padded by repeating its final row, which
+    the caller drops), so the sampler compiles once. With several processes each one takes the same
+    contiguous share of every batch as in training.
+    """
+    if problems_per_batch % process_count:
+        raise common.DataError(f"eval.batch_problems={problems_per_batch} must divide evenly over "
+                               f"{process_count} processes")
+    total = len(source) if max_problems is None else min(max_problems, len(source))
+    if total == 0:
+        raise common.DataError("the evaluation split is empty")
+    encode = _Encode(tokenizer, cfg, len(source))
+    local = problems_per_batch // process_count
+    out = []
+    for start in range(0, total, problems_per_batch):
+        rows = list(range(start, min(start + problems_per_batch, total)))
+        mine = rows[process_index * local:(process_index + 1) * local]
+        valid = len(mine)
+        mine = (mine or rows[-1:]) + [(mine or rows)[-1]] * (local - max(valid, 1))
+        out.append((_stack([encode((i, source[i])) for i in mine]), valid))
+    return out

@@ -1,0 +1,187 @@
+"""The probe set: exact next-token probability of named token classes at named decision positions.
+
+A probe file (YAML, or JSONL with one item per line) names fixed held-out prompts, the decision
+position of each (the next token after the chat template's generation prompt plus an optional
+`response_prefix`), and token classes (class name -> token strings). Every `logging.probe_every`
+steps the run logs `probe/pi_<class>` (the class's softmax mass, averaged over the items that
+define it) and `probe/pi_rest` (the mass outside every class of an item).
+
+YAML:
+    classes: {S1: ["<S1>"], S2: ["<S2>"], S3: ["<S3>"]}   # default classes of every item
+    prompts:                                              # a list of items ...
+      - {prompt: "17 42 17", response_prefix: ""}
+      - {prompt: "3 8 1", classes: {S2: ["<S2>"]}}        # ... an item may name its own classes
+    # ... or held-out prompts of the run's task:  prompts: {from_split: test, count: 64}
+JSONL: one {"prompt", "response_prefix"?, "classes"} object per line.
+
+The toy task ships its probe (`toy_probe`, also written out as configs/probes/toy_strategy.yaml):
+pi(S1), pi(S2), pi(S3) and the rest at response position 0 of 64 held-out prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from rlvr_jax.config import Config
+from rlvr_jax.data import STRATEGY_TOKENS, PromptPipeline
+from rlvr_jax.dynamics import class_probabilities
+from rlvr_jax.tokenizer import encode_left_padded, render_prompt
+from rlvr_jax.types import PromptBatch
+
+
+class ProbeError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeItem:
+    prompt: str
+    response_prefix: str = ""
+    classes: dict[str, list[str]] | None = None  # None: the file's default classes
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSpec:
+    classes: dict[str, list[str]]
+    items: list[ProbeItem] = dataclasses.field(default_factory=list)
+    from_split: tuple[str, int] | None = None  # (split, count): held-out prompts of the run's task
+
+
+def toy_probe() -> ProbeSpec:
+    return ProbeSpec(classes={t.strip("<>"): [t] for t in STRATEGY_TOKENS}, from_split=("test", 64))
+
+
+def load_probe_file(path: str | Path) -> ProbeSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"probe file {path} does not exist (logging.probe_file)")
+    if path.suffix == ".jsonl":
+        items = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(_item(json.loads(line), f"{path}:{number}", {}))
+                except json.JSONDecodeError as err:
+                    raise ProbeError(f"{path}:{number} is not JSON: {err}") from None
+        return _checked(ProbeSpec(classes={}, items=items), path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProbeError(f"probe file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict) or "prompts" not in data:
+        raise ProbeError(f"probe file {path}: expected a mapping with `prompts` (and `classes`)")
+    classes = _classes(data.get("classes", {}), f"{path}: classes")
+    prompts = data["prompts"]
+    if isinstance(prompts, dict):
+        if set(prompts) - {"from_split", "count"} or "from_split" not in prompts:
+            raise ProbeError(f"{path}: prompts must be a list of items or {{from_split: SPLIT, count: N}}")
+        return _checked(ProbeSpec(classes, from_split=(str(prompts["from_split"]), int(prompts.get("count", 64)))), path)
+    if not isinstance(prompts, list):
+        raise ProbeError(f"{path}: prompts must be a list of items or {{from_split: SPLIT, count: N}}")
+    items = [_item(p, f"{path}: prompts[{i}]", classes) for i, p in enumerate(prompts)]
+    return _checked(ProbeSpec(classes, items=items), path)
+
+
+def _item(raw: Any, where: str, default_classes: dict[str, list[str]]) -> ProbeItem:
+    if not isinstance(raw, dict) or not isinstance(raw.get("prompt"), str):
+        raise ProbeError(f"{where}: an item needs a `prompt` string")
+    unknown = set(raw) - {"prompt", "response_prefix", "classes"}
+    if unknown:
+        raise ProbeError(f"{where}: unknown keys {sorted(unknown)} (valid: prompt, response_prefix, classes)")
+    classes = _classes(raw["classes"], f"{where}: classes") if "classes" in raw else None
+    if classes is None and not default_classes:
+        raise ProbeError(f"{where}: no classes (give `classes` here or at the top of the file)")
+    return ProbeItem(raw["prompt"], str(raw.get("response_prefix", "")), classes)
+
+
+def _classes(raw: Any, where: str) -> dict[str, list[str]]:
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and v and all(isinstance(t, str) for t in v)
+                                            for v in raw.values()):
+        raise ProbeError(f"{where}: expected {{class name: [token strings]}}")
+    bad = [k for k in raw if not isinstance(k, str)]
+    if bad:
+        raise ProbeError(f"{where}: class name {bad[0]!r} is not a string (YAML reads yes/no/on/off as "
+                         "booleans: quote the name)")
+    if "rest" in raw:
+        raise ProbeError(f"{where}: `rest` is reserved (the mass outside every class)")
+    return {str(k): list(v) for k, v in raw.items()}
+
+
+def _checked(spec: ProbeSpec, path: Path) -> ProbeSpec:
+    if not spec.items and spec.from_split is None:
+        raise ProbeError(f"probe file {path} has no prompts")
+    return spec
+
+
+# --- on the device --------------------------------------------------------------------------------
+
+
+class Probe:
+    """Callable params -> {"probe/pi_<class>": p, ..., "probe/pi_rest": p}; disabled when there is no probe."""
+
+    def __init__(self, fn: Callable | None, names: list[str]):
+        self.fn, self.names, self.enabled = fn, names, fn is not None
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        if self.fn is None:
+            return {}
+        values = np.asarray(jax.device_get(self.fn(params)))
+        return {f"probe/pi_{name}": float(v) for name, v in zip(self.names + ["rest"], values)}
+
+
+def make_probe(cfg: Config, tokenizer: Any, graphdef: Any) -> Probe:
+    """The run's probe: logging.probe_file, else the task's own (toy_strategy), else none."""
+    if cfg.logging.probe_file:
+        spec = load_probe_file(cfg.logging.probe_file)
+    elif cfg.data.task == "toy_strategy":
+        spec = toy_probe()
+    else:
+        return Probe(None, [])
+    prompts, names, member, applies = probe_arrays(spec, cfg, tokenizer)
+    from flax import nnx
+
+    fn = jax.jit(lambda p: class_probabilities(nnx.merge(graphdef, p), prompts, member, applies))
+    return Probe(fn, names)
+
+
+def probe_arrays(spec: ProbeSpec, cfg: Config, tok: Any) -> tuple[PromptBatch, list[str], jax.Array, jax.Array]:
+    """Prompts (left padded, decision position last), class names, membership f32[C, V], applies f32[B, C]."""
+    items = spec.items
+    if spec.from_split is not None:
+        split, count = spec.from_split
+        data = cfg.data.model_copy(update={"prompts_per_step": count})
+        _, examples = PromptPipeline(cfg.data.task, split, data, tok, cfg.run.seed + 1).batch(0)
+        items = [ProbeItem(e["prompt"]) for e in examples]
+    names = list(dict.fromkeys([*spec.classes] + [c for it in items for c in (it.classes or {})]))
+    vocab = len(tok)
+    member = np.zeros((len(names), vocab), np.float32)
+    applies = np.zeros((len(items), len(names)), np.float32)
+    for b, item in enumerate(items):
+        for name, strings in (item.classes or spec.classes).items():
+            c = names.index(name)
+            applies[b, c] = 1.0
+            member[c, [_token_id(tok, s, name) for s in strings]] = 1.0
+    texts = [render_prompt(tok, it.prompt, cfg.data.chat_template, cfg.data.plain_template) + it.response_prefix
+             for it in items]
+    tokens, mask = encode_left_padded(tok, texts)
+    prompts = PromptBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), index=jnp.arange(len(items)))
+    return prompts, names, jnp.asarray(member), jnp.asarray(applies)
+
+
+def _token_id(tok: Any, text: str, name: str) -> int:
+    vocab = tok.get_vocab()
+    if text in vocab:
+        return int(vocab[text])
+    ids = tok.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ProbeError(f"probe class {name}: {text!r} is {len(ids)} tokens for this tokenizer; a class lists "
+                         "single tokens (give each spelling, e.g. ' 7' and '7', as its own entry)")
+    return int(ids[0])

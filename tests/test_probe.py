@@ -1,0 +1,67 @@
+"""Probe files: parsing with clear errors, class ids, the shipped toy probe equals the built-in one."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rlvr_jax import cli
+from rlvr_jax.config import load_config
+from rlvr_jax.probe import ProbeError, load_probe_file, probe_arrays, toy_probe
+
+
+def test_shipped_toy_probe_file_equals_the_builtin():
+    assert load_probe_file(cli.DEFAULT_CONFIG.parent / "probes" / "toy_strategy.yaml") == toy_probe()
+
+
+def test_items_and_per_item_classes(tmp_path, tiny_tokenizer_dir):
+    from rlvr_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    path = tmp_path / "probe.yaml"
+    path.write_text("classes: {first: ['a', 'b'], second: ['c']}\n"
+                    "prompts:\n  - {prompt: 'is 2 even?', response_prefix: 'Answer:'}\n"
+                    "  - {prompt: 'is 3 even?', classes: {second: ['c']}}\n")
+    spec = load_probe_file(path)
+    prompts, names, member, applies = probe_arrays(spec, load_config(None), tok)
+    assert names == ["first", "second"]
+    np.testing.assert_array_equal(np.asarray(applies), [[1, 1], [0, 1]])
+    ids = tok.get_vocab()
+    assert set(np.flatnonzero(np.asarray(member)[0])) == {ids["a"], ids["b"]}
+    assert set(np.flatnonzero(np.asarray(member)[1])) == {ids["c"]}
+    # the decision position is the last real token: the prompt's generation prompt + response prefix
+    text = tok.decode(np.asarray(prompts.tokens[0])[np.asarray(prompts.mask[0]) == 1])
+    assert text.endswith("Answer:")
+
+
+def test_jsonl_items(tmp_path, tiny_tokenizer_dir):
+    path = tmp_path / "probe.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "classes": {"x": ["a"]}}) + "\n\n"
+                    + json.dumps({"prompt": "b", "response_prefix": "c", "classes": {"y": ["b"]}}) + "\n")
+    spec = load_probe_file(path)
+    assert [i.prompt for i in spec.items] == ["a", "b"] and spec.items[1].response_prefix == "c"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("prompts: [{prompt: a}]", "no classes"),
+    ("classes: {x: [a]}\nprompts: [{prompt: a, position: 3}]", r"unknown keys \['position'\]"),
+    ("classes: {rest: [a]}\nprompts: [{prompt: a}]", "`rest` is reserved"),
+    ("classes: {x: a}\nprompts: [{prompt: a}]", r"expected \{class name: \[token strings\]\}"),
+    ("classes: {yes: [a]}\nprompts: [{prompt: a}]", "class name True is not a string"),
+    ("classes: {x: [a]}", "expected a mapping with `prompts`"),
+    ("classes: {x: [a]}\nprompts: {split: test}", "from_split"),
+])
+def test_bad_probe_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ProbeError, match=message):
+        load_probe_file(path)
+
+
+def test_multi_token_class_entry_is_an_error(tmp_path, tiny_tokenizer_dir):
+    from rlvr_jax.tokenizer import load_tokenizer
+
+    path = tmp_path / "p.yaml"
+    path.write_text("classes: {x: ['a very long multi token string']}\nprompts: [{prompt: a}]")
+    with pytest.raises(ProbeError, match="probe class x: 'a very long multi token string' is [0-9]+ tokens"):
+        probe_arrays(load_probe_file(path), load_config(None), load_tokenizer(tiny_tokenizer_dir))
