@@ -159,6 +159,23 @@ def _run_eval(args: argparse.Namespace) -> int:
     return run_eval_command(args)
 
 
+def _plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="write a run's figures (probe, dynamics, pass@k, boundary) under RUN_DIR/figures")
+    p.add_argument("run_dir", type=Path)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from rlvr_jax.plots import plot_run
+
+    try:
+        made = plot_run(args.run_dir)
+    except FileNotFoundError as err:
+        raise SystemExit(f"rlvr-jax plot: {err}") from None
+    for path in made:
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr-jax", description="RLVR training for LLMs in JAX/Flax NNX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,9 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _train_parser(sub)
     _export_parser(sub)
     add_eval_parser(sub)
+    _plot_parser(sub)
     args = parser.parse_args(argv)
     commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train, "export": run_export,
-                "eval": _run_eval}
+                "eval": _run_eval, "plot": run_plot}
     return commands[args.command](args)
 
 

@@ -127,41 +127,6 @@ def _gather(problems: list[dict[str, Any]], reward_sum: float) -> tuple[list[dic
     return [p for part in parts for p in part[0]], sum(part[1] for part in parts)
 
 
-def plot_training(run_dir: Path) -> Path:
-    """figures/training.png: reward, entropy and the probe's class probabilities over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    series = lambda key: [(r["step"], r[key]) for r in rows if r.get(key) is not None]  # noqa: E731
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for key in ("reward/mean", "eval/correct_frac"):
-        if series(key):
-            axes[0].plot(*zip(*series(key)), label=key)
-    axes[0].set_title("reward")
-    axes[1].plot(*zip(*series("entropy")), color="k")
-    axes[1].set_title("token entropy (sampled positions)")
-    for name in ("S1", "S2", "S3", "rest"):
-        if series(f"probe/pi_{name}"):
-            axes[2].plot(*zip(*series(f"probe/pi_{name}")), label=f"pi({name})")
-    axes[2].set_yscale("log")
-    axes[2].set_title("probe: first response token")
-    for ax in axes:
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = run_dir / "figures" / "training.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-
-
 # --- `rlvr-jax eval` ------------------------------------------------------------------------------
 
 DEFAULT_VERIFIER = {"toy_strategy": "toy_strategy", "arithmetic": "numeric", "gsm8k": "numeric", "math": "math"}

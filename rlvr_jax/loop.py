@@ -21,13 +21,16 @@ from rlvr_jax import advantage as adv_lib
 from rlvr_jax.checkpoint import Checkpointer, CheckpointError, fingerprint, move_aside
 from rlvr_jax.config import Config, ConfigChanges, save_config
 from rlvr_jax.data import PromptPipeline, verification_target
-from rlvr_jax.evaluate import Evaluator, decode_completions, plot_training
+from rlvr_jax.evaluate import Evaluator, decode_completions
+from rlvr_jax.plots import boundary_over_training, plot_run, probe_series, read_evals
 from rlvr_jax.probe import make_probe
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed
 from rlvr_jax.model import Arch, load_policy
 from rlvr_jax.preemption import StopRequest
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
+from rlvr_jax.stages import describe as describe_stages
+from rlvr_jax.stages import detect_transition
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
 from rlvr_jax.update import (UpdateSpec, abstract_train_state, init_train_state, make_optimizer, make_train_step,
@@ -217,7 +220,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     summary = _summary(cfg, base_eval, final_eval, run_dir, time.perf_counter() - clock, writer.last)
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_training(run_dir)
+        plot_run(run_dir)
+    log(summary["stages"]["summary"])
     log(f"summary written to {run_dir / 'summary.json'}")
     return summary
 
@@ -297,9 +301,16 @@ def _format_eval(name: str, values: dict[str, float]) -> str:
 def _summary(cfg: Config, first: dict, final: dict, run_dir: Path, seconds: float, last: dict) -> dict:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     history = [r["reward/mean"] for r in rows if r.get("reward/mean") is not None]
+    evals = read_evals(run_dir)
+    stage = detect_transition(*probe_series(rows))
     return {"run": cfg.run.name, "steps": cfg.run.steps, "seconds_this_session": round(seconds, 1),
             "advantage": {"estimator": cfg.advantage.estimator.value, "sign": cfg.advantage.sign.value},
             "base": first, "final": final,
             "train_reward_first_10": float(np.mean(history[:10])) if history else None,
             "train_reward_last_10": float(np.mean(history[-10:])) if history else None,
+            "stages": {**stage, "summary": describe_stages(stage)},
+            "pass_at_k_over_training": [{"step": e["step"], "pass_at_k": e["pass_at_k"],
+                                         **{f"pass_at_k/{k}": v["pass_at_k"] for k, v in e["subsets"].items()}}
+                                        for e in evals],
+            "boundary_over_training": boundary_over_training(evals),
             "last_metrics": last}

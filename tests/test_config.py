@@ -12,7 +12,8 @@ from rlvr_jax.config import (
 )
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIG_FILES = sorted(p for ext in ("*.yaml", "*.yml") for p in CONFIGS_DIR.rglob(ext))
+# Run configs; configs/probes/ holds probe files (tested in test_probe.py).
+CONFIG_FILES = sorted(p for ext in ("*.yaml", "*.yml") for p in CONFIGS_DIR.rglob(ext) if "probes" not in p.parts)
 
 
 def _error(overrides=(), path=None) -> str:

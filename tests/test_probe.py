@@ -65,3 +65,10 @@ def test_multi_token_class_entry_is_an_error(tmp_path, tiny_tokenizer_dir):
     path.write_text("classes: {x: ['a very long multi token string']}\nprompts: [{prompt: a}]")
     with pytest.raises(ProbeError, match="probe class x: 'a very long multi token string' is [0-9]+ tokens"):
         probe_arrays(load_probe_file(path), load_config(None), load_tokenizer(tiny_tokenizer_dir))
+
+
+def test_every_shipped_probe_file_parses():
+    files = sorted((cli.DEFAULT_CONFIG.parent / "probes").glob("*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        assert load_probe_file(path).classes

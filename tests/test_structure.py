@@ -25,8 +25,9 @@ ALLOWED = {
     "checkpoint": {"config", "types", "mesh", "model"},
     "preemption": set(),
     "boundary": set(),
+    "stages": set(),
 }
-ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate", "probe"}
+ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate", "probe", "plots"}
 
 
 def _imports(path: Path) -> set[str]:

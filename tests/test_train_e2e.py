@@ -7,7 +7,7 @@ import pytest
 from rlvr_jax import cli
 
 SHORT = ["run.steps=3", "eval.every=2", "loss.kl_beta=0.01", "warmstart.steps=30", "warmstart.traces=512", "eval.max_problems=16", "eval.n=4",
-         "data.prompts_per_step=4", "logging.probe_every=1", "logging.progress_bar=false"]
+         "data.prompts_per_step=4", "logging.probe_every=1", "logging.progress_bar=false", "logging.dynamics_every=2"]
 REQUIRED = {"step", "reward/mean", "reward/correct_frac", "loss", "entropy", "time/tokens_per_s"}
 
 
@@ -23,7 +23,8 @@ def test_run_directory_layout(run_dir):
     assert (run_dir / "base_policy" / "config.json").is_file()
     assert (run_dir / "base_policy" / "tokenizer.json").is_file()
     assert any((run_dir / "tensorboard").iterdir())
-    assert (run_dir / "figures" / "training.png").stat().st_size > 10_000
+    for name in ("training", "probe", "dynamics", "pass_at_k", "boundary"):
+        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 10_000, name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     base, rows = rows[0], rows[1:]  # step 0: the base policy's evaluation and probe
@@ -40,7 +41,14 @@ def test_run_directory_layout(run_dir):
     report = json.loads((run_dir / "evals" / "step_000003.json").read_text())
     assert report["n"] == 4 and len(report["problems"]) == 16 and set(report["pass_at_k"]) == {"1", "2", "4"}
     assert report["pass_at_k"]["1"] == rows[-1]["eval/pass@1"]
+    # per-sign statistics every step, the post-update pass every logging.dynamics_every=2 steps
+    assert all({"dyn/pi_old/pos", "dyn/rare/neg", "dyn/nonzero_adv_token_frac"} <= r.keys() for r in rows)
+    assert len(rows[0]["dyn/hist/neg"]) == 10
+    assert ["dyn/dlogp/neg" in r for r in rows] == [False, True, False]
+    assert abs(rows[1]["dyn/sampler_mismatch/mean"]) < 1e-4  # f32 on CPU: sampler and trainer agree
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert [e["step"] for e in summary["pass_at_k_over_training"]] == [0, 2, 3]
+    assert summary["boundary_over_training"][0]["gained"] == 0 and "transition" in summary["stages"]
     assert summary["steps"] == 3 and summary["advantage"] == {"estimator": "grpo", "sign": "full"}
     for stage in ("base", "final"):
         probs = [summary[stage][f"probe/pi_{c}"] for c in ("S1", "S2", "S3", "rest")]
@@ -65,3 +73,15 @@ def test_second_run_reuses_the_base_policy(run_dir, capsys):
 def test_bad_override_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="rollout.temprature"):
         cli.main(["train", "--run-dir", str(tmp_path), "rollout.temprature=0.5"])
+
+
+def test_plot_command_rewrites_the_figures(run_dir, capsys):
+    (run_dir / "figures" / "probe.png").unlink()
+    assert cli.main(["plot", str(run_dir)]) == 0
+    assert str(run_dir / "figures" / "probe.png") in capsys.readouterr().out
+    assert (run_dir / "figures" / "probe.png").is_file()
+
+
+def test_plot_of_a_non_run_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="metrics.jsonl is missing or empty"):
+        cli.main(["plot", str(tmp_path)])

@@ -1,0 +1,180 @@
+"""`rlvr-jax plot RUN_DIR`: the figures of a run, from metrics.jsonl and evals/step_*.json.
+
+  figures/training.png   reward and held-out pass@1, token entropy, probe class probabilities
+  figures/probe.png      probe class probabilities over steps (log scale), with the detected transition
+  figures/dynamics.png   per advantage sign: pi_old of the sampled tokens, saturated / rare fractions,
+                         log-prob change and top-1 mass change made by the update
+  figures/pass_at_k.png  pass@k against k at every evaluated step (base policy in black), overall and per subset
+  figures/boundary.png   problems gained / lost / kept against the base policy (step 0) over training
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlvr_jax.boundary import boundary_sets
+from rlvr_jax.stages import detect_transition
+from rlvr_jax.writers import read_jsonl
+
+SIGN_COLORS = {"pos": "tab:green", "neg": "tab:red", "zero": "tab:gray"}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pairs = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else ([], [])
+
+
+def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
+    """Steps with a probe reading and each named class's probability (rest excluded)."""
+    names = sorted({k[len("probe/pi_"):] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
+    probed = [r for r in rows if all(isinstance(r.get(f"probe/pi_{n}"), (int, float)) for n in names)] if names else []
+    return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
+
+
+def read_evals(run_dir: Path) -> list[dict[str, Any]]:
+    return sorted((json.loads(p.read_text()) for p in (run_dir / "evals").glob("step_*.json")), key=lambda e: e["step"])
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    if not rows:
+        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} is missing or empty: is {run_dir} a training run directory?")
+    out_dir = run_dir / "figures"
+    out_dir.mkdir(exist_ok=True)
+    evals = read_evals(run_dir)
+    made = [_training(rows, out_dir), _probe(rows, out_dir), _dynamics(rows, out_dir)]
+    if evals:
+        made += [_pass_at_k(evals, out_dir), _boundary(evals, out_dir)]
+    return [p for p in made if p is not None]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def _training(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for key in ("reward/mean", "eval/pass@1", "eval/pass@1/hard"):
+        if series(rows, key)[0]:
+            axes[0].plot(*series(rows, key), label=key, marker="." if key.startswith("eval") else None)
+    axes[0].set_title("reward and held-out pass@1")
+    axes[1].plot(*series(rows, "entropy"), color="k")
+    axes[1].set_title("token entropy (sampled positions)")
+    steps, probs = probe_series(rows)
+    for name, values in probs.items():
+        axes[2].plot(steps, values, label=f"pi({name})")
+    axes[2].set_yscale("log")
+    axes[2].set_title("probe")
+    for ax in axes:
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, out_dir / "training.png")
+
+
+def _probe(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
+    steps, probs = probe_series(rows)
+    if not steps:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, values in probs.items():
+        ax.plot(steps, values, marker=".", label=f"pi({name})")
+    rest = series(rows, "probe/pi_rest")
+    if rest[0]:
+        ax.plot(*rest, color="0.6", ls=":", label="rest")
+    stage = detect_transition(steps, probs)
+    if stage.get("transition"):
+        ax.axvline(stage["step"], color="k", ls="--", lw=0.8, label=f"transition (step {stage['step']})")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("probe: class probability at the decision position")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir / "probe.png")
+
+
+def _dynamics(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
+    if not series(rows, "dyn/pi_old/pos")[0]:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    panels = [("dyn/pi_old/{}", "pi_old(y) of sampled tokens"), ("dyn/saturated/{}", "saturated (> 0.9), rare (< 0.01) dashed"),
+              ("dyn/dlogp/{}", "update: mean change of log pi(y)"), ("dyn/dtop1/{}", "update: change of top-1 mass")]
+    for ax, (pattern, title) in zip(axes, panels):
+        for sign, color in SIGN_COLORS.items():
+            ax.plot(*series(rows, pattern.format(sign)), color=color, label=sign, marker="." if "update" in title else None)
+            if pattern.startswith("dyn/saturated"):
+                ax.plot(*series(rows, f"dyn/rare/{sign}"), color=color, ls="--")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7, title="advantage", title_fontsize=7)
+    return _save(fig, out_dir / "dynamics.png")
+
+
+def _pass_at_k(evals: list[dict[str, Any]], out_dir: Path) -> Path:
+    plt = _plt()
+    groups = ["all"] + sorted({s for e in evals for s in e.get("subsets", {})})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0.15, 0.95, max(len(evals) - 1, 1)))
+    for ax, group in zip(axes[0], groups):
+        for i, e in enumerate(evals):
+            curve = e["pass_at_k"] if group == "all" else e.get("subsets", {}).get(group, {}).get("pass_at_k")
+            if not curve:
+                continue
+            ks = [int(k) for k in curve]
+            style = dict(color="k", lw=2, label="base (step 0)") if e["step"] == 0 else \
+                dict(color=colors[min(i - 1, len(colors) - 1)], lw=1, label=f"step {e['step']}")
+            ax.plot(ks, list(curve.values()), marker=".", **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+        ax.set_title(f"pass@k ({group})")
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir / "pass_at_k.png")
+
+
+def boundary_over_training(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per evaluated step: solved, gained, lost, kept against the step-0 evaluation."""
+    base = next((e for e in evals if e["step"] == 0), None)
+    if base is None:
+        return []
+    out = []
+    for e in evals:
+        b = boundary_sets(e["problems"], base["problems"], e["n"], base["n"])
+        out.append({"step": e["step"], "solved": b["solved"]["current"], "gained": len(b["gained"]),
+                    "lost": len(b["lost"]), "kept": len(b["kept"])})
+    return out
+
+
+def _boundary(evals: list[dict[str, Any]], out_dir: Path) -> Path | None:
+    table = boundary_over_training(evals)
+    if not table:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps = [t["step"] for t in table]
+    for key, color in (("solved", "k"), ("gained", "tab:green"), ("lost", "tab:red"), ("kept", "tab:blue")):
+        ax.plot(steps, [t[key] for t in table], marker=".", color=color, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("problems (solved at least once in n samples)")
+    ax.set_title("capability boundary vs the base policy")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir / "boundary.png")
