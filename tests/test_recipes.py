@@ -9,7 +9,7 @@ from rlvr_jax.config import load_config
 from rlvr_jax.model import Arch, abstract_model
 from rlvr_jax.update import make_optimizer, total_optimizer_steps
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "probes" not in p.parts)
 # Parameter counts of the published checkpoints (embeddings included).
 EXPECTED_PARAMS = {1536: 1.54e9, 3584: 7.62e9}
 
