@@ -176,6 +176,51 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="per-device memory of a config's model on its mesh, and whether it fits",
+                       description="Params, optimizer state, KL reference, rollout copy, KV cache, gradients and "
+                                   "micro-batch activations per device, and the verdict per accelerator.")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: the embedded toy config)")
+    p.add_argument("--devices", type=int, default=None, help="total devices (needed when a mesh axis is -1)")
+    p.add_argument("--accelerator", action="append", default=None,
+                   help="v5e | v5p | v6e | h100 | h200 (repeatable; default: all)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from rlvr_jax.config import ConfigError, load_config
+    from rlvr_jax.model import Arch, ArchError
+    from rlvr_jax.plan import ACCELERATORS, format_plan, plan_memory
+
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    except ConfigError as err:
+        raise SystemExit(f"rlvr-jax plan: {err}") from None
+    names = args.accelerator or list(ACCELERATORS)
+    unknown = sorted(set(names) - set(ACCELERATORS))
+    if unknown:
+        raise SystemExit(f"rlvr-jax plan: unknown accelerator {unknown}; known: {sorted(ACCELERATORS)}")
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    devices = args.devices or (None if -1 in sizes else sizes[0] * sizes[1] * sizes[2])
+    if devices is None:
+        raise SystemExit("rlvr-jax plan: the config's mesh has an axis of -1 (all remaining devices): pass --devices N, "
+                         "e.g. --devices 16 for a v5e-16 slice")
+    fields = dict(cfg.model.arch)
+    if not fields and cfg.model.path and (Path(cfg.model.path) / "config.json").is_file():
+        fields = json.loads((Path(cfg.model.path) / "config.json").read_text())
+    if not fields:
+        raise SystemExit("rlvr-jax plan: the config names no architecture: set model.arch or a model.path with config.json")
+    if "vocab_size" not in fields and cfg.data.task == "toy_strategy":
+        fields["vocab_size"] = 512  # the toy tokenizer's size limit
+    try:
+        arch = Arch.from_hf(fields, source="config model.arch")
+        plan = plan_memory(cfg, arch, devices)
+    except (ArchError, ValueError) as err:
+        raise SystemExit(f"rlvr-jax plan: {err}") from None
+    print(format_plan(cfg, arch, plan, names))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr-jax", description="RLVR training for LLMs in JAX/Flax NNX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,9 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _export_parser(sub)
     add_eval_parser(sub)
     _plot_parser(sub)
+    _plan_parser(sub)
     args = parser.parse_args(argv)
     commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train, "export": run_export,
-                "eval": _run_eval, "plot": run_plot}
+                "eval": _run_eval, "plot": run_plot, "plan": run_plan}
     return commands[args.command](args)
 
 

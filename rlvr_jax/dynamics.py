@@ -53,7 +53,7 @@ def sampled_token_stats(logp_old: jax.Array, adv: jax.Array, mask: jax.Array,
                         entropy: jax.Array | None = None) -> dict[str, jax.Array]:
     """Before the update, per advantage sign: pi_old(y) mean, saturated (> 0.9) and rare (< 0.01)
     fractions, a 10-bin histogram (fractions), token count, mean entropy; and the share of tokens
-    that carry a non-zero advantage."""
+    that carry a non-zero advantage. Means over a sign without tokens are 0 (see dyn/tokens/<sign>)."""
     p = jnp.exp(logp_old)
     out: dict[str, jax.Array] = {}
     masks = sign_masks(adv, mask)

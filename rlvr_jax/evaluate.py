@@ -13,6 +13,7 @@ import numpy as np
 from rlvr_jax.boundary import summarize
 from rlvr_jax.config import Config
 from rlvr_jax.data import evaluation_batches, load_task_source, verification_target
+from rlvr_jax.distributed import allgather_objects, global_tree, local_tree
 from rlvr_jax.mesh import ROLLOUT_RULES
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
@@ -60,18 +61,18 @@ class Evaluator:
             self.stop, int(tokenizer.pad_token_id))
         self.sampler = make_sampler(arch, graphdef, abstract_params, mesh, ROLLOUT_RULES, sampling)
         self.key = jax.random.fold_in(jax.random.key(cfg.run.seed), EVAL_PURPOSE)
-        self.cfg, self.tokenizer, self.pool = cfg, tokenizer, pool
+        self.cfg, self.tokenizer, self.pool, self.mesh = cfg, tokenizer, pool, mesh
 
     def run(self, params: Any) -> dict[str, Any]:
         """The evaluation report: pass@k overall / per subset, mean reward, and per-problem counts."""
         problems: list[dict[str, Any]] = []
         reward_sum = 0.0
         for (arrays, examples), valid in self.batches:
-            prompts = PromptBatch(**arrays)
+            prompts = PromptBatch(**global_tree(arrays, self.mesh, ROLLOUT_RULES))
             correct = np.zeros(len(examples), np.int64)
             pending = self.sampler(params, prompts, jax.random.fold_in(self.key, 0))
             for j in range(self.passes):
-                rollout = jax.device_get(pending)
+                rollout = local_tree(pending)  # this process's problems
                 if j + 1 < self.passes:  # sample the next pass while the host scores this one
                     pending = self.sampler(params, prompts, jax.random.fold_in(self.key, j + 1))
                 texts = decode_completions(self.tokenizer, rollout, self.stop)
@@ -81,7 +82,8 @@ class Evaluator:
                 reward_sum += float(result.rewards.reshape(len(examples), self.group)[:valid].sum())
             problems += [{"id": e["id"], "subset": e["subset"], "n": self.cfg.eval.n, "c": int(c)}
                          for e, c in zip(examples[:valid], correct[:valid])]
-        problems, reward_sum = _gather(problems, reward_sum)
+        parts = allgather_objects([problems, reward_sum])
+        problems, reward_sum = [p for part in parts for p in part[0]], sum(part[1] for part in parts)
         report = summarize(problems, self.cfg.eval.n)
         report.update(mean_reward=reward_sum / (len(problems) * self.cfg.eval.n), problems=problems,
                       **self.settings())
@@ -110,21 +112,6 @@ def eval_metrics(report: dict[str, Any]) -> dict[str, float]:
         out[f"eval/correct_frac/{name}"] = sub["pass_at_k"]["1"]
         out.update({f"eval/pass@{k}/{name}": v for k, v in sub["pass_at_k"].items()})
     return out
-
-
-def _gather(problems: list[dict[str, Any]], reward_sum: float) -> tuple[list[dict[str, Any]], float]:
-    """All processes' problems (each holds its share of every batch)."""
-    if jax.process_count() == 1:
-        return problems, reward_sum
-    from jax.experimental import multihost_utils
-
-    payload = np.frombuffer(json.dumps([problems, reward_sum]).encode(), np.uint8)
-    sizes = multihost_utils.process_allgather(np.asarray([payload.size]))
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: payload.size] = payload
-    gathered = multihost_utils.process_allgather(padded)
-    parts = [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(gathered, sizes.reshape(-1))]
-    return [p for part in parts for p in part[0]], sum(part[1] for part in parts)
 
 
 # --- `rlvr-jax eval` ------------------------------------------------------------------------------

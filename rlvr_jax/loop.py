@@ -19,8 +19,9 @@ import numpy as np
 
 from rlvr_jax import advantage as adv_lib
 from rlvr_jax.checkpoint import Checkpointer, CheckpointError, fingerprint, move_aside
-from rlvr_jax.config import Config, ConfigChanges, save_config
+from rlvr_jax.config import Config, ConfigChanges, SignFilter, save_config
 from rlvr_jax.data import PromptPipeline, verification_target
+from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.evaluate import Evaluator, decode_completions
 from rlvr_jax.plots import boundary_over_training, plot_run, probe_series, read_evals
 from rlvr_jax.probe import make_probe
@@ -145,7 +146,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     write_run_files(cfg, run_dir, tok)
     spec = UpdateSpec(cfg.loss, cfg.optim, cfg.loss.max_len_norm or cfg.rollout.max_new_tokens)
     train_step = make_train_step(policy.graphdef, tx, spec, state, mesh, TRAIN_RULES)
-    advantages = jax.jit(lambda r: adv_lib.advantages(r, cfg.advantage))
+    unfiltered = cfg.advantage.model_copy(update={"sign": SignFilter.full})
+    advantages = jax.jit(lambda r: (*adv_lib.advantages(r, cfg.advantage), adv_lib.advantages(r, unfiltered)[0]))
     probe = make_probe(cfg, tok, policy.graphdef)
     reference = make_reference(cfg, policy, params)
     del params  # the state (fresh or restored) owns the policy from here on
@@ -166,33 +168,33 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
             t0 = time.perf_counter()
             step_batch = pipeline.batch(step)
             arrays, examples = step_batch
-            rollout = sampler(state.params, PromptBatch(**arrays),
-                              jax.random.fold_in(purpose_key(cfg.run.seed, "rollout"), step))
+            # Each process holds its own prompts' rows; the arrays below are global over all processes.
+            prompts = PromptBatch(**global_tree(arrays, mesh, ROLLOUT_RULES))
+            rollout = sampler(state.params, prompts, jax.random.fold_in(purpose_key(cfg.run.seed, "rollout"), step))
             logp_ref = reference(rollout) if reference else None  # async: runs while the host scores
-            host = jax.device_get(rollout)
+            host = local_tree(rollout)  # this process scores only the rollouts it holds
             texts = decode_completions(tok, host, stop_ids)
             golds = [verification_target(cfg.data.task, e) for e in examples for _ in range(g)]
             result = pool.score(texts, golds, cfg.reward.verifier)
-            rewards = result.rewards.reshape(-1, g)
-            adv_lib.check_rewards(rewards)
-            adv, weight = advantages(jnp.asarray(rewards))
+            local_rewards = result.rewards.reshape(-1, g)
+            adv_lib.check_rewards(local_rewards)
+            rewards = global_rows(local_rewards, mesh, TRAIN_RULES)
+            adv, weight, adv_unfiltered = advantages(rewards)
             measure = (step + 1) % cfg.logging.dynamics_every == 0
-            state, device_metrics = train_step(state, to_train_batch(rollout, adv, weight, logp_ref), measure)
+            batch = to_train_batch(rollout, adv, weight, logp_ref).replace(adv_unfiltered=adv_unfiltered.reshape(-1))
+            state, device_metrics = train_step(state, batch, measure)
             done = step + 1
             samples.write(done, np.repeat(arrays["index"], g), host, texts, result.rewards)
-            host_metrics = {**_rollout_metrics(host, rewards, result, cfg), **result.metrics(),
-                            **step_batch.metrics, "time/step_s": time.perf_counter() - t0}
-            host_metrics["time/tokens_per_s"] = float(host.lengths.sum()) / host_metrics["time/step_s"]
-            if cfg.data.task == "toy_strategy":
-                host_metrics.update(_strategy_fractions(texts))
+            host_metrics = rollout_metrics(host, result, step_batch, texts, cfg)
+            host_metrics["time/step_s"] = time.perf_counter() - t0
+            host_metrics["time/tokens_per_s"] = host_metrics.pop("tokens") / host_metrics["time/step_s"]
             if probe.enabled and (done % cfg.logging.probe_every == 0 or done == cfg.run.steps):
                 host_metrics.update(probe(state.params))
             if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.run.steps:
                 host_metrics.update(evaluate(state.params, done))
             if done == cfg.run.steps:
                 final_eval = {k: v for k, v in host_metrics.items() if k.startswith(("eval/", "probe/"))}
-            writer.push(done, {**device_metrics, **adv_lib.group_stats(jnp.asarray(rewards),
-                                                                       cfg.advantage.correct_threshold)},
+            writer.push(done, {**device_metrics, **adv_lib.group_stats(rewards, cfg.advantage.correct_threshold)},
                         host_metrics)
             progress.update(1)
             progress.set_postfix(reward=f"{host_metrics['reward/mean']:.3f}",
@@ -269,17 +271,27 @@ def write_run_files(cfg: Config, run_dir: Path, tok: Any) -> None:
         tok.save_pretrained(str(run_dir / "tokenizer"))
 
 
-def _rollout_metrics(host: Rollout, rewards: np.ndarray, result: Any, cfg: Config) -> dict[str, float]:
-    return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
-            "reward/correct_frac": float(np.mean(result.correct)),
-            "rollout/length_mean": float(host.lengths.mean()), "rollout/eos_frac": float(np.mean(host.eos))}
-
-
-def _strategy_fractions(texts: list[str]) -> dict[str, float]:
+def rollout_metrics(host: Rollout, result: Any, step_batch: Any, texts: list[str], cfg: Config) -> dict[str, float]:
+    """Host-side metrics of the whole step: this process's rollouts, summed over processes."""
     from rlvr_jax.rewards import toy_strategy_of
 
-    chosen = [toy_strategy_of(t) for t in texts]
-    return {f"rollout/frac_{s}": chosen.count(s) / len(chosen) for s in ("S1", "S2", "S3")}
+    rewards = np.asarray(result.rewards, np.float64)
+    sums = {"n": float(rewards.size), "reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()),
+            "correct": float(np.sum(result.correct)), "length": float(np.sum(host.lengths)),
+            "eos": float(np.sum(host.eos)), "timeouts": float(result.timeouts), "errors": float(result.errors),
+            "truncated": step_batch.metrics["data/truncated"]}
+    strategies = ("S1", "S2", "S3") if cfg.data.task == "toy_strategy" else ()
+    chosen = [toy_strategy_of(t) for t in texts] if strategies else []
+    sums.update({f"frac_{s}": float(chosen.count(s)) for s in strategies})
+    total = sum_over_processes(sums)
+    n = max(total["n"], 1.0)
+    mean = total["reward"] / n
+    out = {"reward/mean": mean, "reward/std": float(np.sqrt(max(total["reward_sq"] / n - mean ** 2, 0.0))),
+           "reward/correct_frac": total["correct"] / n, "rollout/length_mean": total["length"] / n,
+           "rollout/eos_frac": total["eos"] / n, "reward/timeouts": total["timeouts"], "reward/errors": total["errors"],
+           "data/truncated": total["truncated"], "time/reward_s": result.seconds, "tokens": total["length"]}
+    out.update({f"rollout/frac_{s}": total[f"frac_{s}"] / n for s in strategies})
+    return out
 
 
 def _progress(cfg: Config, start: int) -> Any:

@@ -52,6 +52,8 @@ def maybe_initialize_distributed(cfg: MeshConfig) -> None:
         return
     if jax.distributed.is_initialized():
         return
+    # CPU processes (tests, CPU clusters) need a cross-process collectives backend; TPU/GPU ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=dist.coordinator_address,
         num_processes=dist.num_processes,

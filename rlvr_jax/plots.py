@@ -120,13 +120,30 @@ def _dynamics(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
               ("dyn/dlogp/{}", "update: mean change of log pi(y)"), ("dyn/dtop1/{}", "update: change of top-1 mass")]
     for ax, (pattern, title) in zip(axes, panels):
         for sign, color in SIGN_COLORS.items():
-            ax.plot(*series(rows, pattern.format(sign)), color=color, label=sign, marker="." if "update" in title else None)
+            # a step without tokens of this sign logs 0 for its means: leave those steps out
+            signed = [r for r in rows if r.get(f"dyn/tokens/{sign}", 0) > 0]
+            _smoothed(ax, series(signed, pattern.format(sign)), color, sign)
             if pattern.startswith("dyn/saturated"):
-                ax.plot(*series(rows, f"dyn/rare/{sign}"), color=color, ls="--")
+                _smoothed(ax, series(signed, f"dyn/rare/{sign}"), color, None, ls="--")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7, title="advantage", title_fontsize=7)
     return _save(fig, out_dir / "dynamics.png")
+
+
+def _smoothed(ax: Any, xy: tuple[list[int], list[float]], color: str, label: str | None, ls: str = "-") -> None:
+    """Raw values faint, a centred moving average (about 1/40 of the run) on top: per-sign token
+    counts are small, so single steps are noisy."""
+    steps, values = xy
+    if not steps:
+        return
+    window = max(1, len(values) // 40)
+    ax.plot(steps, values, color=color, alpha=0.25, lw=0.8, ls=ls)
+    if window > 1:
+        kernel = np.ones(window) / window
+        padded = np.pad(np.asarray(values, float), (window // 2, window - 1 - window // 2), mode="edge")
+        values = np.convolve(padded, kernel, mode="valid").tolist()
+    ax.plot(steps, values, color=color, lw=1.5, ls=ls, label=label)
 
 
 def _pass_at_k(evals: list[dict[str, Any]], out_dir: Path) -> Path:

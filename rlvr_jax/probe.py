@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -152,7 +151,7 @@ def make_probe(cfg: Config, tokenizer: Any, graphdef: Any) -> Probe:
     return Probe(fn, names)
 
 
-def probe_arrays(spec: ProbeSpec, cfg: Config, tok: Any) -> tuple[PromptBatch, list[str], jax.Array, jax.Array]:
+def probe_arrays(spec: ProbeSpec, cfg: Config, tok: Any) -> tuple[PromptBatch, list[str], np.ndarray, np.ndarray]:
     """Prompts (left padded, decision position last), class names, membership f32[C, V], applies f32[B, C]."""
     items = spec.items
     if spec.from_split is not None:
@@ -172,8 +171,9 @@ def probe_arrays(spec: ProbeSpec, cfg: Config, tok: Any) -> tuple[PromptBatch, l
     texts = [render_prompt(tok, it.prompt, cfg.data.chat_template, cfg.data.plain_template) + it.response_prefix
              for it in items]
     tokens, mask = encode_left_padded(tok, texts)
-    prompts = PromptBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), index=jnp.arange(len(items)))
-    return prompts, names, jnp.asarray(member), jnp.asarray(applies)
+    # numpy, not device arrays: the jitted probe bakes them in as constants, which every host can do.
+    prompts = PromptBatch(tokens=np.asarray(tokens), mask=np.asarray(mask), index=np.arange(len(items)))
+    return prompts, names, member, applies
 
 
 def _token_id(tok: Any, text: str, name: str) -> int:

@@ -46,6 +46,7 @@ class TrainBatch:
     adv: jax.Array  # f32[N], advantage of each rollout
     weight: jax.Array  # f32[N], 1 for rollouts that count in the loss normaliser
     logp_ref: jax.Array | None = None  # f32[N, M] under the frozen reference (only when kl_beta > 0)
+    adv_unfiltered: jax.Array | None = None  # f32[N], before the sign filter: splits the dynamics statistics
 
 
 @struct.dataclass

@@ -119,7 +119,10 @@ def train_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx:
     `dynamics`, two extra forward passes (before and after the update) measure where the update
     moved probability mass (`dynamics.update_shift_stats`).
     """
-    stats = sampled_token_stats(batch.logp_old, batch.adv, batch.mask)
+    # Split by the rollout's own advantage sign, before any sign filter: under negative-only training
+    # the positive rollouts still show what happens to tokens the loss no longer pushes.
+    sign_of = batch.adv if batch.adv_unfiltered is None else batch.adv_unfiltered
+    stats = sampled_token_stats(batch.logp_old, sign_of, batch.mask)
     before = _token_view(graphdef, state.params, batch, spec) if dynamics else None
     minis = _split_rows(batch, spec.optim.mini_batches)
     schedule = jax.tree.map(lambda x: jnp.concatenate([x] * spec.optim.epochs), minis)
@@ -145,7 +148,7 @@ def train_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx:
     metrics.update(stats)
     if dynamics:
         after = _token_view(graphdef, params, batch, spec)
-        metrics.update(update_shift_stats(before, after, batch.logp_old, batch.adv, batch.mask))
+        metrics.update(update_shift_stats(before, after, batch.logp_old, sign_of, batch.mask))
     new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, skipped=skipped)
     return new_state, metrics
 

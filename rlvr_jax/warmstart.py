@@ -18,6 +18,7 @@ import optax
 
 from rlvr_jax.config import Config
 from rlvr_jax.data import toy_tokenizer, warmstart_examples
+from rlvr_jax.distributed import allgather_objects, sync
 from rlvr_jax.mesh import TRAIN_RULES
 from rlvr_jax.model import Arch, init_params, save_pretrained
 from rlvr_jax.sft import SFTSpec, batch_rows, encode_traces, sft_step
@@ -37,13 +38,19 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
                       log: Callable[[str], None] = print) -> Path:
     """Return an HF folder with the warm-started policy and its tokenizer (reused when cached)."""
     record = out_dir / "warmstart.json"
-    if record.is_file() and json.loads(record.read_text()).get("fingerprint") == _fingerprint(cfg):
+    cached = record.is_file() and json.loads(record.read_text()).get("fingerprint") == _fingerprint(cfg)
+    if all(allgather_objects(cached)):  # every host must take the same branch
         log(f"warm start: reusing the base policy in {out_dir}")
         return out_dir
+    # Multi-host: all processes run the SFT steps (one sharded computation); process 0 alone writes files.
+    first = jax.process_index() == 0
     start = time.perf_counter()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok = load_tokenizer(toy_tokenizer(tmp))
+    if first:
+        shutil.rmtree(tmp, ignore_errors=True)
+        toy_tokenizer(tmp)
+    sync("rlvr_jax_warmstart_tokenizer")
+    tok = load_tokenizer(tmp)
     arch = _toy_arch(cfg, tok)
     graphdef, params = init_params(arch, mesh, TRAIN_RULES, jax.random.fold_in(jax.random.key(cfg.run.seed), 0))
     data = _training_data(cfg, tok, data_dir)
@@ -61,9 +68,11 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
     save_pretrained(tmp, arch, state.params, tok)
     info = {"fingerprint": _fingerprint(cfg), "final_loss": final_loss, "traces": len(traces),
             "seconds": round(time.perf_counter() - start, 2)}
-    (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if first:
+        (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    sync("rlvr_jax_warmstart_done")
     log(f"warm start: {spec.steps} SFT steps on {len(traces)} traces (choice + execution), final loss {final_loss:.3f}, "
         f"{info['seconds']:.1f} s -> {out_dir}")
     return out_dir

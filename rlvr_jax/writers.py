@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from rlvr_jax.distributed import allgather_objects
+
 log = logging.getLogger(__name__)
 
 
@@ -103,20 +105,24 @@ def _step_of(line: str) -> int:
 
 
 class RolloutLog:
-    """rollouts.jsonl: every N-th step's completions (prompt index, token ids, text, reward), one line per step."""
+    """rollouts.jsonl: every N-th step's completions (prompt index, token ids, text, reward), one line per
+    step. Each process passes its own rollouts; process 0 writes them all, in process order."""
 
     def __init__(self, run_dir: str | Path, every: int):
         self.every = every
-        self.enabled = every > 0 and jax.process_index() == 0
-        self._file = (Path(run_dir) / "rollouts.jsonl").open("a") if self.enabled else None
+        self._file = (Path(run_dir) / "rollouts.jsonl").open("a") if every > 0 and jax.process_index() == 0 else None
 
     def write(self, step: int, prompt_index: np.ndarray, rollout: Any, texts: list[str], rewards: np.ndarray) -> None:
-        if self._file is None or step % self.every:
+        if self.every <= 0 or step % self.every:
             return
         tokens = [np.asarray(row[:n]).tolist() for row, n in zip(rollout.tokens, rollout.lengths)]
-        row = {"step": step, "prompt_index": np.asarray(prompt_index).tolist(), "tokens": tokens, "text": texts,
+        row = {"prompt_index": np.asarray(prompt_index).tolist(), "tokens": tokens, "text": texts,
                "reward": np.asarray(rewards, dtype=float).tolist()}
-        self._file.write(json.dumps(row) + "\n")
+        parts = allgather_objects(row)  # a collective: every process takes this branch at the same steps
+        if self._file is None:
+            return
+        merged = {key: [v for part in parts for v in part[key]] for key in row}
+        self._file.write(json.dumps({"step": step, **merged}) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -35,3 +35,17 @@ def hf_model_dir(request, tmp_path_factory, tiny_tokenizer_dir):
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory, tiny_tokenizer_dir):
     return hf_fixtures.make_hf_model("qwen2", tmp_path_factory.mktemp("qwen2_single"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def toy_base(tmp_path_factory):
+    """A briefly warm-started toy policy and its data dir (runs start from it via model.path)."""
+    from rlvr_jax import cli
+    from rlvr_jax.config import load_config
+    from rlvr_jax.mesh import make_mesh
+    from rlvr_jax.warmstart import build_base_policy
+
+    out = tmp_path_factory.mktemp("toy_base")
+    cfg = load_config(cli.DEFAULT_CONFIG, ["warmstart.steps=30", "warmstart.traces=512", f"data.data_dir={out / 'data'}"])
+    folder = build_base_policy(cfg, out / "policy", out / "data", make_mesh(cfg.mesh), log=lambda _: None)
+    return folder, out / "data"

@@ -96,3 +96,18 @@ def test_probe_reads_the_last_real_position_of_left_padded_prompts(setup):
     np.testing.assert_allclose(got[:3], expected, rtol=1e-5)
     rest = ((1 - short[3] - short[4] - short[5] - short[9]) + (1 - full[3] - full[4] - full[5])) / 2
     assert got[3] == pytest.approx(rest, abs=1e-6)
+
+
+def test_statistics_split_by_the_unfiltered_advantage(setup):
+    """Under negative-only training the positive rollouts carry adv = 0 in the loss, yet their tokens
+    must still be reported as positive (adv_unfiltered), so one sees what happens to them."""
+    mesh, graphdef, params, tx, spec = setup
+    batch = make_batch(0)
+    filtered = batch.replace(adv=jnp.minimum(batch.adv, 0.0), adv_unfiltered=batch.adv)
+    step = make_train_step(graphdef, tx, spec, init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES),
+                           mesh, TRAIN_RULES)
+    _, m = step(init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES), filtered, True)
+    m = jax.device_get(m)
+    positive_tokens = float(np.sum(np.asarray(batch.mask)[np.asarray(batch.adv) > 0]))
+    assert m["dyn/tokens/pos"] == positive_tokens > 0 and m["dyn/tokens/zero"] == 0
+    assert "dyn/dlogp/pos" in m  # the update's effect on tokens it did not push

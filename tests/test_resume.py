@@ -24,19 +24,6 @@ STEPS = 4
 MESH_222 = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
 
 
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory):
-    """A briefly warm-started toy policy (shared: each run below starts from it via model.path)."""
-    from rlvr_jax.config import load_config
-    from rlvr_jax.mesh import make_mesh
-    from rlvr_jax.warmstart import build_base_policy
-
-    out = tmp_path_factory.mktemp("toy_base")
-    cfg = load_config(cli.DEFAULT_CONFIG, ["warmstart.steps=30", "warmstart.traces=512", f"data.data_dir={out / 'data'}"])
-    folder = build_base_policy(cfg, out / "policy", out / "data", make_mesh(cfg.mesh), log=lambda _: None)
-    return folder, out / "data"
-
-
 def run_args(toy_base, *extra):
     """Few steps, small batches; format reward + entropy bonus + KL so every step moves the params."""
     folder, data = toy_base

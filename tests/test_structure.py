@@ -19,13 +19,15 @@ ALLOWED = {
     "loss": {"config", "types", "model"},
     "update": {"config", "types", "mesh", "loss", "model", "dynamics"},
     "dynamics": {"types", "model"},
-    "writers": {"config"},
+    "writers": {"config", "distributed"},
     "sft": {"config", "types", "loss", "tokenizer"},
     "rewards": {"config", "types", "rewards"},
     "checkpoint": {"config", "types", "mesh", "model"},
     "preemption": set(),
     "boundary": set(),
     "stages": set(),
+    "distributed": {"mesh", "config"},
+    "plan": {"config", "mesh", "model"},
 }
 ORCHESTRATORS = {"cli", "loop", "warmstart", "evaluate", "probe", "plots"}
 

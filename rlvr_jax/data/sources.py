@@ -36,20 +36,30 @@ def task_builder(task: str, data_dir: str | Path | None = None, **builder_kwargs
 def build_task(task: str, data_dir: str | Path | None = None, manual_dir: str | Path | None = None,
                **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
     """Build `task` into `data_dir` unless it is already there (offline: generators and manual files only)."""
+    import jax
+
     builder = task_builder(task, data_dir, **builder_kwargs)
-    if _is_built(builder):
+    multi = jax.process_count() > 1
+    if _is_built(builder) and not multi:
         return builder  # reading a built dataset needs neither the manual files nor a generator run
-    if task in MANUAL_HELP and manual_dir is None:
+    if task in MANUAL_HELP and manual_dir is None and not _is_built(builder):
         raise common.DataError(f"task {task!r} is built from local files: set data.manual_dir and "
                                f"{MANUAL_HELP[task]}")
-    if task in MANUAL_HELP and not Path(manual_dir).is_dir():
+    if task in MANUAL_HELP and not _is_built(builder) and not Path(manual_dir).is_dir():
         raise common.DataError(f"data.manual_dir {manual_dir} does not exist: {MANUAL_HELP[task]}")
-    # Multi-host: the build writes to a temporary folder and renames it, but hosts racing on a shared
-    # data_dir still duplicate work; build once (process 0 or ahead of time) before the others read.
-    config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else str(manual_dir))
-    # A build takes seconds; TFDS's progress bars (a process-wide switch) would bury the run's log.
-    tfds.display_progress_bar(False)
-    builder.download_and_prepare(download_config=config)
+    # Multi-host: every process calls this in the same order; process 0 builds into the shared data_dir
+    # while the others wait at the barrier (always taken: whether the folder exists yet may differ
+    # between hosts), then they read what it wrote.
+    if jax.process_index() == 0 and not _is_built(builder):
+        config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else str(manual_dir))
+        # A build takes seconds; TFDS's progress bars (a process-wide switch) would bury the run's log.
+        tfds.display_progress_bar(False)
+        builder.download_and_prepare(download_config=config)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"rlvr_jax_build_{builder.data_path}")
+        builder = task_builder(task, data_dir, **builder_kwargs)
     return builder
 
 
