@@ -29,6 +29,8 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be installed from the main thread
         wanted = [signal.SIGINT] if self._multi else [signal.SIGTERM, signal.SIGINT]
+        # A signal the parent set to be ignored (nohup, a background job's SIGINT) stays ignored.
+        wanted = [sig for sig in wanted if signal.getsignal(sig) is not signal.SIG_IGN]
         for sig in wanted:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -104,6 +104,23 @@ def test_config_changes_are_classified():
 
 def test_sigint_requests_a_stop_and_a_second_one_aborts():
     messages = []
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)  # CI may start us with SIGINT ignored
+    try:
+        _sigint_twice(messages)
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def test_an_ignored_signal_stays_ignored():
+    original = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest(lambda _: None):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _sigint_twice(messages):
     with StopRequest(messages.append) as stop:
         assert not stop.should_stop(1)
         os.kill(os.getpid(), signal.SIGINT)

@@ -22,17 +22,26 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(toy_base, tmp_path):
-    single = tmp_path / "single"
-    done = subprocess.run(command(single, run_args(toy_base, *MESH)), env=subprocess_env(8), capture_output=True,
+@pytest.fixture(scope="module")
+def single(toy_base, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("single")
+    done = subprocess.run(command(run_dir, run_args(toy_base, *MESH)), env=subprocess_env(8), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    multi = tmp_path / "multi"
+    return run_dir
+
+
+def start_two(toy_base, run_dir):
     port = free_port()
-    procs = [subprocess.Popen(command(multi, run_args(toy_base, *MESH, f"mesh.distributed.coordinator_address=localhost:{port}",
-                                                      "mesh.distributed.num_processes=2", f"mesh.distributed.process_id={i}")),
-                              env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    return [subprocess.Popen(command(run_dir, run_args(toy_base, *MESH, f"mesh.distributed.coordinator_address=localhost:{port}",
+                                                       "mesh.distributed.num_processes=2", f"mesh.distributed.process_id={i}")),
+                             env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+
+
+def test_two_processes_equal_one_process(toy_base, single, tmp_path):
+    multi = tmp_path / "multi"
+    procs = start_two(toy_base, multi)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "summary written" in outs[0]
@@ -56,3 +65,31 @@ def test_two_processes_equal_one_process(toy_base, tmp_path):
     assert_same_state(single, multi, 4, exact=False)
     assert len(read_jsonl(multi / "metrics.jsonl")) == 5  # one writer: process 0
     assert np.isfinite(rows[-1]["loss"])
+
+
+def test_sigterm_to_one_host_stops_both_at_the_same_step_and_the_restart_matches(toy_base, single, tmp_path):
+    """A preemption notice reaches one host; JAX's preemption sync point stops every host after the
+    same step, they save one checkpoint together, and the restarted pair finishes like one process."""
+    import signal
+
+    run_dir = tmp_path / "preempted"
+    procs = start_two(toy_base, run_dir)
+    lines = []
+    for line in procs[0].stdout:
+        lines.append(line)
+        if line.startswith("base policy:"):
+            procs[0].send_signal(signal.SIGTERM)  # host 0 only
+            break
+    outs = ["".join(lines) + procs[0].communicate(timeout=600)[0], procs[1].communicate(timeout=600)[0]]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    stopped = [line for line in outs[0].splitlines() if line.startswith("stopped after step")]
+    assert stopped and "(preemption notice)" in stopped[0], outs[0][-2000:]
+    step = int(stopped[0].split()[3])
+    assert 1 <= step < 4 and (run_dir / "checkpoints" / str(step)).is_dir()
+    assert f"stopped after step {step} of 4" in outs[1]  # host 1 stopped at the same step
+    procs = start_two(toy_base, run_dir)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert f"resuming from checkpoint step {step}" in outs[0]
+    assert (run_dir / "rollouts.jsonl").read_text() == (single / "rollouts.jsonl").read_text()
+    assert_same_state(single, run_dir, 4, exact=False)
