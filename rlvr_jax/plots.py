@@ -127,7 +127,8 @@ def _dynamics(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
                 _smoothed(ax, series(signed, f"dyn/rare/{sign}"), color, None, ls="--")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7, title="advantage", title_fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel may have no data yet (e.g. before the first pass)
+            ax.legend(fontsize=7, title="advantage", title_fontsize=7)
     return _save(fig, out_dir / "dynamics.png")
 
 
