@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from rlvr_jax.config import BestMode, CheckpointConfig
+from rlvr_jax.distributed import sync
 from rlvr_jax.mesh import Rules, tree_shardings
 from rlvr_jax.model import Arch, abstract_model
 from rlvr_jax.types import TrainState
@@ -212,7 +213,7 @@ class Checkpointer:
         if jax.process_index() == 0:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(src), str(dest))
-        _sync("rlvr_jax_quarantine")
+        sync("rlvr_jax_quarantine")
         self.manager.reload()
 
     def wait(self) -> None:
@@ -241,13 +242,6 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def move_aside(directory: Path) -> Path | None:
     """--restart: keep the old checkpoints under a new name instead of deleting them."""
     if not directory.exists():
@@ -255,7 +249,7 @@ def move_aside(directory: Path) -> Path | None:
     dest = directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
     if jax.process_index() == 0:
         directory.rename(dest)
-    _sync("rlvr_jax_move_aside")
+    sync("rlvr_jax_move_aside")
     return dest
 
 

@@ -139,10 +139,11 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"rlvr-jax train: {err}") from None
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.loop import train
+    from rlvr_jax.probe import ProbeError
 
     try:
         train(cfg, restart=args.restart, stop_at=args.stop_at, allow_config_change=args.allow_config_change)
-    except CheckpointError as err:
+    except (CheckpointError, ProbeError) as err:
         raise SystemExit(f"rlvr-jax train: {err}") from None
     return 0
 

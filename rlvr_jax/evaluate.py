@@ -154,8 +154,13 @@ def eval_config(args: Any) -> Config:
 
         ckpt = Checkpointer(args.run_dir / "checkpoints", read_only=True)
         steps = ckpt.steps()
-        tree = ckpt.read_meta(args.step if args.step is not None else steps[-1])["config"] if steps else None
-        ckpt.close()
+        try:
+            tree = ckpt.read_meta(args.step if args.step is not None else steps[-1])["config"] if steps else None
+        except Exception as err:  # noqa: BLE001 - an unreadable or foreign checkpoint record
+            raise SystemExit(f"rlvr-jax eval: cannot read the checkpoint record in {args.run_dir / 'checkpoints'}: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        finally:
+            ckpt.close()
         if tree is None:
             raise SystemExit(f"rlvr-jax eval: {args.run_dir / 'checkpoints'} holds no checkpoint")
     else:
@@ -200,8 +205,14 @@ def run_eval_command(args: Any) -> int:
             model = {"model": str(args.model)}
     except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None
+    from rlvr_jax.data import DataError
+
     with RewardPool(cfg.reward) as pool:
-        report = {**model, **Evaluator(cfg, tok, arch, graphdef, params, mesh, pool).run(params)}
+        try:
+            evaluator = Evaluator(cfg, tok, arch, graphdef, params, mesh, pool)
+        except (DataError, ValueError) as err:
+            raise SystemExit(f"rlvr-jax eval: {err}") from None
+        report = {**model, **evaluator.run(params)}
     if reference is not None:
         _warn_if_settings_differ(report, reference)
         report["boundary"] = boundary_sets(report["problems"], reference["problems"], report["n"], reference["n"])
@@ -229,7 +240,7 @@ def _warn_if_settings_differ(report: dict[str, Any], ref: dict[str, Any]) -> Non
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"{report['task']}/{report['split']}: {report['problems'] if isinstance(report['problems'], int) else len(report['problems'])} problems, "
+    lines = [f"{report['task']}/{report['split']}: {len(report['problems'])} problems, "
              f"n={report['n']}, T={report['temperature']}, top_p={report['top_p']}, mean reward {report['mean_reward']:.3f}"]
     lines.append("pass@k  " + "  ".join(f"{k}:{v:.3f}" for k, v in report["pass_at_k"].items()))
     for name, sub in report["subsets"].items():

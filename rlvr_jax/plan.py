@@ -85,7 +85,7 @@ def plan_memory(cfg: Config, arch: Arch, devices: int) -> MemoryPlan:
     batch_shards = data * fsdp
     rows = cfg.data.prompts_per_step * cfg.rollout.group_size
     seq = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
-    kv_heads = math.ceil(arch.num_kv_heads / tensor) if arch.num_kv_heads % tensor == 0 else arch.num_kv_heads
+    kv_heads = arch.num_kv_heads // tensor if arch.num_kv_heads % tensor == 0 else arch.num_kv_heads
     kv_cache = arch.num_layers * 2 * math.ceil(rows / batch_shards) * kv_heads * seq * arch.head_dim * act_bytes
     micro_rows = math.ceil(rows / (cfg.optim.mini_batches * cfg.optim.micro_batches) / batch_shards)
     return MemoryPlan(
@@ -112,7 +112,7 @@ def _activation_bytes(arch: Arch, rows: int, seq: int, tensor: int, itemsize: in
 
 def _logit_bytes(arch: Arch, rows: int, completion: int, chunk: int, tensor: int) -> int:
     positions = min(chunk, completion) if chunk > 0 else completion
-    vocab = math.ceil(arch.vocab_size / tensor) if arch.vocab_size % tensor == 0 else arch.vocab_size
+    vocab = arch.vocab_size // tensor if arch.vocab_size % tensor == 0 else arch.vocab_size
     return rows * positions * vocab * 4 * 3  # f32 logits, softmax and their gradient
 
 

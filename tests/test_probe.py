@@ -72,3 +72,9 @@ def test_every_shipped_probe_file_parses():
     assert len(files) >= 2
     for path in files:
         assert load_probe_file(path).classes
+
+
+def test_a_missing_probe_file_is_a_clear_cli_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"probe file .*nope.yaml does not exist \(logging.probe_file\)"):
+        cli.main(["train", "--run-dir", str(tmp_path / "run"), f"logging.probe_file={tmp_path / 'nope.yaml'}",
+                  "warmstart.steps=2", "warmstart.traces=64", "run.steps=1"])

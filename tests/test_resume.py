@@ -314,3 +314,11 @@ def test_eval_errors_are_clear(tmp_path):
     with pytest.raises(SystemExit, match="is not an `rlvr-jax eval` JSON output"):
         cli.main(["eval", "--model", str(tmp_path), "--reference", str(tmp_path / "bad.json"), "--out",
                   str(tmp_path / "y.json")])
+
+
+def test_eval_of_a_missing_step_or_task_is_clear(uninterrupted, tmp_path):
+    with pytest.raises(SystemExit, match="cannot read the checkpoint record"):
+        cli.main(["eval", "--run-dir", str(uninterrupted), "--step", "3", "--out", str(tmp_path / "a.json")])
+    with pytest.raises(SystemExit, match="unknown task 'nosuch'"):
+        cli.main(["eval", "--run-dir", str(uninterrupted), "--task", "nosuch", "--n", "2", "--max-problems", "2",
+                  "--out", str(tmp_path / "b.json")])

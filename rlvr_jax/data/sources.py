@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from rlvr_jax.data import arithmetic, common, official, toy_strategy
+from rlvr_jax.distributed import sync
 
 TASKS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "toy_strategy": toy_strategy.ToyStrategy,
@@ -55,10 +56,8 @@ def build_task(task: str, data_dir: str | Path | None = None, manual_dir: str | 
         # A build takes seconds; TFDS's progress bars (a process-wide switch) would bury the run's log.
         tfds.display_progress_bar(False)
         builder.download_and_prepare(download_config=config)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"rlvr_jax_build_{builder.data_path}")
+    if multi:
+        sync(f"rlvr_jax_build_{builder.data_path}")
         builder = task_builder(task, data_dir, **builder_kwargs)
     return builder
 
