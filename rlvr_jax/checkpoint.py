@@ -9,8 +9,9 @@ Nothing else feeds the maths: every random draw is keyed by (seed, purpose, step
 is a keyed permutation, so the step is the data position. Arrays restore into an abstract target
 built for the *current* mesh, so a run saved on one mesh resumes on another.
 
-Saves are atomic: Orbax writes `<step>.orbax-checkpoint-tmp` and renames it only when complete; a
-leftover from a killed save is never listed as a checkpoint and is removed on the next start.
+Saves are atomic: on a disk Orbax writes `<step>.orbax-checkpoint-tmp` and renames it only when
+complete; in a bucket (gs://), where renames are copies, it writes `<step>/commit_success.txt` last.
+Either way a leftover from a killed save is never listed as a checkpoint and is removed on the next start.
 
 Resume precedence (`rlvr-jax train --run-dir DIR`):
   1. `--restart`: existing checkpoints are moved aside (checkpoints.replaced-<time>), start at step 0;
@@ -25,7 +26,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -41,6 +41,7 @@ from rlvr_jax.config import BestMode, CheckpointConfig
 from rlvr_jax.distributed import sync
 from rlvr_jax.mesh import Rules, tree_shardings
 from rlvr_jax.model import Arch, abstract_model
+from rlvr_jax.storage import as_path
 from rlvr_jax.types import TrainState
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Checkpointer:
     """Save / restore / list the checkpoints of one run directory (`<run_dir>/checkpoints`)."""
 
     def __init__(self, directory: str | Path, cfg: CheckpointConfig = CheckpointConfig(), read_only: bool = False):
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
         self.cfg = cfg
         self.manager = self._open(read_only)
 
@@ -212,7 +213,7 @@ class Checkpointer:
              f"moved to {dest}, trying the previous one")
         if jax.process_index() == 0:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dest))
+            src.rename(dest)  # a bucket copies the objects, then deletes them
         sync("rlvr_jax_quarantine")
         self.manager.reload()
 
@@ -242,7 +243,7 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-def move_aside(directory: Path) -> Path | None:
+def move_aside(directory: Any) -> Any:
     """--restart: keep the old checkpoints under a new name instead of deleting them."""
     if not directory.exists():
         return None
@@ -256,7 +257,7 @@ def move_aside(directory: Path) -> Path | None:
 def restore_policy(run_dir: str | Path, step: int | None, mesh: jax.sharding.Mesh,
                    rules: Rules) -> tuple[Arch, Any, Any, dict[str, Any]]:
     """(arch, graphdef, params, meta) of a run's checkpoint (the latest when step is None), read-only."""
-    directory = Path(run_dir) / "checkpoints"
+    directory = as_path(run_dir) / "checkpoints"
     ckpt = Checkpointer(directory, read_only=True) if directory.is_dir() else None
     steps = ckpt.steps() if ckpt else []
     if not steps:
@@ -279,7 +280,7 @@ def restore_policy(run_dir: str | Path, step: int | None, mesh: jax.sharding.Mes
 
 def read_arrays(run_dir: str | Path, step: int, item: str = "params") -> Any:
     """One item of a checkpoint as nested dicts of numpy arrays, on any number of devices (inspection, tests)."""
-    path = Path(run_dir).absolute() / "checkpoints" / str(step) / item
+    path = as_path(run_dir) / "checkpoints" / str(step) / item
     reader = ocp.PyTreeCheckpointer()
     tree = reader.metadata(path).item_metadata.tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)

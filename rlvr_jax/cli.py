@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rlvr_jax.bandit import add_bandit_parser, run_bandit
+from rlvr_jax.storage import as_path
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +85,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="RL training (default: the toy strategy task on CPU)",
                        description="Train with a YAML config plus dotted overrides, e.g. advantage.sign=negative_only.")
     p.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
-    p.add_argument("--run-dir", type=Path, default=None, help="output folder (default: runs/<run.name>)")
+    p.add_argument("--run-dir", default=None, help="output folder or gs:// URL (default: runs/<run.name>)")
     p.add_argument("--restart", action="store_true",
                    help="start at step 0 even if the run dir has checkpoints (they are moved aside, not deleted)")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
@@ -98,7 +99,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a checkpoint's policy as a Hugging Face folder",
                        description="safetensors + config.json + tokenizer, loadable by transformers and "
                                    "`rlvr-jax generate --model`.")
-    p.add_argument("--run-dir", type=Path, required=True, help="a training run directory")
+    p.add_argument("--run-dir", type=as_path, required=True, help="a training run directory (local or gs://)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or be empty)")
 
@@ -162,7 +163,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="write a run's figures (probe, dynamics, pass@k, boundary) under RUN_DIR/figures")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=as_path, help="a training run directory (local or gs://)")
 
 
 def run_plot(args: argparse.Namespace) -> int:
@@ -207,8 +208,8 @@ def run_plan(args: argparse.Namespace) -> int:
         raise SystemExit("rlvr-jax plan: the config's mesh has an axis of -1 (all remaining devices): pass --devices N, "
                          "e.g. --devices 16 for a v5e-16 slice")
     fields = dict(cfg.model.arch)
-    if not fields and cfg.model.path and (Path(cfg.model.path) / "config.json").is_file():
-        fields = json.loads((Path(cfg.model.path) / "config.json").read_text())
+    if not fields and cfg.model.path and (as_path(cfg.model.path) / "config.json").is_file():
+        fields = json.loads((as_path(cfg.model.path) / "config.json").read_text())
     if not fields:
         raise SystemExit("rlvr-jax plan: the config names no architecture: set model.arch or a model.path with config.json")
     if "vocab_size" not in fields and cfg.data.task == "toy_strategy":

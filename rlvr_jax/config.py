@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Mapping, Sequence
 
 import yaml
+from etils import epath
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from rlvr_jax.storage import as_path, write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -304,8 +307,9 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.run.run_dir or f"runs/{self.run.name}")
+    def run_dir(self) -> epath.Path:
+        """run.run_dir (a local folder or a gs:// URL), default runs/<run.name>; local ones made absolute."""
+        return as_path(self.run.run_dir or f"runs/{self.run.name}")
 
     @property
     def rollouts_per_step(self) -> int:
@@ -429,8 +433,7 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config; loading it back gives an equal Config."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(to_yaml(cfg))
+    write_text_atomic(as_path(path), to_yaml(cfg))
 
 
 # --- resuming -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from rlvr_jax.distributed import allgather_objects, global_tree, local_tree
 from rlvr_jax.mesh import ROLLOUT_RULES
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
+from rlvr_jax.storage import as_path, write_text_atomic
 from rlvr_jax.tokenizer import stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout
 
@@ -99,9 +100,7 @@ class Evaluator:
         """Flat eval/* metrics for metrics.jsonl; the full report goes to evals/step_<k>.json."""
         report = self.run(params)
         if self.cfg.run_dir and jax.process_index() == 0:
-            path = Path(self.cfg.run_dir) / "evals" / f"step_{step:06d}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"step": step, **report}))
+            write_text_atomic(self.cfg.run_dir / "evals" / f"step_{step:06d}.json", json.dumps({"step": step, **report}))
         return eval_metrics(report)
 
 
@@ -125,7 +124,7 @@ def add_eval_parser(sub: Any) -> None:
                                    "unbiased pass@k for k = 1, 2, 4, ..., n, overall and per subset; with "
                                    "--reference, the problems gained, lost and kept against another evaluation.")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", type=Path, help="a training run directory (its checkpoint and settings)")
+    source.add_argument("--run-dir", type=as_path, help="a training run directory, local or gs:// (its checkpoint and settings)")
     source.add_argument("--model", type=Path, help="a Hugging Face model folder")
     p.add_argument("--step", type=int, help="with --run-dir: checkpoint step (default: the latest)")
     p.add_argument("--config", type=Path, help="with --model: a YAML config for the data/reward settings")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
 from rlvr_jax.stages import describe as describe_stages
 from rlvr_jax.stages import detect_transition
+from rlvr_jax.storage import as_path, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
 from rlvr_jax.update import (UpdateSpec, abstract_train_state, init_train_state, make_optimizer, make_train_step,
@@ -53,13 +55,13 @@ class Policy:
     arch: Arch
     graphdef: Any
     tokenizer: Any
-    folder: Path | None
+    folder: Any
 
 
-def prepare_policy(cfg: Config, run_dir: Path, mesh: Any, log: Callable[[str], None]) -> tuple[Policy, Any]:
-    folder = Path(cfg.model.path) if cfg.model.path else None
+def prepare_policy(cfg: Config, run_dir: Any, mesh: Any, log: Callable[[str], None]) -> tuple[Policy, Any]:
+    folder = as_path(cfg.model.path) if cfg.model.path else None
     if folder is None and cfg.warmstart.enabled:
-        folder = build_base_policy(cfg, run_dir / "base_policy", Path(cfg.data.data_dir), mesh, log)
+        folder = build_base_policy(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
     # The warm-started folder's own config.json is the architecture (model.arch only described how to build it).
     model_cfg = cfg.model.model_copy(update={"path": str(folder), "arch": {}}) if folder and not cfg.model.path \
         else cfg.model
@@ -71,12 +73,13 @@ def prepare_policy(cfg: Config, run_dir: Path, mesh: Any, log: Callable[[str], N
     return Policy(arch, graphdef, tok, folder), params
 
 
-def data_dir(cfg: Config, run_dir: Path) -> Path:
-    return Path(cfg.data.data_dir) if cfg.data.data_dir else run_dir / "datasets"
+def data_dir(cfg: Config, run_dir: Any) -> Path:
+    return Path(cfg.data.data_dir) if cfg.data.data_dir else local_cache(run_dir, "datasets")
 
 
-def with_data_dir(cfg: Config, run_dir: Path) -> Config:
-    """Datasets are built under the run directory unless data.data_dir names a shared place."""
+def with_data_dir(cfg: Config, run_dir: Any) -> Config:
+    """Datasets are built under the run directory (a local cache for a bucket run directory) unless
+    data.data_dir names a shared place."""
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(data_dir(cfg, run_dir))})})
 
 
@@ -201,7 +204,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
                                  tok_s=f"{host_metrics['time/tokens_per_s']:.0f}")
             stopping = stop.should_stop(done) or (stop_at is not None and done >= stop_at)
             if stopping or done == cfg.run.steps or _checkpoint_due(cfg, done, host_metrics):
-                writer.flush()  # the metrics row of `done` is on disk before its checkpoint
+                writer.persist()  # the metrics row of `done` is in the run dir before its checkpoint
+                samples.persist()
                 ckpt.save(done, state, {**meta, "data": {"next_batch": done}}, writer.last)
             if stopping:
                 break
@@ -221,7 +225,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     log(_format_eval("final policy", final_eval))
     summary = _summary(cfg, base_eval, final_eval, run_dir, time.perf_counter() - clock, writer.last)
     if jax.process_index() == 0:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
         plot_run(run_dir)
     log(summary["stages"]["summary"])
     log(f"summary written to {run_dir / 'summary.json'}")
@@ -262,13 +266,19 @@ def check_resumable(meta: dict[str, Any], cfg: Config, reference_id: dict[str, s
         log(f"resume: warning: {text}; not used since loss.kl_beta = 0")
 
 
-def write_run_files(cfg: Config, run_dir: Path, tok: Any) -> None:
+def write_run_files(cfg: Config, run_dir: Any, tok: Any) -> None:
     """The resolved config and the tokenizer (so `rlvr-jax export` needs nothing outside the run dir)."""
     if jax.process_index() != 0:
         return
     save_config(cfg, run_dir / "config.yaml")
-    if not (run_dir / "tokenizer" / "tokenizer_config.json").is_file():
+    if (run_dir / "tokenizer" / "tokenizer_config.json").is_file():
+        return
+    if not is_remote(run_dir):
         tok.save_pretrained(str(run_dir / "tokenizer"))
+        return
+    with tempfile.TemporaryDirectory(prefix="rlvr-jax-tokenizer-") as tmp:
+        tok.save_pretrained(tmp)  # transformers writes local files only
+        upload_dir(Path(tmp), run_dir / "tokenizer")
 
 
 def rollout_metrics(host: Rollout, result: Any, step_batch: Any, texts: list[str], cfg: Config) -> dict[str, float]:
@@ -310,7 +320,7 @@ def _format_eval(name: str, values: dict[str, float]) -> str:
     return f"{name}: {shown}"
 
 
-def _summary(cfg: Config, first: dict, final: dict, run_dir: Path, seconds: float, last: dict) -> dict:
+def _summary(cfg: Config, first: dict, final: dict, run_dir: Any, seconds: float, last: dict) -> dict:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     history = [r["reward/mean"] for r in rows if r.get("reward/mean") is not None]
     evals = read_evals(run_dir)

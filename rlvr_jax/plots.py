@@ -18,6 +18,7 @@ import numpy as np
 
 from rlvr_jax.boundary import boundary_sets
 from rlvr_jax.stages import detect_transition
+from rlvr_jax.storage import as_path
 from rlvr_jax.writers import read_jsonl
 
 SIGN_COLORS = {"pos": "tab:green", "neg": "tab:red", "zero": "tab:gray"}
@@ -49,12 +50,12 @@ def read_evals(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if not rows:
         raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} is missing or empty: is {run_dir} a training run directory?")
     out_dir = run_dir / "figures"
-    out_dir.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     evals = read_evals(run_dir)
     made = [_training(rows, out_dir), _probe(rows, out_dir), _dynamics(rows, out_dir)]
     if evals:
@@ -64,7 +65,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with path.open("wb") as f:  # a local file or a gs:// object
+        fig.savefig(f, dpi=110, format="png")
     _plt().close(fig)
     return path
 

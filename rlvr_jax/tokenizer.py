@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from rlvr_jax.storage import is_remote, local_copy
+
 # ChatML, the template of the Qwen family; used for locally built tokenizers.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
@@ -25,6 +27,13 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(folder: str | Path) -> Any:
+    """A Hugging Face tokenizer folder (local or gs://), padding on the left for generation."""
+    if is_remote(folder):
+        try:
+            with local_copy(folder) as local:
+                return load_tokenizer(local)
+        except FileNotFoundError as err:
+            raise TokenizerError(f"tokenizer folder {folder} does not exist") from err
     folder = Path(folder)
     if not folder.is_dir():
         raise TokenizerError(f"tokenizer folder {folder} does not exist")

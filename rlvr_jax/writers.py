@@ -3,6 +3,10 @@
 Metrics arrive as flat dicts of device scalars. `LateWriter.push(step, metrics)` keeps step k's
 arrays and fetches them only when step k+1 is pushed, so the host never waits for the device in the
 middle of a step (maxtext's metric_logger does the same). Only process 0 writes.
+
+Run directories may be in a bucket, where an object cannot be appended to: there `JsonlSink` keeps
+the file's lines and uploads the whole object every `REMOTE_FLUSH_S` and before each checkpoint
+(`persist`), so the rows a resume keeps (those up to its checkpoint) are always in the bucket.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,6 +22,7 @@ import jax
 import numpy as np
 
 from rlvr_jax.distributed import allgather_objects
+from rlvr_jax.storage import as_path, is_remote, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,59 +47,101 @@ def to_host(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
     return out
 
 
+REMOTE_FLUSH_S = 60.0
+
+
+class JsonlSink:
+    """Lines added to one JSONL file: flushed per line on a disk; in a bucket, the whole object is
+    uploaded again every REMOTE_FLUSH_S seconds and at `persist` / `close`."""
+
+    def __init__(self, path: Any, append: bool):
+        self.path = as_path(path)
+        self.remote = is_remote(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.remote:
+            self._lines = self.path.read_text().splitlines(keepends=True) if append and self.path.exists() else []
+            self._dirty, self._uploaded = not append, time.monotonic()
+        else:
+            self._file = self.path.open("a" if append else "w")  # append: a resumed run continues the file
+
+    def add(self, line: str) -> None:
+        if not self.remote:
+            self._file.write(line + "\n")
+            self._file.flush()
+            return
+        self._lines.append(line + "\n")
+        self._dirty = True
+        if time.monotonic() - self._uploaded > REMOTE_FLUSH_S:
+            self.persist()
+
+    def persist(self) -> None:
+        if self.remote and self._dirty:
+            write_text_atomic(self.path, "".join(self._lines))
+            self._dirty, self._uploaded = False, time.monotonic()
+
+    def close(self) -> None:
+        if self.remote:
+            self.persist()
+        else:
+            self._file.close()
+
+
 class MetricWriter:
-    """Append-only metrics.jsonl (+ TensorBoard events) in the run directory."""
+    """Append-only metrics.jsonl (+ TensorBoard events, which tensorboardX writes to gs:// itself)."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None,
                  append: bool = False):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = as_path(run_dir) / "metrics.jsonl"
         self._tb = None
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a" if append else "w")  # append: a resumed run continues the file
+        self._sink = JsonlSink(self.path, append)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(str(as_path(run_dir) / "tensorboard"))
 
     def write(self, step: int, row: Mapping[str, float | int | None]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps({"step": step, **row}) + "\n")
-        self._file.flush()
+        self._sink.add(json.dumps({"step": step, **row}))
         if self._tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
 
+    def persist(self) -> None:
+        """Everything written so far is in the run directory (called before each checkpoint)."""
+        if self.enabled:
+            self._sink.persist()
+            if self._tb is not None:
+                self._tb.flush()
+
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        self._sink.close()
         if self._tb is not None:
             self._tb.close()
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
+    path = as_path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def trim_jsonl(path: str | Path, last_step: int) -> None:
     """Drop rows after `last_step` (written after the checkpoint a run resumes from; the resumed run
     writes them again). Atomic replace, so a crash here leaves the old file intact."""
-    path = Path(path)
+    path = as_path(path)
     if jax.process_index() != 0 or not path.is_file():
         return
     lines = path.read_text().splitlines()
     kept = [line for line in lines if line.strip() and _step_of(line) <= last_step]
     if len(kept) == len(lines):
         return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
     log.info("%s: dropped %d rows after step %d", path, len(lines) - len(kept), last_step)
 
 
@@ -110,7 +158,7 @@ class RolloutLog:
 
     def __init__(self, run_dir: str | Path, every: int):
         self.every = every
-        self._file = (Path(run_dir) / "rollouts.jsonl").open("a") if every > 0 and jax.process_index() == 0 else None
+        self._sink = JsonlSink(as_path(run_dir) / "rollouts.jsonl", True) if every > 0 and jax.process_index() == 0 else None
 
     def write(self, step: int, prompt_index: np.ndarray, rollout: Any, texts: list[str], rewards: np.ndarray) -> None:
         if self.every <= 0 or step % self.every:
@@ -119,15 +167,18 @@ class RolloutLog:
         row = {"prompt_index": np.asarray(prompt_index).tolist(), "tokens": tokens, "text": texts,
                "reward": np.asarray(rewards, dtype=float).tolist()}
         parts = allgather_objects(row)  # a collective: every process takes this branch at the same steps
-        if self._file is None:
+        if self._sink is None:
             return
         merged = {key: [v for part in parts for v in part[key]] for key in row}
-        self._file.write(json.dumps({"step": step, **merged}) + "\n")
-        self._file.flush()
+        self._sink.add(json.dumps({"step": step, **merged}))
+
+    def persist(self) -> None:
+        if self._sink is not None:
+            self._sink.persist()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._sink is not None:
+            self._sink.close()
 
 
 class LateWriter:
@@ -150,3 +201,8 @@ class LateWriter:
         row = {**to_host(device_metrics), **to_host(host_metrics)}
         self.last = {"step": step, **row}
         self.writer.write(step, row)
+
+    def persist(self) -> None:
+        """Write the pending row and make every row so far durable in the run directory."""
+        self.flush()
+        self.writer.persist()

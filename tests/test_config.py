@@ -37,7 +37,7 @@ def test_defaults_validate():
     assert cfg.rollout.temperature == 1.0 and cfg.optim.lr == 1e-5
     assert cfg.advantage.sign is SignFilter.full
     assert cfg.mesh.distributed.init is DistributedInit.auto
-    assert cfg.run_dir == Path("runs/run")
+    assert cfg.run_dir == Path("runs/run").absolute()
     assert cfg.rollouts_per_step == cfg.data.prompts_per_step * cfg.rollout.group_size == 16 * 8
 
 
@@ -67,7 +67,7 @@ advantage:
     assert cfg.mesh.distributed.init is DistributedInit.never
     assert cfg.mesh.data == 2 and cfg.mesh.fsdp == -1
     assert cfg.data.long_prompt is LongPrompt.truncate
-    assert cfg.run_dir == Path("runs/exp1")
+    assert cfg.run_dir == Path("runs/exp1").absolute()
     assert cfg.rollouts_per_step == 16 * 4
 
 

@@ -176,9 +176,9 @@ def command(run_dir, args):
     return [sys.executable, "-m", "rlvr_jax.cli", "train", "--run-dir", str(run_dir), *args]
 
 
-def run_cli(run_dir, args, devices=1, extra_env=None):
+def run_cli(run_dir, args, devices=1, extra_env=None, cwd=None):
     env = {**subprocess_env(devices), **(extra_env or {})}
-    return subprocess.run(command(run_dir, args), env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command(run_dir, args), env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rlvr_jax"
 
 # module -> the rlvr_jax modules it may import (DESIGN.md's table); the orchestrators import anything.
 ALLOWED = {
-    "config": set(),
+    "config": {"storage"},
+    "storage": set(),
     "types": {"config"},
     "mesh": {"config"},
-    "model": {"config", "mesh", "model"},
-    "tokenizer": {"config", "types"},
+    "model": {"config", "mesh", "model", "storage"},
+    "tokenizer": {"config", "types", "storage"},
     "data": {"config", "types", "tokenizer", "data", "distributed"},
     "rollout": {"config", "types", "mesh", "model"},
     "advantage": {"config", "types"},
@@ -19,10 +20,10 @@ ALLOWED = {
     "loss": {"config", "types", "model"},
     "update": {"config", "types", "mesh", "loss", "model", "dynamics"},
     "dynamics": {"types", "model"},
-    "writers": {"config", "distributed"},
+    "writers": {"config", "distributed", "storage"},
     "sft": {"config", "types", "loss", "tokenizer"},
     "rewards": {"config", "types", "rewards"},
-    "checkpoint": {"config", "types", "mesh", "model", "distributed"},
+    "checkpoint": {"config", "types", "mesh", "model", "distributed", "storage"},
     "preemption": set(),
     "boundary": set(),
     "stages": set(),
