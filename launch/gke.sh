@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Multi-host TPU training on GKE: a JobSet with one pod per TPU VM host of the slice. GKE's TPU
 # webhook sets the worker environment (TPU_WORKER_HOSTNAMES, TPU_WORKER_ID) that JAX auto-detects, so
-# every pod runs the same `rlvr-jax train` command. Run directories live on a GCS bucket mounted by
-# the GCS FUSE CSI driver, so a restarted JobSet resumes from the latest checkpoint.
+# every pod runs the same `rlvr-jax train` command. The run directory is a gs:// URL (Orbax and the
+# trainer write the bucket directly, with Workload Identity credentials), so a restarted JobSet resumes
+# from the latest checkpoint; the GCS FUSE CSI driver mounts the bucket read-only at /mnt/gcs for inputs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=launch/common.sh
@@ -16,8 +17,8 @@ Prints the JobSet manifest and applies it with kubectl (the cluster needs the Jo
 node pool of the right type, Workload Identity access to the bucket, and the GCS FUSE CSI driver).
   --image IMAGE        container image with this project installed (pip install '.[tpu]')  [IMAGE]
   --accelerator TYPE   v5litepod-16 | v5p-16 | v6e-16                                       [ACCELERATOR]
-  --bucket NAME        GCS bucket for run directories (mounted at /mnt/gcs)                 [BUCKET]
-  --run-name NAME      run directory /mnt/gcs/runs/NAME, also the JobSet name               [RUN_NAME]
+  --bucket NAME        GCS bucket for run directories (also mounted read-only at /mnt/gcs)  [BUCKET]
+  --run-name NAME      run directory gs://BUCKET/runs/NAME, also the JobSet name            [RUN_NAME]
   --config FILE        config path inside the image     default configs/toy_strategy.yaml
   --service-account SA Kubernetes service account with access to the bucket  default default
   --dry-run            print the manifest and the kubectl command, apply nothing
@@ -56,7 +57,7 @@ case "$ACCELERATOR" in
 esac
 
 ARGS=""
-for arg in train --config "$CONFIG" --run-dir "/mnt/gcs/runs/$RUN_NAME" logging.progress_bar=false "${OVERRIDES[@]}"; do
+for arg in train --config "$CONFIG" --run-dir "gs://$BUCKET/runs/$RUN_NAME" logging.progress_bar=false "${OVERRIDES[@]}"; do
   ARGS+="
               - \"${arg//\"/\\\"}\""
 done
@@ -97,15 +98,17 @@ spec:
                 limits:
                   google.com/tpu: $CHIPS
               volumeMounts:
-              - name: runs
+              - name: bucket
                 mountPath: /mnt/gcs
+                readOnly: true
             volumes:
-            - name: runs
+            - name: bucket
               csi:
                 driver: gcsfuse.csi.storage.gke.io
                 volumeAttributes:
                   bucketName: $BUCKET
-                  mountOptions: implicit-dirs"
+                  mountOptions: implicit-dirs
+                readOnly: true"
 
 echo "$MANIFEST"
 echo "---"

@@ -14,8 +14,9 @@ usage: launch/tpu_vm.sh ACTION [options] [-- key=value ...]
 ACTION   create | setup | train | logs | stop | delete
   create   request the slice as a queued resource (waits in the queue until capacity is granted)
   setup    copy this checkout to every worker, install it with the [tpu] extra, mount the bucket
-  train    start `rlvr-jax train` on all workers (in the background; re-running resumes from the
-           latest checkpoint in the run directory)
+           read-only at /mnt/gcs (for inputs: data files; models can also be read as gs:// URLs)
+  train    start `rlvr-jax train` on all workers (in the background) with the run directory
+           gs://BUCKET/runs/RUN_NAME; re-running resumes from its latest checkpoint
   logs     stream worker 0's training log
   stop     SIGTERM the trainer on all workers (it finishes the step, saves a checkpoint, exits 0)
   delete   delete the slice and its queued resource
@@ -27,10 +28,11 @@ options (or the environment variables in brackets):
   --accelerator TYPE  e.g. v5litepod-16, v5p-16       [ACCELERATOR]  required by create
   --runtime VERSION   TPU VM image                    [RUNTIME]   default v2-alpha-tpuv5-lite
   --spot              request spot capacity (preemptible; training resumes after preemption)
-  --bucket NAME       GCS bucket for run directories, mounted at /mnt/gcs on every worker with
-                      gcsfuse                         [BUCKET]    required by setup and train
+  --bucket NAME       GCS bucket: run directories are written to gs://NAME/runs/ directly (Orbax
+                      and the trainer write gs:// URLs); setup mounts it read-only at /mnt/gcs
+                                                      [BUCKET]    required by setup and train
   --config FILE       config path inside the checkout (train)          default configs/toy_strategy.yaml
-  --run-name NAME     run directory /mnt/gcs/runs/NAME (train, logs)   default the slice name
+  --run-name NAME     run directory gs://BUCKET/runs/NAME (train, logs)   default the slice name
   --dry-run           print every command, run none
   -- key=value        config overrides passed to rlvr-jax train
 USAGE
@@ -70,7 +72,7 @@ require PROJECT --project "the Google Cloud project that owns the TPU quota"
 require ZONE --zone "a zone with the accelerator, e.g. us-west4-a for v5e"
 require TPU_NAME --name "a name for the slice"
 RUN_NAME="${RUN_NAME:-$TPU_NAME}"
-RUN_DIR="/mnt/gcs/runs/$RUN_NAME"
+RUN_DIR="gs://$BUCKET/runs/$RUN_NAME"
 LOG="\$HOME/rlvr-jax-$RUN_NAME.log"
 WHERE=(--project "$PROJECT" --zone "$ZONE")
 
@@ -93,10 +95,10 @@ case "$ACTION" in
     ARCHIVE="/tmp/rlvr-jax-$TPU_NAME.tar.gz"
     run git -C "$ROOT" archive --format tar.gz --prefix rlvr-jax/ -o "$ARCHIVE" HEAD
     run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$TPU_NAME:rlvr-jax.tar.gz" "${WHERE[@]}" --worker=all
-    on_all_workers "tar xzf rlvr-jax.tar.gz && cd rlvr-jax && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]' && sudo mkdir -p /mnt/gcs && sudo chown \$USER /mnt/gcs && gcsfuse --implicit-dirs $(quoted "$BUCKET") /mnt/gcs"
+    on_all_workers "tar xzf rlvr-jax.tar.gz && cd rlvr-jax && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]' && sudo mkdir -p /mnt/gcs && sudo chown \$USER /mnt/gcs && gcsfuse -o ro --implicit-dirs $(quoted "$BUCKET") /mnt/gcs"
     ;;
   train)
-    require BUCKET --bucket "the GCS bucket mounted at /mnt/gcs by setup"
+    require BUCKET --bucket "the GCS bucket for the run directory (gs://BUCKET/runs/RUN_NAME)"
     TRAIN="$(quoted .venv/bin/rlvr-jax train --config "$CONFIG" --run-dir "$RUN_DIR" logging.progress_bar=false "${OVERRIDES[@]}")"
     on_all_workers "cd rlvr-jax && nohup $TRAIN > $LOG 2>&1 &"
     ;;

@@ -11,6 +11,7 @@ process every helper is the identity or a plain device transfer.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -74,3 +75,25 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def folder_is_shared(folder: Any, name: str) -> bool:
+    """Whether every process sees the same `folder` (a shared disk, or processes on one machine).
+
+    A collective. When it is False the folder is host-local (a run directory in a bucket keeps its
+    dataset builds and warm start in each host's local cache), and every process must write its own
+    copy instead of reading what process 0 wrote.
+    """
+    if jax.process_count() == 1:
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".rlvr-jax-shared-{name}"
+    token = allgather_objects(os.urandom(8).hex())[0]  # process 0's, known to all
+    if jax.process_index() == 0:
+        marker.write_text(token)
+    sync(f"rlvr_jax_shared_{name}_written")
+    seen = marker.is_file() and marker.read_text() == token
+    shared = all(allgather_objects(seen))
+    if jax.process_index() == 0:
+        marker.unlink()
+    return shared

@@ -17,7 +17,7 @@ from rlvr_jax.distributed import allgather_objects, global_tree, local_tree
 from rlvr_jax.mesh import ROLLOUT_RULES
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
-from rlvr_jax.storage import as_path, write_text_atomic
+from rlvr_jax.storage import as_path, local_copy, write_text_atomic
 from rlvr_jax.tokenizer import stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout
 
@@ -125,7 +125,7 @@ def add_eval_parser(sub: Any) -> None:
                                    "--reference, the problems gained, lost and kept against another evaluation.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-dir", type=as_path, help="a training run directory, local or gs:// (its checkpoint and settings)")
-    source.add_argument("--model", type=Path, help="a Hugging Face model folder")
+    source.add_argument("--model", type=as_path, help="a Hugging Face model folder (local or gs://)")
     p.add_argument("--step", type=int, help="with --run-dir: checkpoint step (default: the latest)")
     p.add_argument("--config", type=Path, help="with --model: a YAML config for the data/reward settings")
     p.add_argument("--task", help="task name (default: the run's / config's)")
@@ -199,10 +199,11 @@ def run_eval_command(args: Any) -> int:
             model = {"run_dir": str(args.run_dir), "step": meta["step"]}
         else:
             tok = load_tokenizer(cfg.model.tokenizer or args.model)
-            arch, graphdef, params = from_pretrained(args.model, mesh, ROLLOUT_RULES, cfg.model.param_dtype,
-                                                     cfg.model.dtype)
+            with local_copy(args.model) as folder:
+                arch, graphdef, params = from_pretrained(folder, mesh, ROLLOUT_RULES, cfg.model.param_dtype,
+                                                         cfg.model.dtype)
             model = {"model": str(args.model)}
-    except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError) as err:
+    except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError, FileNotFoundError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None
     from rlvr_jax.data import DataError
 

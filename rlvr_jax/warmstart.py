@@ -18,7 +18,7 @@ import optax
 
 from rlvr_jax.config import Config
 from rlvr_jax.data import toy_tokenizer, warmstart_examples
-from rlvr_jax.distributed import allgather_objects, sync
+from rlvr_jax.distributed import allgather_objects, folder_is_shared, sync
 from rlvr_jax.mesh import TRAIN_RULES
 from rlvr_jax.model import Arch, init_params, save_pretrained
 from rlvr_jax.sft import SFTSpec, batch_rows, encode_traces, sft_step
@@ -42,11 +42,13 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
     if all(allgather_objects(cached)):  # every host must take the same branch
         log(f"warm start: reusing the base policy in {out_dir}")
         return out_dir
-    # Multi-host: all processes run the SFT steps (one sharded computation); process 0 alone writes files.
-    first = jax.process_index() == 0
+    # Multi-host: all processes run the SFT steps (one sharded computation); process 0 alone writes the
+    # files into a shared folder, every process its own copy into a host-local one.
+    shared = folder_is_shared(out_dir.parent, "warmstart")  # a collective: every process asks
+    writes = jax.process_index() == 0 or not shared
     start = time.perf_counter()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if first:
+    if writes:
         shutil.rmtree(tmp, ignore_errors=True)
         toy_tokenizer(tmp)
     sync("rlvr_jax_warmstart_tokenizer")
@@ -65,10 +67,10 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
         state, metrics = step(state, batch_rows(data, k, spec.batch_size, cfg.run.seed))
         losses.append(metrics["sft/loss"])
     final_loss = float(np.mean(jax.device_get(losses[-10:])))
-    save_pretrained(tmp, arch, state.params, tok)
+    save_pretrained(tmp, arch, state.params, tok, write=writes)
     info = {"fingerprint": _fingerprint(cfg), "final_loss": final_loss, "traces": len(traces),
             "seconds": round(time.perf_counter() - start, 2)}
-    if first:
+    if writes:
         (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)

@@ -50,10 +50,10 @@ def test_tpu_vm_lifecycle_dry_run():
     setup = commands(sh("tpu_vm.sh", "setup", *TPU, "--bucket", "my-bucket").stdout)
     assert setup[0].startswith("git -C") and "archive" in setup[0]
     assert setup[1].startswith("gcloud compute tpus tpu-vm scp") and "--worker=all" in setup[1]
-    assert "--worker=all" in setup[2] and "gcsfuse\\ --implicit-dirs\\ my-bucket\\ /mnt/gcs" in setup[2]
+    assert "--worker=all" in setup[2] and "gcsfuse\\ -o\\ ro\\ --implicit-dirs\\ my-bucket\\ /mnt/gcs" in setup[2]
     train = commands(sh("tpu_vm.sh", "train", *TPU, "--bucket", "my-bucket", "--", "run.steps=50").stdout)
     assert len(train) == 1 and "--worker=all" in train[0]
-    assert "rlvr-jax\\ train\\ --config\\ configs/toy_strategy.yaml\\ --run-dir\\ /mnt/gcs/runs/slice1" in train[0]
+    assert "rlvr-jax\\ train\\ --config\\ configs/toy_strategy.yaml\\ --run-dir\\ gs://my-bucket/runs/slice1" in train[0]
     assert "run.steps=50" in train[0]
     assert "pkill\\ -TERM" in commands(sh("tpu_vm.sh", "stop", *TPU).stdout)[0]
     assert commands(sh("tpu_vm.sh", "delete", *TPU).stdout) == [
@@ -95,9 +95,10 @@ def test_gke_manifest_is_a_valid_jobset():
     assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
                                    "cloud.google.com/gke-tpu-topology": "4x4"}
     container = pod["containers"][0]
-    assert container["args"] == ["train", "--config", "configs/toy_strategy.yaml", "--run-dir", "/mnt/gcs/runs/run-1",
+    assert container["args"] == ["train", "--config", "configs/toy_strategy.yaml", "--run-dir", "gs://b/runs/run-1",
                                  "logging.progress_bar=false", "run.steps=5"]
     assert container["resources"]["limits"]["google.com/tpu"] == 4
+    assert container["volumeMounts"][0]["readOnly"] is True  # inputs only: the run dir is written as gs://
     assert commands(done.stdout) == ["kubectl apply -f -"]
     bad = sh("gke.sh", "--image", "i", "--accelerator", "v4-8", "--bucket", "b", "--run-name", "r", "--dry-run")
     assert bad.returncode == 2 and "is not one of" in bad.stderr

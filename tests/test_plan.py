@@ -85,3 +85,16 @@ def test_a_model_that_does_not_fit_gets_suggestions(capsys):
         cli.main(["plan"])
     with pytest.raises(SystemExit, match="unknown accelerator"):
         cli.main(["plan", "--devices", "8", "--accelerator", "tpu9"])
+
+
+# The slice each recipe family is sized for (its header comment): (devices, accelerator).
+RECIPE_SLICES = {"qwen2.5-math-1.5b": (16, "v5e"), "qwen2.5-math-7b": (8, "v5p")}
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIG_FILES if p.parent.name == "recipes"), ids=lambda p: p.name)
+def test_each_recipe_fits_the_slice_it_is_sized_for(path):
+    family = next(name for name in RECIPE_SLICES if path.name.startswith(name + "_"))
+    devices, accelerator = RECIPE_SLICES[family]
+    cfg = load_config(path)
+    plan = plan_memory(cfg, Arch.from_hf(dict(cfg.model.arch), source=str(path)), devices)
+    assert plan.fits(accelerator), f"{path.name}: peak {plan.peak / 2**30:.1f} GiB on {accelerator}"

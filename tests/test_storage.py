@@ -134,3 +134,33 @@ def test_restart_moves_bucket_checkpoints_aside(gcs):
     moved = move_aside(checkpoints)
     assert moved.name.startswith("checkpoints.replaced-") and not checkpoints.exists()
     assert (moved / "2" / "params" / "y.bin").read_text() == "2/params/y.bin"
+
+
+def test_two_hosts_with_their_own_local_disks_train_into_a_bucket(gcs, tmp_path):
+    """Two processes as two hosts: the run directory is in the bucket, and each host has its own local
+    cache (RLVR_JAX_LOCAL_CACHE differs), so each builds its own dataset and warm start instead of
+    reading what process 0 wrote; Orbax writes the checkpoints to the bucket cooperatively."""
+    from tests.test_multihost import MESH, free_port
+    from tests.test_resume import command, subprocess_env
+
+    run_dir = epath.Path(f"gs://{BUCKET}/runs/two-hosts")
+    port = free_port()
+    args = ["warmstart.steps=10", "warmstart.traces=256", "run.steps=2", "data.prompts_per_step=4",
+            "rollout.group_size=4", "eval.every=2", "eval.max_problems=8", "eval.n=2", "logging.progress_bar=false",
+            "logging.tensorboard=false", "reward.workers=1", "checkpoint.every=1", *MESH,
+            f"mesh.distributed.coordinator_address=localhost:{port}", "mesh.distributed.num_processes=2"]
+    caches = [tmp_path / f"host{i}" for i in range(2)]
+    procs = [subprocess.Popen(command(run_dir, [*args, f"mesh.distributed.process_id={i}"]),
+                              env={**subprocess_env(4), **gcs, "RLVR_JAX_LOCAL_CACHE": str(caches[i])},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    for cache in caches:  # each host built its own copy
+        assert len(list(cache.glob("*/base_policy/warmstart.json"))) == 1
+        assert len(list(cache.glob("*/datasets/toy_strategy/*/*/dataset_info.json"))) == 3  # every toy build the run uses
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
+    from rlvr_jax.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
+    assert ckpt.steps() == [1, 2] and ckpt.read_meta(2)["process_count"] == 2
+    ckpt.close()

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from rlvr_jax.data import arithmetic, common, official, toy_strategy
-from rlvr_jax.distributed import sync
+from rlvr_jax.distributed import folder_is_shared, sync
 
 TASKS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "toy_strategy": toy_strategy.ToyStrategy,
@@ -48,16 +48,19 @@ def build_task(task: str, data_dir: str | Path | None = None, manual_dir: str | 
                                f"{MANUAL_HELP[task]}")
     if task in MANUAL_HELP and not _is_built(builder) and not Path(manual_dir).is_dir():
         raise common.DataError(f"data.manual_dir {manual_dir} does not exist: {MANUAL_HELP[task]}")
-    # Multi-host: every process calls this in the same order; process 0 builds into the shared data_dir
+    # Multi-host: every process calls this in the same order. Into a shared data_dir process 0 builds
     # while the others wait at the barrier (always taken: whether the folder exists yet may differ
-    # between hosts), then they read what it wrote.
-    if jax.process_index() == 0 and not _is_built(builder):
+    # between hosts), then they read what it wrote; into host-local ones every host builds its own
+    # (the builders are deterministic, so all hosts read the same data).
+    shared = not multi or folder_is_shared(builder.data_path.parent.parent.parent, "data")  # a collective: all call it
+    builds_here = jax.process_index() == 0 or not shared
+    if builds_here and not _is_built(builder):
         config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else str(manual_dir))
         # A build takes seconds; TFDS's progress bars (a process-wide switch) would bury the run's log.
         tfds.display_progress_bar(False)
         builder.download_and_prepare(download_config=config)
     if multi:
-        sync(f"rlvr_jax_build_{builder.data_path}")
+        sync("rlvr_jax_build_" + "/".join(builder.data_path.parts[-3:]))  # name/config/version: the same on every host
         builder = task_builder(task, data_dir, **builder_kwargs)
     return builder
 

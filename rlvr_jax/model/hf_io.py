@@ -197,13 +197,16 @@ def _host_arrays(arch: Arch, state: nnx.State) -> Iterator[tuple[str, np.ndarray
 
 
 def save_pretrained(folder: str | Path, arch: Arch, state: nnx.State, tokenizer: Any = None,
-                    max_shard_bytes: int = 4 << 30) -> Path:
-    """Write config.json + safetensors (+ index when sharded) + tokenizer that `transformers` loads."""
+                    max_shard_bytes: int = 4 << 30, write: bool | None = None) -> Path:
+    """Write config.json + safetensors (+ index when sharded) + tokenizer that `transformers` loads.
+
+    Every process must call it (the arrays are gathered); `write` (default: process 0 only) says which
+    processes write the files."""
     from safetensors.flax import save_file
 
     folder = Path(folder)
     tensors = dict(_host_arrays(arch, state))
-    if jax.process_index() != 0:
+    if not (jax.process_index() == 0 if write is None else write):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -216,7 +219,7 @@ def save_pretrained(folder: str | Path, arch: Arch, state: nnx.State, tokenizer:
         size += array.nbytes
     files = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's own (devices("cpu")[0] is process 0's)
     for file, shard in zip(files, shards):
         save_file({n: jax.device_put(a, cpu) for n, a in shard.items()}, str(folder / file),
                   metadata={"format": "pt"})
