@@ -17,7 +17,7 @@ from rlvr_jax import cli
 from rlvr_jax.checkpoint import KILL_IN_SAVE_ENV, move_aside
 from rlvr_jax.storage import as_path, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.writers import JsonlSink, read_jsonl, trim_jsonl
-from tests.test_resume import STEPS, assert_same_run, flat_arrays, run_args, run_cli
+from tests.test_resume import STEPS, assert_same_run, run_args, run_cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
