@@ -141,10 +141,11 @@ def run_train(args: argparse.Namespace) -> int:
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.loop import train
     from rlvr_jax.probe import ProbeError
+    from rlvr_jax.storage import StorageError
 
     try:
         train(cfg, restart=args.restart, stop_at=args.stop_at, allow_config_change=args.allow_config_change)
-    except (CheckpointError, ProbeError) as err:
+    except (CheckpointError, ProbeError, StorageError) as err:
         raise SystemExit(f"rlvr-jax train: {err}") from None
     return 0
 

@@ -33,7 +33,7 @@ from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
 from rlvr_jax.stages import describe as describe_stages
 from rlvr_jax.stages import detect_transition
-from rlvr_jax.storage import as_path, is_remote, local_cache, upload_dir, write_text_atomic
+from rlvr_jax.storage import as_path, ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
 from rlvr_jax.update import (UpdateSpec, abstract_train_state, init_train_state, make_optimizer, make_train_step,
@@ -119,7 +119,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     maybe_initialize_distributed(cfg.mesh)
     run_dir = cfg.run_dir
     cfg = with_data_dir(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(run_dir)  # a missing bucket or credentials: stop now, with the fix
     mesh = make_mesh(cfg.mesh)
     clock = time.perf_counter()
     if restart and (moved := move_aside(run_dir / "checkpoints")):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +34,26 @@ def as_path(path: PathLike) -> epath.Path:
 
 def is_remote(path: PathLike) -> bool:
     return "://" in os.fspath(path)
+
+
+class StorageError(OSError):
+    """A run directory that cannot be written; the message names it and what to check."""
+
+
+def ensure_writable(folder: epath.Path) -> None:
+    """Create `folder` and write + delete a probe file in it, so a missing bucket or missing
+    credentials stop a run before any work, with the fix in the message."""
+    probe = folder / f".rlvr-jax-write-check-{socket.gethostname()}-{os.getpid()}"  # one per process of a slice
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except Exception as err:  # noqa: BLE001 - gcsfs / google-auth / OS errors all mean "cannot write here"
+        hint = ("check that the bucket exists and that this machine's credentials may write to it "
+                "(`gcloud auth application-default login`, or the VM / pod service account)") if is_remote(folder) \
+            else "check the path and its permissions"
+        raise StorageError(f"cannot write to the run directory {folder} ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}): {hint}") from err
 
 
 def write_text_atomic(path: epath.Path, text: str) -> None:

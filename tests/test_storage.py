@@ -164,3 +164,9 @@ def test_two_hosts_with_their_own_local_disks_train_into_a_bucket(gcs, tmp_path)
     ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
     assert ckpt.steps() == [1, 2] and ckpt.read_meta(2)["process_count"] == 2
     ckpt.close()
+
+
+def test_a_missing_bucket_stops_train_at_once_with_the_fix(gcs):
+    with pytest.raises(SystemExit, match=r"cannot write to the run directory gs://no-such-bucket/runs/a .*"
+                                         r"check that the bucket exists"):
+        cli.main(["train", "--run-dir", "gs://no-such-bucket/runs/a", "run.steps=1"])
