@@ -155,7 +155,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     reference = make_reference(cfg, policy, params)
     del params  # the state (fresh or restored) owns the policy from here on
     writer = LateWriter(MetricWriter(run_dir, cfg.logging.tensorboard, append=start > 0))
-    samples = RolloutLog(run_dir, cfg.logging.rollouts_every)
+    samples = RolloutLog(run_dir, cfg.logging.rollouts_every, append=start > 0)  # like metrics.jsonl
     g = cfg.rollout.group_size
     with StopRequest(log) as stop, RewardPool(cfg.reward) as pool:
         evaluate = Evaluator(cfg, tok, policy.arch, policy.graphdef, state.params, mesh, pool)

@@ -156,9 +156,10 @@ class RolloutLog:
     """rollouts.jsonl: every N-th step's completions (prompt index, token ids, text, reward), one line per
     step. Each process passes its own rollouts; process 0 writes them all, in process order."""
 
-    def __init__(self, run_dir: str | Path, every: int):
+    def __init__(self, run_dir: str | Path, every: int, append: bool = False):
         self.every = every
-        self._sink = JsonlSink(as_path(run_dir) / "rollouts.jsonl", True) if every > 0 and jax.process_index() == 0 else None
+        first = jax.process_index() == 0
+        self._sink = JsonlSink(as_path(run_dir) / "rollouts.jsonl", append) if every > 0 and first else None
 
     def write(self, step: int, prompt_index: np.ndarray, rollout: Any, texts: list[str], rewards: np.ndarray) -> None:
         if self.every <= 0 or step % self.every:

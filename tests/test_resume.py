@@ -160,6 +160,7 @@ def test_restart_moves_old_checkpoints_aside(toy_base, stopped_at_2, tmp_path, c
     assert "previous checkpoints moved to" in out and "resuming" not in out
     assert [p.name for p in run_dir.glob("checkpoints.replaced-*/*")] == ["2"]
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
+    assert [r["step"] for r in read_jsonl(run_dir / "rollouts.jsonl")] == [1]  # the old run's rows are gone too
 
 
 # --- subprocesses, one device, real signals -----------------------------------------------------
