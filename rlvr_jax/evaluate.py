@@ -17,7 +17,7 @@ from rlvr_jax.distributed import allgather_objects, global_tree, local_tree
 from rlvr_jax.mesh import ROLLOUT_RULES
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
-from rlvr_jax.storage import as_path, local_copy, write_text_atomic
+from rlvr_jax.storage import as_path, write_text_atomic
 from rlvr_jax.tokenizer import stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout
 
@@ -199,9 +199,8 @@ def run_eval_command(args: Any) -> int:
             model = {"run_dir": str(args.run_dir), "step": meta["step"]}
         else:
             tok = load_tokenizer(cfg.model.tokenizer or args.model)
-            with local_copy(args.model) as folder:
-                arch, graphdef, params = from_pretrained(folder, mesh, ROLLOUT_RULES, cfg.model.param_dtype,
-                                                         cfg.model.dtype)
+            arch, graphdef, params = from_pretrained(args.model, mesh, ROLLOUT_RULES, cfg.model.param_dtype,
+                                                     cfg.model.dtype)
             model = {"model": str(args.model)}
     except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError, FileNotFoundError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None

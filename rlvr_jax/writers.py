@@ -92,7 +92,8 @@ class MetricWriter:
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None,
                  append: bool = False):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = as_path(run_dir) / "metrics.jsonl"
+        run_dir = as_path(run_dir)
+        self.path = run_dir / "metrics.jsonl"
         self._tb = None
         if not self.enabled:
             return
@@ -100,7 +101,7 @@ class MetricWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(as_path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, step: int, row: Mapping[str, float | int | None]) -> None:
         if not self.enabled:

@@ -20,7 +20,7 @@ from rlvr_jax.mesh import Rules, tree_shardings
 from rlvr_jax.model.arch import Arch, ArchError, RopeScaling
 from rlvr_jax.model.decoder import Decoder, KVCache, LayerCache, init_cache, positions_from_mask
 from rlvr_jax.model.hf_io import CheckpointFormatError, load_state, save_pretrained
-from rlvr_jax.storage import is_remote, local_copy
+from rlvr_jax.storage import local_copy
 
 __all__ = [
     "Arch", "ArchError", "CheckpointFormatError", "Decoder", "KVCache", "LayerCache", "RopeScaling",
@@ -61,19 +61,17 @@ def init_params(arch: Arch, mesh: Mesh, rules: Rules, key: jax.Array, param_dtyp
 
 def from_pretrained(folder: str | Path, mesh: Mesh, rules: Rules, param_dtype: Any = jnp.float32,
                     dtype: Any = jnp.float32, remat: bool = False) -> tuple[Arch, nnx.GraphDef, nnx.State]:
-    """Load an HF folder (config.json + safetensors) straight into the sharded layout."""
+    """Load an HF folder (config.json + safetensors; local or gs://) straight into the sharded layout."""
     arch = Arch.from_dir(folder)
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
-    state = load_state(folder, arch, abstract, state_shardings(abstract, mesh, rules))
+    with local_copy(folder) as local:  # a bucket folder is downloaded: safetensors are memory-mapped from local files
+        state = load_state(local, arch, abstract, state_shardings(abstract, mesh, rules))
     return arch, graphdef, state
 
 
 def load_policy(cfg: ModelConfig, mesh: Mesh, rules: Rules, key: jax.Array) -> tuple[Arch, nnx.GraphDef, nnx.State]:
     """The policy a run config names: an HF folder (`model.path`) or a random model (`model.arch`)."""
     options = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat)
-    if cfg.path is not None and is_remote(cfg.path):  # a bucket: safetensors are memory-mapped from local files
-        with local_copy(cfg.path) as folder:
-            return load_policy(cfg.model_copy(update={"path": str(folder)}), mesh, rules, key)
     if cfg.path is not None:
         if cfg.arch:  # recipes state the architecture they were sized for: catch a wrong checkpoint early
             check_arch_matches(Arch.from_hf(cfg.arch, source="config model.arch"), Arch.from_dir(cfg.path), cfg.path)

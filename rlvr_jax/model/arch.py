@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlvr_jax.storage import as_path
+
 SUPPORTED = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -111,7 +113,8 @@ class Arch:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "Arch":
-        file = Path(path) / "config.json"
+        """The config.json of a model folder, local or in a bucket (gs://)."""
+        file = as_path(path) / "config.json"
         if not file.is_file():
             raise ArchError(f"{file} not found: a model folder needs config.json (Hugging Face format)")
         try:
