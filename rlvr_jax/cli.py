@@ -140,12 +140,14 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"rlvr-jax train: {err}") from None
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.loop import train
+    from rlvr_jax.model import ArchError, CheckpointFormatError
     from rlvr_jax.probe import ProbeError
     from rlvr_jax.storage import StorageError
+    from rlvr_jax.tokenizer import TokenizerError
 
     try:
         train(cfg, restart=args.restart, stop_at=args.stop_at, allow_config_change=args.allow_config_change)
-    except (CheckpointError, ProbeError, StorageError) as err:
+    except (CheckpointError, ProbeError, StorageError, ArchError, CheckpointFormatError, TokenizerError) as err:
         raise SystemExit(f"rlvr-jax train: {err}") from None
     return 0
 

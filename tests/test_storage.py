@@ -170,3 +170,9 @@ def test_a_missing_bucket_stops_train_at_once_with_the_fix(gcs):
     with pytest.raises(SystemExit, match=r"cannot write to the run directory gs://no-such-bucket/runs/a .*"
                                          r"check that the bucket exists"):
         cli.main(["train", "--run-dir", "gs://no-such-bucket/runs/a", "run.steps=1"])
+
+
+def test_a_missing_model_folder_is_named_local_or_in_a_bucket(gcs, tmp_path):
+    for path in (tmp_path / "no-model", f"gs://{BUCKET}/models/absent"):
+        with pytest.raises(SystemExit, match=rf"rlvr-jax train: {path}/config.json not found"):
+            cli.main(["train", "--run-dir", str(tmp_path / "run"), f"model.path={path}", "run.steps=1"])

@@ -73,8 +73,9 @@ def load_policy(cfg: ModelConfig, mesh: Mesh, rules: Rules, key: jax.Array) -> t
     """The policy a run config names: an HF folder (`model.path`) or a random model (`model.arch`)."""
     options = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat)
     if cfg.path is not None:
+        found = Arch.from_dir(cfg.path)  # first: a missing or broken folder is the error to report
         if cfg.arch:  # recipes state the architecture they were sized for: catch a wrong checkpoint early
-            check_arch_matches(Arch.from_hf(cfg.arch, source="config model.arch"), Arch.from_dir(cfg.path), cfg.path)
+            check_arch_matches(Arch.from_hf(cfg.arch, source="config model.arch"), found, cfg.path)
         return from_pretrained(cfg.path, mesh, rules, **options)
     if not cfg.arch:
         raise ArchError("config: set model.path (an HF folder) or model.arch (config.json fields of a random model)")
