@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: train test clean
+.PHONY: train test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 train: $(VENV)/.installed-base
 	$(BIN)/rlvr-jax train
 
-test: $(VENV)/.installed-test
+# Lint and format check (ruff, configured in pyproject.toml) run before the suite.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

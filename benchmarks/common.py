@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class ForeignLoad:
             fields = [int(x) for x in f.readline().split()[1:8]]
         return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
-    def __enter__(self) -> "ForeignLoad":
+    def __enter__(self) -> ForeignLoad:
         self._start = (self._busy_s(), sum(os.times()[:2]), time.perf_counter())
         return self
 
@@ -64,14 +65,18 @@ def memory_read_bandwidth(gbytes: float, repeats: int = 5) -> dict[str, float]:
     host.sum()  # fault the pages in before timing
     cores = os.cpu_count() or 1
     chunks = np.array_split(host, cores)
-    best = lambda fn: host.nbytes / min(timed(fn, repeats)[1]) / 1e9  # noqa: E731
+    nbytes = host.nbytes
+
+    def best(fn):
+        return nbytes / min(timed(fn, repeats)[1]) / 1e9
+
     with ThreadPoolExecutor(cores) as pool:
         out = {"numpy_1thread": best(host.sum), f"numpy_{cores}threads": best(lambda: sum(pool.map(np.sum, chunks)))}
     dev = jnp.asarray(host)
     reduce = jax.jit(jnp.sum)
     reduce(dev).block_until_ready()  # compile
     out["jax_sum"] = best(lambda: reduce(dev).block_until_ready())
-    del dev, host, chunks
+    # dev, host and chunks are freed on return
     out["anchor"] = max(out.values())
     return out
 

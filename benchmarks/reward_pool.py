@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ForeignLoad  # noqa: E402
-from rlvr_jax.config import RewardConfig  # noqa: E402
-from rlvr_jax.rewards import RewardPool  # noqa: E402
+from common import ForeignLoad
+
+from rlvr_jax.config import RewardConfig
+from rlvr_jax.rewards import RewardPool
 
 GROUP = 8
 
@@ -95,7 +96,8 @@ def main() -> None:
             startup = time.perf_counter() - start
             pool.score(*make_inputs(n, 0))  # untimed: first-call effects
             rows[f"pool, {workers} worker{'s' * (workers > 1)}"] = dict(
-                time_calls(pool.score, n, repeats), startup_s=startup)
+                time_calls(pool.score, n, repeats), startup_s=startup
+            )
     direct(*make_inputs(n, 0))  # untimed: import and warm math-verify here
     rows["direct, this process"] = dict(time_calls(direct, n, repeats), startup_s=0.0)
 
@@ -103,8 +105,10 @@ def main() -> None:
     print(f"math answers: {n} a call, median of {repeats}; anchor = direct calls in this process")
     print(f"{'setup':<22} {'samples/s':>10} {'ms/sample':>10} {'vs direct':>10} {'start s':>8} {'foreign CPU s':>14}")
     for name, row in rows.items():
-        print(f"{name:<22} {row['samples_per_s']:>10.0f} {row['ms_per_sample']:>10.2f} "
-              f"{row['samples_per_s'] / anchor:>9.2f}x {row['startup_s']:>8.2f} {row['foreign_cpu_s']:>14.1f}")
+        print(
+            f"{name:<22} {row['samples_per_s']:>10.0f} {row['ms_per_sample']:>10.2f} "
+            f"{row['samples_per_s'] / anchor:>9.2f}x {row['startup_s']:>8.2f} {row['foreign_cpu_s']:>14.1f}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(dict(n=n, repeats=repeats, rows=rows), indent=2))
 

@@ -20,18 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ForeignLoad, matmul_peak_gflops, timed  # noqa: E402
+from common import ForeignLoad, matmul_peak_gflops, timed
 
-from rlvr_jax.config import LossConfig, MeshConfig, OptimConfig  # noqa: E402
-from rlvr_jax.mesh import TRAIN_RULES, make_mesh  # noqa: E402
-from rlvr_jax.model import Arch, init_params  # noqa: E402
-from rlvr_jax.types import TrainBatch  # noqa: E402
-from rlvr_jax.update import UpdateSpec, init_train_state, make_optimizer, make_train_step  # noqa: E402
+from rlvr_jax.config import LossConfig, MeshConfig, OptimConfig
+from rlvr_jax.mesh import TRAIN_RULES, make_mesh
+from rlvr_jax.model import Arch, init_params
+from rlvr_jax.types import TrainBatch
+from rlvr_jax.update import UpdateSpec, init_train_state, make_optimizer, make_train_step
 
-FULL = dict(vocab_size=32000, hidden_size=640, intermediate_size=1792, num_layers=10, num_heads=10,
-            num_kv_heads=2, head_dim=64)
-QUICK = dict(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2,
-             head_dim=64)
+FULL = dict(
+    vocab_size=32000, hidden_size=640, intermediate_size=1792, num_layers=10, num_heads=10, num_kv_heads=2, head_dim=64
+)
+QUICK = dict(
+    vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64
+)
 
 
 def model_flops_per_token(arch: Arch, seq: int) -> float:
@@ -43,12 +45,15 @@ def model_flops_per_token(arch: Arch, seq: int) -> float:
 
 def make_batch(rows: int, prompt: int, completion: int, vocab: int, seed: int = 0) -> TrainBatch:
     rng = np.random.default_rng(seed)
-    return TrainBatch(prompt_tokens=jnp.asarray(rng.integers(2, vocab, (rows, prompt)), jnp.int32),
-                      prompt_mask=jnp.ones((rows, prompt), jnp.int32),
-                      tokens=jnp.asarray(rng.integers(2, vocab, (rows, completion)), jnp.int32),
-                      mask=jnp.ones((rows, completion), jnp.int32),
-                      logp_old=jnp.full((rows, completion), -np.log(vocab), jnp.float32),
-                      adv=jnp.asarray(rng.normal(size=rows), jnp.float32), weight=jnp.ones(rows, jnp.float32))
+    return TrainBatch(
+        prompt_tokens=jnp.asarray(rng.integers(2, vocab, (rows, prompt)), jnp.int32),
+        prompt_mask=jnp.ones((rows, prompt), jnp.int32),
+        tokens=jnp.asarray(rng.integers(2, vocab, (rows, completion)), jnp.int32),
+        mask=jnp.ones((rows, completion), jnp.int32),
+        logp_old=jnp.full((rows, completion), -np.log(vocab), jnp.float32),
+        adv=jnp.asarray(rng.normal(size=rows), jnp.float32),
+        weight=jnp.ones(rows, jnp.float32),
+    )
 
 
 def main() -> int:
@@ -80,16 +85,28 @@ def main() -> int:
         median, times = timed(run, repeats)
     tokens = args.rows * args.seq
     flops = model_flops_per_token(arch, args.seq) * tokens
-    result = {"params": arch.num_params, "rows": args.rows, "seq": args.seq, "step_s": median, "times": times,
-              "tokens_per_s": tokens / median, "model_gflops_per_step": flops / 1e9,
-              "achieved_gflops": flops / median / 1e9, "matmul_peak_gflops": peak,
-              "mfu": flops / median / 1e9 / peak, "foreign_cpu_s": load.cpu_s, "jax": jax.__version__}
+    result = {
+        "params": arch.num_params,
+        "rows": args.rows,
+        "seq": args.seq,
+        "step_s": median,
+        "times": times,
+        "tokens_per_s": tokens / median,
+        "model_gflops_per_step": flops / 1e9,
+        "achieved_gflops": flops / median / 1e9,
+        "matmul_peak_gflops": peak,
+        "mfu": flops / median / 1e9 / peak,
+        "foreign_cpu_s": load.cpu_s,
+        "jax": jax.__version__,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"| params | rows x seq | step s (median of {repeats}) | tokens/s | model GFLOP/s | f32 matmul peak | MFU |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {arch.num_params / 1e6:.1f}M | {args.rows} x {args.seq} | {median:.2f} | {tokens / median:.0f} | "
-          f"{flops / median / 1e9:.1f} | {peak:.1f} | {100 * flops / median / 1e9 / peak:.1f}% |")
+    print(
+        f"| {arch.num_params / 1e6:.1f}M | {args.rows} x {args.seq} | {median:.2f} | {tokens / median:.0f} | "
+        f"{flops / median / 1e9:.1f} | {peak:.1f} | {100 * flops / median / 1e9 / peak:.1f}% |"
+    )
     print(f"(other processes used {load.cpu_s:.1f} CPU-s during the timed block)")
     return 0
 

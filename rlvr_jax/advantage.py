@@ -13,7 +13,7 @@ writers' NaN guard reports, not silently zeroed rollouts.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,10 @@ def check_rewards(rewards: np.ndarray | Array) -> None:
     bad = np.argwhere(~np.isfinite(r))
     if bad.size:
         row, col = (int(i) for i in bad[0])
-        raise ValueError(f"reward at row {row}, col {col} (prompt {row}, rollout {col}) is {r[row, col]}; "
-                         f"{len(bad)} non-finite reward(s) in total: fix the verifier or reward function")
+        raise ValueError(
+            f"reward at row {row}, col {col} (prompt {row}, rollout {col}) is {r[row, col]}; "
+            f"{len(bad)} non-finite reward(s) in total: fix the verifier or reward function"
+        )
 
 
 # --- baseline (group-relative) estimators ---------------------------------------------------------
@@ -148,9 +150,11 @@ def _check_shape(rewards: Array, cfg: AdvantageConfig) -> None:
     if rewards.ndim != 2:
         raise ValueError(f"rewards must be [B, G] (prompts x group_size), got shape {rewards.shape}")
     if rewards.shape[-1] < 2 and cfg.estimator in GROUP_RELATIVE:
-        raise ValueError(f"estimator {cfg.estimator.value!r} compares rollouts within a group and needs "
-                         f"group_size >= 2, got group_size {rewards.shape[-1]}; use more samples per "
-                         f"prompt or an absolute estimator (nsr, psr, w_reinforce)")
+        raise ValueError(
+            f"estimator {cfg.estimator.value!r} compares rollouts within a group and needs "
+            f"group_size >= 2, got group_size {rewards.shape[-1]}; use more samples per "
+            f"prompt or an absolute estimator (nsr, psr, w_reinforce)"
+        )
 
 
 def advantages(rewards: Array, cfg: AdvantageConfig) -> tuple[Array, Array]:

@@ -27,8 +27,8 @@ import enum
 import functools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,9 +139,12 @@ def summarize(probs: np.ndarray, ent: np.ndarray) -> dict:
     crossed = np.flatnonzero(probs[:, 1] > 0.5)
     return {
         "crossover_step": int(crossed[0]) if crossed.size else None,
-        "min_p2": float(probs[:, 1].min()), "min_p2_step": int(probs[:, 1].argmin()),
-        "max_p1": float(probs[:, 0].max()), "max_p1_step": int(probs[:, 0].argmax()),
-        "final_entropy": float(ent[-1]), "final_probs": [float(p) for p in probs[-1]],
+        "min_p2": float(probs[:, 1].min()),
+        "min_p2_step": int(probs[:, 1].argmin()),
+        "max_p1": float(probs[:, 0].max()),
+        "max_p1_step": int(probs[:, 0].argmax()),
+        "final_entropy": float(ent[-1]),
+        "final_probs": [float(p) for p in probs[-1]],
     }
 
 
@@ -195,12 +198,24 @@ _NOISE_TITLE = {"none": "mean rewards", "rollout": "0/1 per rollout", "group": "
 def plot_comparison(run_dirs: Sequence[str | Path], path: str | Path) -> None:
     """One column per `bandit` output folder (its trajectories.npz and summary.json), same axes."""
     plt = _pyplot()
-    fig, axes = plt.subplots(3, len(run_dirs), figsize=(4.5 * len(run_dirs), 7), sharex=True,
-                             sharey="row", height_ratios=(2, 1, 1), squeeze=False)
+    fig, axes = plt.subplots(
+        3,
+        len(run_dirs),
+        figsize=(4.5 * len(run_dirs), 7),
+        sharex=True,
+        sharey="row",
+        height_ratios=(2, 1, 1),
+        squeeze=False,
+    )
     for col, run in enumerate(map(Path, run_dirs)):
         data = np.load(run / "trajectories.npz")
         args = json.loads((run / "summary.json").read_text())["args"]
-        _draw(axes[:, col], data["probs"], data["entropy"], f"{args['estimator']} / {args['sign']}, {_NOISE_TITLE[args['noise']]}")
+        _draw(
+            axes[:, col],
+            data["probs"],
+            data["entropy"],
+            f"{args['estimator']} / {args['sign']}, {_NOISE_TITLE[args['noise']]}",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -240,26 +255,44 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def add_bandit_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the `bandit` subcommand (dispatch it to `run_bandit`)."""
-    p = subparsers.add_parser("bandit", help="softmax-bandit model of the two-stage RLVR dynamics",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "bandit", help="softmax-bandit model of the two-stage RLVR dynamics", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--estimator", choices=[e.value for e in Estimator], default="grpo")
     p.add_argument("--sign", choices=[s.value for s in SignFilter], default="full")
     p.add_argument("--std", choices=[s.value for s in StdMode], default="population")
     p.add_argument("--w-lambda", type=float, default=0.1, help="W-REINFORCE weight of correct samples")
-    p.add_argument("--correct-threshold", type=float, default=1.0, help="reward >= this is correct (nsr/psr/w_reinforce)")
+    p.add_argument(
+        "--correct-threshold", type=float, default=1.0, help="reward >= this is correct (nsr/psr/w_reinforce)"
+    )
     p.add_argument("--loss-denominator", choices=[d.value for d in LossDenominator], default="kept")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--group-size", type=int, default=8, help="G: samples per group")
     p.add_argument("--groups", type=int, default=16, help="groups per step")
     p.add_argument("--p0", type=_p0, default=(0.30, 0.01, 0.69), help="initial pi(a1),pi(a2),pi(a3)")
-    p.add_argument("--rewards", type=lambda t: _three_floats(t, "--rewards"), default=(0.8, 1.0, 0.0),
-                   help="mean reward of a1,a2,a3")
+    p.add_argument(
+        "--rewards",
+        type=lambda t: _three_floats(t, "--rewards"),
+        default=(0.8, 1.0, 0.0),
+        help="mean reward of a1,a2,a3",
+    )
     noise = p.add_mutually_exclusive_group()
-    noise.add_argument("--bernoulli", action="store_const", dest="noise", const="rollout", default="none",
-                       help="0/1 rewards with those means, drawn per rollout")
-    noise.add_argument("--bernoulli-per-group", action="store_const", dest="noise", const="group",
-                       help="0/1 rewards, one draw per group (a1 fails on whole prompts, like the toy task)")
+    noise.add_argument(
+        "--bernoulli",
+        action="store_const",
+        dest="noise",
+        const="rollout",
+        default="none",
+        help="0/1 rewards with those means, drawn per rollout",
+    )
+    noise.add_argument(
+        "--bernoulli-per-group",
+        action="store_const",
+        dest="noise",
+        const="group",
+        help="0/1 rewards, one draw per group (a1 fails on whole prompts, like the toy task)",
+    )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0)
     seeds.add_argument("--seeds", type=_seeds, help="several seeds in one vmapped run, e.g. 0,1,2")
@@ -282,10 +315,24 @@ def spec_from_args(args: argparse.Namespace) -> BanditSpec:
         problems.append("--rewards must lie in [0, 1] with --bernoulli* (they are probabilities)")
     if problems:
         raise SystemExit("rlvr-jax bandit: " + "; ".join(problems))
-    adv = AdvantageConfig(estimator=args.estimator, sign=args.sign, std=args.std, w_lambda=args.w_lambda,
-                          correct_threshold=args.correct_threshold, loss_denominator=args.loss_denominator)
-    return BanditSpec(p0=tuple(args.p0), rewards=tuple(args.rewards), steps=args.steps, lr=args.lr,
-                      group_size=args.group_size, groups=args.groups, noise=RewardNoise(args.noise), adv=adv)
+    adv = AdvantageConfig(
+        estimator=args.estimator,
+        sign=args.sign,
+        std=args.std,
+        w_lambda=args.w_lambda,
+        correct_threshold=args.correct_threshold,
+        loss_denominator=args.loss_denominator,
+    )
+    return BanditSpec(
+        p0=tuple(args.p0),
+        rewards=tuple(args.rewards),
+        steps=args.steps,
+        lr=args.lr,
+        group_size=args.group_size,
+        groups=args.groups,
+        noise=RewardNoise(args.noise),
+        adv=adv,
+    )
 
 
 def run_bandit(args: argparse.Namespace) -> int:

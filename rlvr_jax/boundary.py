@@ -12,7 +12,8 @@ the current and the reference model; gained, lost, kept; and the pass@k differen
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,24 +57,29 @@ def _keyed(values: Mapping[int, float]) -> dict[str, float]:
     return {str(k): v for k, v in values.items()}
 
 
-def boundary_sets(current: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
-                  n_current: int, n_reference: int) -> dict[str, Any]:
+def boundary_sets(
+    current: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], n_current: int, n_reference: int
+) -> dict[str, Any]:
     """Solved-at-least-once sets of two evaluations of the same problems, and pass@k differences."""
     cur = {p["id"]: p for p in current}
     ref = {p["id"]: p for p in reference}
     if cur.keys() != ref.keys():
         only_cur, only_ref = sorted(cur.keys() - ref.keys()), sorted(ref.keys() - cur.keys())
-        raise ValueError(f"the two evaluations cover different problems: {len(only_cur)} only in this one "
-                         f"(e.g. {only_cur[:3]}), {len(only_ref)} only in the reference (e.g. {only_ref[:3]})")
+        raise ValueError(
+            f"the two evaluations cover different problems: {len(only_cur)} only in this one "
+            f"(e.g. {only_cur[:3]}), {len(only_ref)} only in the reference (e.g. {only_ref[:3]})"
+        )
     solved_cur = {i for i, p in cur.items() if p["c"] > 0}
     solved_ref = {i for i, p in ref.items() if p["c"] > 0}
     ids = sorted(cur)
-    ks = [k for k in k_values(min(n_current, n_reference))]
+    ks = list(k_values(min(n_current, n_reference)))
     pc = pass_at_k(n_current, [cur[i]["c"] for i in ids], ks)
     pr = pass_at_k(n_reference, [ref[i]["c"] for i in ids], ks)
     return {
         "solved": {"current": len(solved_cur), "reference": len(solved_ref), "total": len(ids)},
-        "gained": sorted(solved_cur - solved_ref), "lost": sorted(solved_ref - solved_cur),
-        "kept": sorted(solved_cur & solved_ref), "never": len(ids) - len(solved_cur | solved_ref),
+        "gained": sorted(solved_cur - solved_ref),
+        "lost": sorted(solved_ref - solved_cur),
+        "kept": sorted(solved_cur & solved_ref),
+        "never": len(ids) - len(solved_cur | solved_ref),
         "pass_at_k_delta": {str(k): pc[k] - pr[k] for k in ks},
     }

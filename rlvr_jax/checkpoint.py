@@ -28,8 +28,9 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,8 +73,10 @@ def fingerprint(params: Any) -> str:
     """A short digest of a parameter tree's exact bits (used to verify the KL reference on resume)."""
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     sums = jax.device_get(jax.jit(_leaf_bit_sums)(params))
-    text = ";".join(f"{p}:{x.shape if hasattr(x, 'shape') else ''}:{int(s)}"
-                    for p, x, s in zip(paths, jax.tree.leaves(params), sums))
+    text = ";".join(
+        f"{p}:{x.shape if hasattr(x, 'shape') else ''}:{int(s)}"
+        for p, x, s in zip(paths, jax.tree.leaves(params), sums)
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -81,8 +84,12 @@ def fingerprint(params: Any) -> str:
 
 
 def _train_item(state: TrainState) -> dict[str, Any]:
-    return {"opt_state": state.opt_state, "step": state.step, "skipped": state.skipped,
-            "key": jax.random.key_data(state.key)}
+    return {
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "skipped": state.skipped,
+        "key": jax.random.key_data(state.key),
+    }
 
 
 def _abstract(tree: Any) -> Any:
@@ -116,14 +123,28 @@ class Checkpointer:
         if self.cfg.best_metric:
             name = self.cfg.best_metric
             best_fn = lambda metrics: metrics[name]  # noqa: E731  (Orbax writes metrics only with best_fn)
-            keep.append(policies.BestN(get_metric_fn=best_fn, reverse=self.cfg.best_mode == BestMode.min, n=1,
-                                       keep_checkpoints_without_metrics=False))
+            keep.append(
+                policies.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=self.cfg.best_mode == BestMode.min,
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=self.cfg.async_save and not read_only, cleanup_tmp_directories=not read_only,
-            best_fn=best_fn, best_mode=self.cfg.best_mode.value,
-            preservation_policy=policies.AnyPreservationPolicy(keep), read_only=read_only, create=not read_only)
-        handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
-                    "meta": ocp.JsonCheckpointHandler()}  # registered up front, so metadata reads work before any save
+            enable_async_checkpointing=self.cfg.async_save and not read_only,
+            cleanup_tmp_directories=not read_only,
+            best_fn=best_fn,
+            best_mode=self.cfg.best_mode.value,
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            read_only=read_only,
+            create=not read_only,
+        )
+        handlers = {
+            "params": ocp.StandardCheckpointHandler(),
+            "train": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }  # registered up front, so metadata reads work before any save
         return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
@@ -132,9 +153,11 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Start saving step `step` (returns once the arrays are copied off the device when async)."""
         record = {"format": FORMAT, "step": step, "key_impl": str(jax.random.key_impl(state.key)), **meta}
-        args = ocp.args.Composite(params=ocp.args.StandardSave(state.params),
-                                  train=ocp.args.StandardSave(_train_item(state)),
-                                  meta=ocp.args.JsonSave(record))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            train=ocp.args.StandardSave(_train_item(state)),
+            meta=ocp.args.JsonSave(record),
+        )
         best = self.cfg.best_metric
         tracked = {best: metrics[best]} if best and metrics and metrics.get(best) is not None else None
         self.manager.save(step, args=args, metrics=tracked, force=True)
@@ -144,7 +167,9 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict[str, Any]:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("step") != step:
-            raise CheckpointError(f"checkpoint {self.directory / str(step)}: meta is not an rlvr-jax format-{FORMAT} record")
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)}: meta is not an rlvr-jax format-{FORMAT} record"
+            )
         return meta
 
     def restore_params(self, step: int, target: Any) -> Any:
@@ -154,48 +179,58 @@ class Checkpointer:
             args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
             return self.manager.restore(step, args=args).params
         except (_Unreadable, OSError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be read: {_first_line(err)}") from err
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} cannot be read: {_first_line(err)}"
+            ) from err
 
     def restore_state(self, step: int, target: TrainState, meta: dict[str, Any]) -> TrainState:
         """Arrays of `step` in the target's layout; read failures raise `_Unreadable`."""
         params_target, train_target = abstract_items(target)
         self._check_shapes(step, "params", params_target)
         self._check_shapes(step, "train", train_target)
-        args = ocp.args.Composite(params=ocp.args.StandardRestore(params_target),
-                                  train=ocp.args.StandardRestore(train_target))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(params_target), train=ocp.args.StandardRestore(train_target)
+        )
         try:
             out = self.manager.restore(step, args=args)
-        except Exception as err:  # noqa: BLE001 - tensorstore / file errors: the checkpoint is unreadable
+        except Exception as err:  # - tensorstore / file errors: the checkpoint is unreadable
             raise _Unreadable(str(err)) from err
         train = out.train
         key = jax.random.wrap_key_data(train["key"], impl=meta["key_impl"])
-        return TrainState(params=out.params, opt_state=train["opt_state"], step=train["step"], key=key,
-                          skipped=train["skipped"])
+        return TrainState(
+            params=out.params, opt_state=train["opt_state"], step=train["step"], key=key, skipped=train["skipped"]
+        )
 
     def _check_shapes(self, step: int, item: str, target: Any) -> None:
         """A config that changed the state's shapes is a user error, not a corrupted checkpoint."""
         try:
             saved = self.manager.item_metadata(step)[item]
-        except Exception as err:  # noqa: BLE001 - unreadable metadata is corruption, reported by the caller
+        except Exception as err:  # - unreadable metadata is corruption, reported by the caller
             raise _Unreadable(f"{item} metadata: {err}") from err
         if saved is None:
             return  # nothing to compare against; the restore itself will tell
         want, have = _shape_table(target), _shape_table(saved)
-        diff = [f"{k}: checkpoint {have.get(k)} vs this run {want.get(k)}" for k in sorted(want.keys() | have.keys())
-                if want.get(k) != have.get(k)]
+        diff = [
+            f"{k}: checkpoint {have.get(k)} vs this run {want.get(k)}"
+            for k in sorted(want.keys() | have.keys())
+            if want.get(k) != have.get(k)
+        ]
         if diff:
             shown = "\n  ".join(diff[:12]) + (f"\n  ... and {len(diff) - 12} more" if len(diff) > 12 else "")
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} does not fit this run's {item} "
-                                  f"(the model or optimizer changed):\n  {shown}")
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} does not fit this run's {item} "
+                f"(the model or optimizer changed):\n  {shown}"
+            )
 
-    def restore_latest(self, target: TrainState, check: Callable[[dict[str, Any]], None],
-                       warn: Callable[[str], None]) -> tuple[TrainState, dict[str, Any]] | None:
+    def restore_latest(
+        self, target: TrainState, check: Callable[[dict[str, Any]], None], warn: Callable[[str], None]
+    ) -> tuple[TrainState, dict[str, Any]] | None:
         """The newest checkpoint that reads back, after `check(meta)` accepts it (see the precedence above).
         Only read failures move a checkpoint aside; a config mismatch raises (the user's to fix)."""
         for step in reversed(self.steps()):
             try:
                 meta = self.read_meta(step)
-            except Exception as err:  # noqa: BLE001 - any failure to read the JSON record means unusable
+            except Exception as err:  # - any failure to read the JSON record means unusable
                 self._quarantine(step, err, warn)
                 continue
             check(meta)
@@ -209,8 +244,10 @@ class Checkpointer:
         """Move an unreadable checkpoint out of the way (never delete it) and re-list."""
         src = self.directory / str(step)
         dest = self.directory.with_name(self.directory.name + ".corrupt") / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
-        warn(f"checkpoint {src} cannot be restored ({type(err).__name__}: {_first_line(err)}); "
-             f"moved to {dest}, trying the previous one")
+        warn(
+            f"checkpoint {src} cannot be restored ({type(err).__name__}: {_first_line(err)}); "
+            f"moved to {dest}, trying the previous one"
+        )
         if jax.process_index() == 0:
             dest.parent.mkdir(parents=True, exist_ok=True)
             src.rename(dest)  # a bucket copies the objects, then deletes them
@@ -228,6 +265,7 @@ class Checkpointer:
 def _shape_table(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """path -> (shape, dtype), with paths spelt the same for live pytrees and Orbax's saved metadata
     (which stores NNX Variables and optax named tuples as nested dicts)."""
+
     def path(p: Any) -> str:
         return "/".join(w for w in re.findall(r"\w+", jax.tree_util.keystr(p)) if w != "value")
 
@@ -254,15 +292,18 @@ def move_aside(directory: Any) -> Any:
     return dest
 
 
-def restore_policy(run_dir: str | Path, step: int | None, mesh: jax.sharding.Mesh,
-                   rules: Rules) -> tuple[Arch, Any, Any, dict[str, Any]]:
+def restore_policy(
+    run_dir: str | Path, step: int | None, mesh: jax.sharding.Mesh, rules: Rules
+) -> tuple[Arch, Any, Any, dict[str, Any]]:
     """(arch, graphdef, params, meta) of a run's checkpoint (the latest when step is None), read-only."""
     directory = as_path(run_dir) / "checkpoints"
     ckpt = Checkpointer(directory, read_only=True) if directory.is_dir() else None
     steps = ckpt.steps() if ckpt else []
     if not steps:
-        raise CheckpointError(f"{directory} holds no complete checkpoint (a run saves one at its end, every "
-                              "checkpoint.every steps, and when stopped by SIGTERM/SIGINT)")
+        raise CheckpointError(
+            f"{directory} holds no complete checkpoint (a run saves one at its end, every "
+            "checkpoint.every steps, and when stopped by SIGTERM/SIGINT)"
+        )
     step = steps[-1] if step is None else step
     if step not in steps:
         raise CheckpointError(f"{directory} has no checkpoint for step {step}; available: {steps}")

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rlvr_jax.bandit import add_bandit_parser, run_bandit
 from rlvr_jax.storage import as_path
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="sample completions from a Hugging Face-format model folder",
-                       description="Print one JSON object per sample: prompt, completion, token_ids, finish_reason.")
+    p = sub.add_parser(
+        "generate",
+        help="sample completions from a Hugging Face-format model folder",
+        description="Print one JSON object per sample: prompt, completion, token_ids, finish_reason.",
+    )
     p.add_argument("--model", required=True, help="folder with config.json, safetensors and the tokenizer")
     p.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
@@ -64,17 +67,30 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"rlvr-jax generate: {err}") from None
     rendered = [render_prompt(tok, p, use_chat_template=not args.raw) for p in args.prompt]
     tokens, mask = encode_left_padded(tok, rendered)
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, group_size=args.num_samples,
-                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              stop_ids=stop_token_ids(tok, arch.eos_token_ids), pad_id=int(tok.pad_token_id))
+    sampling = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        group_size=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        stop_ids=stop_token_ids(tok, arch.eos_token_ids),
+        pad_id=int(tok.pad_token_id),
+    )
     sampler = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sampling)
     prompts = PromptBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), index=jnp.arange(len(rendered)))
     rollout = jax.device_get(sampler(params, prompts, jax.random.key(args.seed)))
     for row, reason in enumerate(rollout.finish_reasons):
         ids = np.asarray(rollout.tokens[row][: rollout.lengths[row]]).tolist()
-        print(json.dumps({"prompt": args.prompt[row // args.num_samples],
-                          "completion": tok.decode(ids, skip_special_tokens=True),
-                          "token_ids": ids, "finish_reason": reason}))
+        print(
+            json.dumps(
+                {
+                    "prompt": args.prompt[row // args.num_samples],
+                    "completion": tok.decode(ids, skip_special_tokens=True),
+                    "token_ids": ids,
+                    "finish_reason": reason,
+                }
+            )
+        )
     return 0
 
 
@@ -82,23 +98,39 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "toy_strategy
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="RL training (default: the toy strategy task on CPU)",
-                       description="Train with a YAML config plus dotted overrides, e.g. advantage.sign=negative_only.")
+    p = sub.add_parser(
+        "train",
+        help="RL training (default: the toy strategy task on CPU)",
+        description="Train with a YAML config plus dotted overrides, e.g. advantage.sign=negative_only.",
+    )
     p.add_argument("--config", type=Path, default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
     p.add_argument("--run-dir", default=None, help="output folder or gs:// URL (default: runs/<run.name>)")
-    p.add_argument("--restart", action="store_true",
-                   help="start at step 0 even if the run dir has checkpoints (they are moved aside, not deleted)")
-    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                   help="save a checkpoint and exit after this step (resume later with the same command)")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="resume although settings that change the training maths differ from the checkpoint's")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start at step 0 even if the run dir has checkpoints (they are moved aside, not deleted)",
+    )
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="save a checkpoint and exit after this step (resume later with the same command)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although settings that change the training maths differ from the checkpoint's",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a checkpoint's policy as a Hugging Face folder",
-                       description="safetensors + config.json + tokenizer, loadable by transformers and "
-                                   "`rlvr-jax generate --model`.")
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint's policy as a Hugging Face folder",
+        description="safetensors + config.json + tokenizer, loadable by transformers and `rlvr-jax generate --model`.",
+    )
     p.add_argument("--run-dir", type=as_path, required=True, help="a training run directory (local or gs://)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or be empty)")
@@ -182,13 +214,17 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="per-device memory of a config's model on its mesh, and whether it fits",
-                       description="Params, optimizer state, KL reference, rollout copy, KV cache, gradients and "
-                                   "micro-batch activations per device, and the verdict per accelerator.")
+    p = sub.add_parser(
+        "plan",
+        help="per-device memory of a config's model on its mesh, and whether it fits",
+        description="Params, optimizer state, KL reference, rollout copy, KV cache, gradients and "
+        "micro-batch activations per device, and the verdict per accelerator.",
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: the embedded toy config)")
     p.add_argument("--devices", type=int, default=None, help="total devices (needed when a mesh axis is -1)")
-    p.add_argument("--accelerator", action="append", default=None,
-                   help="v5e | v5p | v6e | h100 | h200 (repeatable; default: all)")
+    p.add_argument(
+        "--accelerator", action="append", default=None, help="v5e | v5p | v6e | h100 | h200 (repeatable; default: all)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
@@ -208,13 +244,17 @@ def run_plan(args: argparse.Namespace) -> int:
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
     devices = args.devices or (None if -1 in sizes else sizes[0] * sizes[1] * sizes[2])
     if devices is None:
-        raise SystemExit("rlvr-jax plan: the config's mesh has an axis of -1 (all remaining devices): pass --devices N, "
-                         "e.g. --devices 16 for a v5e-16 slice")
+        raise SystemExit(
+            "rlvr-jax plan: the config's mesh has an axis of -1 (all remaining devices): pass --devices N, "
+            "e.g. --devices 16 for a v5e-16 slice"
+        )
     fields = dict(cfg.model.arch)
     if not fields and cfg.model.path and (as_path(cfg.model.path) / "config.json").is_file():
         fields = json.loads((as_path(cfg.model.path) / "config.json").read_text())
     if not fields:
-        raise SystemExit("rlvr-jax plan: the config names no architecture: set model.arch or a model.path with config.json")
+        raise SystemExit(
+            "rlvr-jax plan: the config names no architecture: set model.arch or a model.path with config.json"
+        )
     if "vocab_size" not in fields and cfg.data.task == "toy_strategy":
         fields["vocab_size"] = 512  # the toy tokenizer's size limit
     try:
@@ -237,8 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _plot_parser(sub)
     _plan_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"generate": run_generate, "bandit": run_bandit, "train": run_train, "export": run_export,
-                "eval": _run_eval, "plot": run_plot, "plan": run_plan}
+    commands = {
+        "generate": run_generate,
+        "bandit": run_bandit,
+        "train": run_train,
+        "export": run_export,
+        "eval": _run_eval,
+        "plot": run_plot,
+        "plan": run_plan,
+    }
     return commands[args.command](args)
 
 

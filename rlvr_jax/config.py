@@ -12,8 +12,9 @@ import dataclasses
 import difflib
 import enum
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any
 
 import yaml
 from etils import epath
@@ -440,9 +441,22 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # Keys a resumed run may change freely: they touch neither the saved state nor the training maths
 # (a mesh change re-shards the state on restore; model.path/tokenizer may move, their content is verified).
-HARMLESS_ON_RESUME = ("run.steps", "run.name", "run.run_dir", "logging.", "checkpoint.", "eval.", "mesh.",
-                      "reward.workers", "reward.timeout_s", "data.data_dir", "data.manual_dir", "model.path",
-                      "model.tokenizer", "model.remat")
+HARMLESS_ON_RESUME = (
+    "run.steps",
+    "run.name",
+    "run.run_dir",
+    "logging.",
+    "checkpoint.",
+    "eval.",
+    "mesh.",
+    "reward.workers",
+    "reward.timeout_s",
+    "data.data_dir",
+    "data.manual_dir",
+    "model.path",
+    "model.tokenizer",
+    "model.remat",
+)
 # Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
 STATE_DEFINING = ("model.arch", "model.param_dtype", "warmstart.", "optim.max_grad_norm")
 
@@ -466,13 +480,18 @@ class ConfigChanges:
     state: list[str]  # change the saved state itself: never allowed
 
     @staticmethod
-    def between(saved: Mapping[str, Any], cfg: "Config") -> "ConfigChanges":
+    def between(saved: Mapping[str, Any], cfg: Config) -> ConfigChanges:
         old, new = flatten(saved), flatten(cfg.model_dump(mode="json"))
         lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
         for key in sorted(old.keys() | new.keys()):
             if old.get(key, "<unset>") == new.get(key, "<unset>"):
                 continue
-            kind = "harmless" if key.startswith(HARMLESS_ON_RESUME) else \
-                "state" if key.startswith(STATE_DEFINING) else "trajectory"
+            kind = (
+                "harmless"
+                if key.startswith(HARMLESS_ON_RESUME)
+                else "state"
+                if key.startswith(STATE_DEFINING)
+                else "trajectory"
+            )
             lines[kind].append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
         return ConfigChanges(**lines)

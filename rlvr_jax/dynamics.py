@@ -49,8 +49,9 @@ def _mean(x: jax.Array, m: jax.Array) -> jax.Array:
     return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def sampled_token_stats(logp_old: jax.Array, adv: jax.Array, mask: jax.Array,
-                        entropy: jax.Array | None = None) -> dict[str, jax.Array]:
+def sampled_token_stats(
+    logp_old: jax.Array, adv: jax.Array, mask: jax.Array, entropy: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """Before the update, per advantage sign: pi_old(y) mean, saturated (> 0.9) and rare (< 0.01)
     fractions, a 10-bin histogram (fractions), token count, mean entropy; and the share of tokens
     that carry a non-zero advantage. Means over a sign without tokens are 0 (see dyn/tokens/<sign>)."""
@@ -72,8 +73,13 @@ def sampled_token_stats(logp_old: jax.Array, adv: jax.Array, mask: jax.Array,
     return out
 
 
-def update_shift_stats(before: tuple[jax.Array, jax.Array], after: tuple[jax.Array, jax.Array],
-                       logp_rollout: jax.Array, adv: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+def update_shift_stats(
+    before: tuple[jax.Array, jax.Array],
+    after: tuple[jax.Array, jax.Array],
+    logp_rollout: jax.Array,
+    adv: jax.Array,
+    mask: jax.Array,
+) -> dict[str, jax.Array]:
     """Where the update moved mass, per advantage sign, from (log pi(y), log max_v pi(v)) at the sampled
     positions before and after the update: mean logp change of the sampled token, mean change of the
     top-1 probability, and how often the argmax itself was the sampled token. Also the sampler-vs-

@@ -44,8 +44,9 @@ class Evaluator:
     random streams, so their per-problem results differ only through the policy.
     """
 
-    def __init__(self, cfg: Config, tokenizer: Any, arch: Any, graphdef: Any, abstract_params: Any, mesh: Any,
-                 pool: RewardPool):
+    def __init__(
+        self, cfg: Config, tokenizer: Any, arch: Any, graphdef: Any, abstract_params: Any, mesh: Any, pool: RewardPool
+    ):
         ev = cfg.eval
         self.group = min(ev.samples_per_pass, ev.n)
         if ev.n % self.group:
@@ -54,12 +55,15 @@ class Evaluator:
         source = load_task_source(cfg.data.task, ev.split, cfg.data.data_dir, cfg.data.manual_dir)
         batch_problems = min(ev.batch_problems, len(source), ev.max_problems or len(source))
         batch_problems = max(jax.process_count(), batch_problems - batch_problems % jax.process_count())
-        self.batches = evaluation_batches(source, tokenizer, cfg.data, batch_problems, ev.max_problems,
-                                          jax.process_index(), jax.process_count())
+        self.batches = evaluation_batches(
+            source, tokenizer, cfg.data, batch_problems, ev.max_problems, jax.process_index(), jax.process_count()
+        )
         self.stop = stop_token_ids(tokenizer, arch.eos_token_ids)
         sampling = SamplingParams.from_config(
             cfg.rollout.model_copy(update={"group_size": self.group, "temperature": ev.temperature, "top_p": ev.top_p}),
-            self.stop, int(tokenizer.pad_token_id))
+            self.stop,
+            int(tokenizer.pad_token_id),
+        )
         self.sampler = make_sampler(arch, graphdef, abstract_params, mesh, ROLLOUT_RULES, sampling)
         self.key = jax.random.fold_in(jax.random.key(cfg.run.seed), EVAL_PURPOSE)
         self.cfg, self.tokenizer, self.pool, self.mesh = cfg, tokenizer, pool, mesh
@@ -81,26 +85,37 @@ class Evaluator:
                 result = self.pool.score(texts, golds, self.cfg.reward.verifier)
                 correct += result.correct.reshape(len(examples), self.group).sum(axis=1)
                 reward_sum += float(result.rewards.reshape(len(examples), self.group)[:valid].sum())
-            problems += [{"id": e["id"], "subset": e["subset"], "n": self.cfg.eval.n, "c": int(c)}
-                         for e, c in zip(examples[:valid], correct[:valid])]
+            problems += [
+                {"id": e["id"], "subset": e["subset"], "n": self.cfg.eval.n, "c": int(c)}
+                for e, c in zip(examples[:valid], correct[:valid])
+            ]
         parts = allgather_objects([problems, reward_sum])
         problems, reward_sum = [p for part in parts for p in part[0]], sum(part[1] for part in parts)
         report = summarize(problems, self.cfg.eval.n)
-        report.update(mean_reward=reward_sum / (len(problems) * self.cfg.eval.n), problems=problems,
-                      **self.settings())
+        report.update(mean_reward=reward_sum / (len(problems) * self.cfg.eval.n), problems=problems, **self.settings())
         return report
 
     def settings(self) -> dict[str, Any]:
         ev = self.cfg.eval
-        return {"task": self.cfg.data.task, "split": ev.split, "n": ev.n, "temperature": ev.temperature,
-                "top_p": ev.top_p, "max_new_tokens": self.cfg.rollout.max_new_tokens, "seed": self.cfg.run.seed,
-                "samples_per_pass": self.group, "verifier": self.cfg.reward.verifier}
+        return {
+            "task": self.cfg.data.task,
+            "split": ev.split,
+            "n": ev.n,
+            "temperature": ev.temperature,
+            "top_p": ev.top_p,
+            "max_new_tokens": self.cfg.rollout.max_new_tokens,
+            "seed": self.cfg.run.seed,
+            "samples_per_pass": self.group,
+            "verifier": self.cfg.reward.verifier,
+        }
 
     def __call__(self, params: Any, step: int) -> dict[str, float]:
         """Flat eval/* metrics for metrics.jsonl; the full report goes to evals/step_<k>.json."""
         report = self.run(params)
         if self.cfg.run_dir and jax.process_index() == 0:
-            write_text_atomic(self.cfg.run_dir / "evals" / f"step_{step:06d}.json", json.dumps({"step": step, **report}))
+            write_text_atomic(
+                self.cfg.run_dir / "evals" / f"step_{step:06d}.json", json.dumps({"step": step, **report})
+            )
         return eval_metrics(report)
 
 
@@ -119,12 +134,17 @@ DEFAULT_VERIFIER = {"toy_strategy": "toy_strategy", "arithmetic": "numeric", "gs
 
 
 def add_eval_parser(sub: Any) -> None:
-    p = sub.add_parser("eval", help="pass@k and capability-boundary evaluation of a checkpoint or HF model",
-                       description="n samples per problem with per-problem random streams fixed by --seed, "
-                                   "unbiased pass@k for k = 1, 2, 4, ..., n, overall and per subset; with "
-                                   "--reference, the problems gained, lost and kept against another evaluation.")
+    p = sub.add_parser(
+        "eval",
+        help="pass@k and capability-boundary evaluation of a checkpoint or HF model",
+        description="n samples per problem with per-problem random streams fixed by --seed, "
+        "unbiased pass@k for k = 1, 2, 4, ..., n, overall and per subset; with "
+        "--reference, the problems gained, lost and kept against another evaluation.",
+    )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", type=as_path, help="a training run directory, local or gs:// (its checkpoint and settings)")
+    source.add_argument(
+        "--run-dir", type=as_path, help="a training run directory, local or gs:// (its checkpoint and settings)"
+    )
     source.add_argument("--model", type=as_path, help="a Hugging Face model folder (local or gs://)")
     p.add_argument("--step", type=int, help="with --run-dir: checkpoint step (default: the latest)")
     p.add_argument("--config", type=Path, help="with --model: a YAML config for the data/reward settings")
@@ -155,9 +175,11 @@ def eval_config(args: Any) -> Config:
         steps = ckpt.steps()
         try:
             tree = ckpt.read_meta(args.step if args.step is not None else steps[-1])["config"] if steps else None
-        except Exception as err:  # noqa: BLE001 - an unreadable or foreign checkpoint record
-            raise SystemExit(f"rlvr-jax eval: cannot read the checkpoint record in {args.run_dir / 'checkpoints'}: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        except Exception as err:  # - an unreadable or foreign checkpoint record
+            raise SystemExit(
+                f"rlvr-jax eval: cannot read the checkpoint record in {args.run_dir / 'checkpoints'}: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from None
         finally:
             ckpt.close()
         if tree is None:
@@ -170,11 +192,19 @@ def eval_config(args: Any) -> Config:
     if args.task and args.task != data["task"]:
         data["task"] = args.task
         tree["reward"]["verifier"] = DEFAULT_VERIFIER.get(args.task, tree["reward"]["verifier"])
-    settings = {("eval", "split"): args.split, ("eval", "n"): args.n, ("eval", "temperature"): args.temperature,
-                ("eval", "top_p"): args.top_p, ("eval", "max_problems"): args.max_problems,
-                ("eval", "samples_per_pass"): args.samples_per_pass, ("eval", "batch_problems"): args.batch_problems,
-                ("rollout", "max_new_tokens"): args.max_new_tokens, ("run", "seed"): args.seed,
-                ("reward", "verifier"): args.verifier, ("data", "data_dir"): args.data_dir}
+    settings = {
+        ("eval", "split"): args.split,
+        ("eval", "n"): args.n,
+        ("eval", "temperature"): args.temperature,
+        ("eval", "top_p"): args.top_p,
+        ("eval", "max_problems"): args.max_problems,
+        ("eval", "samples_per_pass"): args.samples_per_pass,
+        ("eval", "batch_problems"): args.batch_problems,
+        ("rollout", "max_new_tokens"): args.max_new_tokens,
+        ("run", "seed"): args.seed,
+        ("reward", "verifier"): args.verifier,
+        ("data", "data_dir"): args.data_dir,
+    }
     for (section, key), value in settings.items():
         if value is not None:
             tree[section][key] = value
@@ -199,8 +229,9 @@ def run_eval_command(args: Any) -> int:
             model = {"run_dir": str(args.run_dir), "step": meta["step"]}
         else:
             tok = load_tokenizer(cfg.model.tokenizer or args.model)
-            arch, graphdef, params = from_pretrained(args.model, mesh, ROLLOUT_RULES, cfg.model.param_dtype,
-                                                     cfg.model.dtype)
+            arch, graphdef, params = from_pretrained(
+                args.model, mesh, ROLLOUT_RULES, cfg.model.param_dtype, cfg.model.dtype
+            )
             model = {"model": str(args.model)}
     except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError, FileNotFoundError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None
@@ -239,14 +270,18 @@ def _warn_if_settings_differ(report: dict[str, Any], ref: dict[str, Any]) -> Non
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"{report['task']}/{report['split']}: {len(report['problems'])} problems, "
-             f"n={report['n']}, T={report['temperature']}, top_p={report['top_p']}, mean reward {report['mean_reward']:.3f}"]
+    lines = [
+        f"{report['task']}/{report['split']}: {len(report['problems'])} problems, "
+        f"n={report['n']}, T={report['temperature']}, top_p={report['top_p']}, mean reward {report['mean_reward']:.3f}"
+    ]
     lines.append("pass@k  " + "  ".join(f"{k}:{v:.3f}" for k, v in report["pass_at_k"].items()))
     for name, sub in report["subsets"].items():
         lines.append(f"  {name} ({sub['problems']})  " + "  ".join(f"{k}:{v:.3f}" for k, v in sub["pass_at_k"].items()))
     if "boundary" in report:
         b = report["boundary"]
-        lines.append(f"boundary vs reference: solved {b['solved']['current']} vs {b['solved']['reference']} of "
-                     f"{b['solved']['total']}; gained {len(b['gained'])}, lost {len(b['lost'])}, kept {len(b['kept'])}")
+        lines.append(
+            f"boundary vs reference: solved {b['solved']['current']} vs {b['solved']['reference']} of "
+            f"{b['solved']['total']}; gained {len(b['gained'])}, lost {len(b['lost'])}, kept {len(b['kept'])}"
+        )
         lines.append("pass@k delta  " + "  ".join(f"{k}:{v:+.3f}" for k, v in b["pass_at_k_delta"].items()))
     return "\n".join(lines)

@@ -11,8 +11,9 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +25,11 @@ from rlvr_jax.config import Config, ConfigChanges, SignFilter, save_config
 from rlvr_jax.data import PromptPipeline, verification_target
 from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.evaluate import Evaluator, decode_completions
-from rlvr_jax.plots import boundary_over_training, plot_run, probe_series, read_evals
-from rlvr_jax.probe import make_probe
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed
 from rlvr_jax.model import Arch, load_policy
+from rlvr_jax.plots import boundary_over_training, plot_run, probe_series, read_evals
 from rlvr_jax.preemption import StopRequest
+from rlvr_jax.probe import make_probe
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
 from rlvr_jax.stages import describe as describe_stages
@@ -36,8 +37,14 @@ from rlvr_jax.stages import detect_transition
 from rlvr_jax.storage import as_path, ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
-from rlvr_jax.update import (UpdateSpec, abstract_train_state, init_train_state, make_optimizer, make_train_step,
-                             total_optimizer_steps)
+from rlvr_jax.update import (
+    UpdateSpec,
+    abstract_train_state,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+    total_optimizer_steps,
+)
 from rlvr_jax.warmstart import build_base_policy
 from rlvr_jax.writers import LateWriter, MetricWriter, RolloutLog, read_jsonl, trim_jsonl
 
@@ -63,8 +70,9 @@ def prepare_policy(cfg: Config, run_dir: Any, mesh: Any, log: Callable[[str], No
     if folder is None and cfg.warmstart.enabled:
         folder = build_base_policy(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
     # The warm-started folder's own config.json is the architecture (model.arch only described how to build it).
-    model_cfg = cfg.model.model_copy(update={"path": str(folder), "arch": {}}) if folder and not cfg.model.path \
-        else cfg.model
+    model_cfg = (
+        cfg.model.model_copy(update={"path": str(folder), "arch": {}}) if folder and not cfg.model.path else cfg.model
+    )
     arch, graphdef, params = load_policy(model_cfg, mesh, TRAIN_RULES, purpose_key(cfg.run.seed, "init"))
     tok_dir = cfg.model.tokenizer or folder
     if tok_dir is None:
@@ -83,10 +91,19 @@ def with_data_dir(cfg: Config, run_dir: Any) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(data_dir(cfg, run_dir))})})
 
 
-def to_train_batch(rollout: Rollout, adv: jax.Array, weight: jax.Array, logp_ref: jax.Array | None = None) -> TrainBatch:
-    return TrainBatch(prompt_tokens=rollout.prompt_tokens, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
-                      mask=rollout.mask, logp_old=rollout.logp, adv=adv.reshape(-1), weight=weight.reshape(-1),
-                      logp_ref=logp_ref)
+def to_train_batch(
+    rollout: Rollout, adv: jax.Array, weight: jax.Array, logp_ref: jax.Array | None = None
+) -> TrainBatch:
+    return TrainBatch(
+        prompt_tokens=rollout.prompt_tokens,
+        prompt_mask=rollout.prompt_mask,
+        tokens=rollout.tokens,
+        mask=rollout.mask,
+        logp_old=rollout.logp,
+        adv=adv.reshape(-1),
+        weight=weight.reshape(-1),
+        logp_ref=logp_ref,
+    )
 
 
 def make_reference(cfg: Config, policy: Policy, params: Any) -> Callable[[Rollout], jax.Array] | None:
@@ -108,8 +125,14 @@ def make_reference(cfg: Config, policy: Policy, params: Any) -> Callable[[Rollou
     return lambda rollout: fn(frozen, rollout)
 
 
-def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = False, stop_at: int | None = None,
-          allow_config_change: bool = False) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    log: Callable[[str], None] = print,
+    *,
+    restart: bool = False,
+    stop_at: int | None = None,
+    allow_config_change: bool = False,
+) -> dict[str, Any]:
     """Run (or resume) RL training as configured; returns the summary (also written to the run dir).
 
     restart: move existing checkpoints aside and start at step 0 (default: resume from the latest).
@@ -128,16 +151,28 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     policy, params = prepare_policy(cfg, run_dir, mesh, log)
     tok = policy.tokenizer
     stop_ids = stop_token_ids(tok, policy.arch.eos_token_ids)
-    pipeline = PromptPipeline(cfg.data.task, cfg.data.split, cfg.data, tok, cfg.run.seed, jax.process_index(),
-                              jax.process_count())
-    sampler = make_sampler(policy.arch, policy.graphdef, params, mesh, ROLLOUT_RULES,
-                           SamplingParams.from_config(cfg.rollout, stop_ids, int(tok.pad_token_id)))
+    pipeline = PromptPipeline(
+        cfg.data.task, cfg.data.split, cfg.data, tok, cfg.run.seed, jax.process_index(), jax.process_count()
+    )
+    sampler = make_sampler(
+        policy.arch,
+        policy.graphdef,
+        params,
+        mesh,
+        ROLLOUT_RULES,
+        SamplingParams.from_config(cfg.rollout, stop_ids, int(tok.pad_token_id)),
+    )
     tx = make_optimizer(cfg.optim, total_optimizer_steps(cfg.optim, cfg.run.steps))
-    reference_id = {"source": str(policy.folder or "random init from model.arch and run.seed"),
-                    "fingerprint": fingerprint(params)}
+    reference_id = {
+        "source": str(policy.folder or "random init from model.arch and run.seed"),
+        "fingerprint": fingerprint(params),
+    }
     train_key = purpose_key(cfg.run.seed, "train")
-    resumed = ckpt.restore_latest(abstract_train_state(params, tx, train_key, mesh, TRAIN_RULES),
-                                  lambda meta: check_resumable(meta, cfg, reference_id, allow_config_change, log), log)
+    resumed = ckpt.restore_latest(
+        abstract_train_state(params, tx, train_key, mesh, TRAIN_RULES),
+        lambda meta: check_resumable(meta, cfg, reference_id, allow_config_change, log),
+        log,
+    )
     if resumed:
         state, meta = resumed
         start, base_eval = meta["step"], meta["base_eval"]
@@ -163,8 +198,14 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
             base_eval = {**evaluate(state.params, 0), **probe(state.params)}
             writer.writer.write(0, base_eval)
         log(_format_eval("base policy", base_eval))
-        meta = {"config": cfg.model_dump(mode="json"), "reference": reference_id, "base_eval": base_eval,
-                "arch": policy.arch.to_hf(), "mesh": dict(mesh.shape), "process_count": jax.process_count()}
+        meta = {
+            "config": cfg.model_dump(mode="json"),
+            "reference": reference_id,
+            "base_eval": base_eval,
+            "arch": policy.arch.to_hf(),
+            "mesh": dict(mesh.shape),
+            "process_count": jax.process_count(),
+        }
         progress = _progress(cfg, start)
         done, final_eval = start, None
         for step in range(start, cfg.run.steps):
@@ -197,11 +238,13 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
                 host_metrics.update(evaluate(state.params, done))
             if done == cfg.run.steps:
                 final_eval = {k: v for k, v in host_metrics.items() if k.startswith(("eval/", "probe/"))}
-            writer.push(done, {**device_metrics, **adv_lib.group_stats(rewards, cfg.advantage.correct_threshold)},
-                        host_metrics)
+            writer.push(
+                done, {**device_metrics, **adv_lib.group_stats(rewards, cfg.advantage.correct_threshold)}, host_metrics
+            )
             progress.update(1)
-            progress.set_postfix(reward=f"{host_metrics['reward/mean']:.3f}",
-                                 tok_s=f"{host_metrics['time/tokens_per_s']:.0f}")
+            progress.set_postfix(
+                reward=f"{host_metrics['reward/mean']:.3f}", tok_s=f"{host_metrics['time/tokens_per_s']:.0f}"
+            )
             stopping = stop.should_stop(done) or (stop_at is not None and done >= stop_at)
             if stopping or done == cfg.run.steps or _checkpoint_due(cfg, done, host_metrics):
                 writer.persist()  # the metrics row of `done` is in the run dir before its checkpoint
@@ -219,8 +262,10 @@ def train(cfg: Config, log: Callable[[str], None] = print, *, restart: bool = Fa
     samples.close()
     if done < cfg.run.steps:
         why = stop.reason or f"--stop-at {stop_at}"
-        log(f"stopped after step {done} of {cfg.run.steps} ({why}); checkpoint saved in "
-            f"{ckpt.directory / str(done)}. Run the same command again to resume.")
+        log(
+            f"stopped after step {done} of {cfg.run.steps} ({why}); checkpoint saved in "
+            f"{ckpt.directory / str(done)}. Run the same command again to resume."
+        )
         return {"run": cfg.run.name, "stopped_at": done, "reason": why}
     log(_format_eval("final policy", final_eval))
     summary = _summary(cfg, base_eval, final_eval, run_dir, time.perf_counter() - clock, writer.last)
@@ -239,30 +284,39 @@ def _checkpoint_due(cfg: Config, step: int, host_metrics: dict[str, Any]) -> boo
     return bool(every and step % every == 0) or bool(best and best in host_metrics)
 
 
-def check_resumable(meta: dict[str, Any], cfg: Config, reference_id: dict[str, str], allow_change: bool,
-                    log: Callable[[str], None]) -> None:
+def check_resumable(
+    meta: dict[str, Any], cfg: Config, reference_id: dict[str, str], allow_change: bool, log: Callable[[str], None]
+) -> None:
     """Refuse a resume that would not continue the saved run; report the harmless differences."""
     where = f"checkpoint step {meta['step']}"
     changes = ConfigChanges.between(meta["config"], cfg)
     if changes.state:
-        raise CheckpointError(f"cannot resume from {where}: these settings define the saved state and differ:\n  "
-                              + "\n  ".join(changes.state)
-                              + "\nUse the original values, or start over with --restart or a new --run-dir.")
+        raise CheckpointError(
+            f"cannot resume from {where}: these settings define the saved state and differ:\n  "
+            + "\n  ".join(changes.state)
+            + "\nUse the original values, or start over with --restart or a new --run-dir."
+        )
     if changes.trajectory and not allow_change:
-        raise CheckpointError(f"cannot resume from {where}: these settings change the training maths:\n  "
-                              + "\n  ".join(changes.trajectory)
-                              + "\nUse the original values, or pass --allow-config-change to continue with the "
-                              "new ones (the run then no longer matches an uninterrupted run).")
+        raise CheckpointError(
+            f"cannot resume from {where}: these settings change the training maths:\n  "
+            + "\n  ".join(changes.trajectory)
+            + "\nUse the original values, or pass --allow-config-change to continue with the "
+            "new ones (the run then no longer matches an uninterrupted run)."
+        )
     for line in changes.harmless + (changes.trajectory if allow_change else []):
         log(f"resume: config changed: {line}")
     saved = meta["reference"]
     if saved["fingerprint"] != reference_id["fingerprint"]:
-        text = (f"the initial policy loaded now ({reference_id['source']}, fingerprint "
-                f"{reference_id['fingerprint']}) differs from the one the run started with ({saved['source']}, "
-                f"fingerprint {saved['fingerprint']})")
+        text = (
+            f"the initial policy loaded now ({reference_id['source']}, fingerprint "
+            f"{reference_id['fingerprint']}) differs from the one the run started with ({saved['source']}, "
+            f"fingerprint {saved['fingerprint']})"
+        )
         if cfg.loss.kl_beta > 0:
-            raise CheckpointError(f"cannot resume from {where}: {text}; it is the KL reference, so restore the "
-                                  "original model files (or point model.path at them)")
+            raise CheckpointError(
+                f"cannot resume from {where}: {text}; it is the KL reference, so restore the "
+                "original model files (or point model.path at them)"
+            )
         log(f"resume: warning: {text}; not used since loss.kl_beta = 0")
 
 
@@ -286,20 +340,35 @@ def rollout_metrics(host: Rollout, result: Any, step_batch: Any, texts: list[str
     from rlvr_jax.rewards import toy_strategy_of
 
     rewards = np.asarray(result.rewards, np.float64)
-    sums = {"n": float(rewards.size), "reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()),
-            "correct": float(np.sum(result.correct)), "length": float(np.sum(host.lengths)),
-            "eos": float(np.sum(host.eos)), "timeouts": float(result.timeouts), "errors": float(result.errors),
-            "truncated": step_batch.metrics["data/truncated"]}
+    sums = {
+        "n": float(rewards.size),
+        "reward": float(rewards.sum()),
+        "reward_sq": float((rewards**2).sum()),
+        "correct": float(np.sum(result.correct)),
+        "length": float(np.sum(host.lengths)),
+        "eos": float(np.sum(host.eos)),
+        "timeouts": float(result.timeouts),
+        "errors": float(result.errors),
+        "truncated": step_batch.metrics["data/truncated"],
+    }
     strategies = ("S1", "S2", "S3") if cfg.data.task == "toy_strategy" else ()
     chosen = [toy_strategy_of(t) for t in texts] if strategies else []
     sums.update({f"frac_{s}": float(chosen.count(s)) for s in strategies})
     total = sum_over_processes(sums)
     n = max(total["n"], 1.0)
     mean = total["reward"] / n
-    out = {"reward/mean": mean, "reward/std": float(np.sqrt(max(total["reward_sq"] / n - mean ** 2, 0.0))),
-           "reward/correct_frac": total["correct"] / n, "rollout/length_mean": total["length"] / n,
-           "rollout/eos_frac": total["eos"] / n, "reward/timeouts": total["timeouts"], "reward/errors": total["errors"],
-           "data/truncated": total["truncated"], "time/reward_s": result.seconds, "tokens": total["length"]}
+    out = {
+        "reward/mean": mean,
+        "reward/std": float(np.sqrt(max(total["reward_sq"] / n - mean**2, 0.0))),
+        "reward/correct_frac": total["correct"] / n,
+        "rollout/length_mean": total["length"] / n,
+        "rollout/eos_frac": total["eos"] / n,
+        "reward/timeouts": total["timeouts"],
+        "reward/errors": total["errors"],
+        "data/truncated": total["truncated"],
+        "time/reward_s": result.seconds,
+        "tokens": total["length"],
+    }
     out.update({f"rollout/frac_{s}": total[f"frac_{s}"] / n for s in strategies})
     return out
 
@@ -307,8 +376,9 @@ def rollout_metrics(host: Rollout, result: Any, step_batch: Any, texts: list[str
 def _progress(cfg: Config, start: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.run.steps, initial=start, desc="rl",
-                disable=not cfg.logging.progress_bar or jax.process_index() != 0)
+    return tqdm(
+        total=cfg.run.steps, initial=start, desc="rl", disable=not cfg.logging.progress_bar or jax.process_index() != 0
+    )
 
 
 def _format_eval(name: str, values: dict[str, float]) -> str:
@@ -325,14 +395,24 @@ def _summary(cfg: Config, first: dict, final: dict, run_dir: Any, seconds: float
     history = [r["reward/mean"] for r in rows if r.get("reward/mean") is not None]
     evals = read_evals(run_dir)
     stage = detect_transition(*probe_series(rows))
-    return {"run": cfg.run.name, "steps": cfg.run.steps, "seconds_this_session": round(seconds, 1),
-            "advantage": {"estimator": cfg.advantage.estimator.value, "sign": cfg.advantage.sign.value},
-            "base": first, "final": final,
-            "train_reward_first_10": float(np.mean(history[:10])) if history else None,
-            "train_reward_last_10": float(np.mean(history[-10:])) if history else None,
-            "stages": {**stage, "summary": describe_stages(stage)},
-            "pass_at_k_over_training": [{"step": e["step"], "pass_at_k": e["pass_at_k"],
-                                         **{f"pass_at_k/{k}": v["pass_at_k"] for k, v in e["subsets"].items()}}
-                                        for e in evals],
-            "boundary_over_training": boundary_over_training(evals),
-            "last_metrics": last}
+    return {
+        "run": cfg.run.name,
+        "steps": cfg.run.steps,
+        "seconds_this_session": round(seconds, 1),
+        "advantage": {"estimator": cfg.advantage.estimator.value, "sign": cfg.advantage.sign.value},
+        "base": first,
+        "final": final,
+        "train_reward_first_10": float(np.mean(history[:10])) if history else None,
+        "train_reward_last_10": float(np.mean(history[-10:])) if history else None,
+        "stages": {**stage, "summary": describe_stages(stage)},
+        "pass_at_k_over_training": [
+            {
+                "step": e["step"],
+                "pass_at_k": e["pass_at_k"],
+                **{f"pass_at_k/{k}": v["pass_at_k"] for k, v in e["subsets"].items()},
+            }
+            for e in evals
+        ],
+        "boundary_over_training": boundary_over_training(evals),
+        "last_metrics": last,
+    }

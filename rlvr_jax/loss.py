@@ -10,7 +10,8 @@ Aggregation divides a sum of per-row contributions by a normaliser computed over
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,9 @@ def _logp_top1(hidden: jax.Array, head: jax.Array, targets: jax.Array) -> tuple[
     return logp, jnp.max(logits, axis=-1) - logz
 
 
-def _chunked(fn: Callable, hidden: jax.Array, head: jax.Array, targets: jax.Array,
-             chunk: int) -> tuple[jax.Array, jax.Array]:
+def _chunked(
+    fn: Callable, hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int
+) -> tuple[jax.Array, jax.Array]:
     """fn(hidden, head, targets) -> two f32 [B, T] arrays, `chunk` positions at a time under remat."""
     t = hidden.shape[1]
     if chunk <= 0 or chunk >= t:
@@ -55,8 +57,9 @@ def _chunked(fn: Callable, hidden: jax.Array, head: jax.Array, targets: jax.Arra
     return unchunk(a), unchunk(b)
 
 
-def token_logp_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array,
-                       chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+def token_logp_entropy(
+    hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int = 0
+) -> tuple[jax.Array, jax.Array]:
     """log pi(targets) and the full-distribution entropy, f32 [B, T], from hidden [B, T, D].
 
     With `chunk` > 0 the T axis is processed `chunk` tokens at a time under remat, so the backward
@@ -70,7 +73,7 @@ def _completion(model: Any, batch: TrainBatch, fn: Callable, chunk: int) -> tupl
     mask = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
     hidden, _ = model.hidden_states(tokens, positions_from_mask(mask), mask)
     p = batch.prompt_tokens.shape[1]
-    return _chunked(fn, hidden[:, p - 1:-1], model.head_weight(), batch.tokens, chunk)
+    return _chunked(fn, hidden[:, p - 1 : -1], model.head_weight(), batch.tokens, chunk)
 
 
 def completion_logp_entropy(model: Any, batch: TrainBatch, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -95,8 +98,9 @@ def ppo_token_loss(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, cfg: Lo
     return loss, ratio, active
 
 
-def gspo_token_loss(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, mask: jax.Array,
-                    cfg: LossConfig) -> tuple[jax.Array, ...]:
+def gspo_token_loss(
+    logp: jax.Array, logp_old: jax.Array, adv: jax.Array, mask: jax.Array, cfg: LossConfig
+) -> tuple[jax.Array, ...]:
     """Sequence-level ratio s_i = exp(mean_t log w_t); the sequence loss is placed on each of its tokens."""
     m = mask.astype(jnp.float32)
     log_s = jnp.sum((logp - logp_old) * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
@@ -104,8 +108,11 @@ def gspo_token_loss(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, mask: 
     loss = -jnp.minimum(s * adv, jnp.clip(s, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * adv)
     active = ((adv > 0) & (s > 1.0 + cfg.eps_high)) | ((adv < 0) & (s < 1.0 - cfg.eps_low))
     shape = logp.shape
-    return jnp.broadcast_to(loss[:, None], shape), jnp.broadcast_to(s[:, None], shape), jnp.broadcast_to(
-        active[:, None], shape)
+    return (
+        jnp.broadcast_to(loss[:, None], shape),
+        jnp.broadcast_to(s[:, None], shape),
+        jnp.broadcast_to(active[:, None], shape),
+    )
 
 
 def kl_penalty(logp: jax.Array, logp_ref: jax.Array, estimator: KLEstimator) -> jax.Array:
@@ -125,8 +132,9 @@ def normaliser(mask: jax.Array, weight: jax.Array, mode: Aggregation) -> jax.Arr
     return jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def row_contributions(per_token: jax.Array, mask: jax.Array, weight: jax.Array, mode: Aggregation,
-                      max_len: int) -> jax.Array:
+def row_contributions(
+    per_token: jax.Array, mask: jax.Array, weight: jax.Array, mode: Aggregation, max_len: int
+) -> jax.Array:
     """Numerator terms per row [N]; `sum(row_contributions) / normaliser` is the aggregated value."""
     m = mask.astype(jnp.float32)
     sums = jnp.sum(per_token * m, axis=1)
@@ -137,8 +145,9 @@ def row_contributions(per_token: jax.Array, mask: jax.Array, weight: jax.Array, 
     return weight * sums / max_len  # Dr.GRPO: a constant length, no per-sequence length bias
 
 
-def policy_loss(logp: jax.Array, entropy: jax.Array, batch: TrainBatch, cfg: LossConfig, max_len: int,
-                norm: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def policy_loss(
+    logp: jax.Array, entropy: jax.Array, batch: TrainBatch, cfg: LossConfig, max_len: int, norm: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Aggregated loss (divided by the batch-wide `norm`) and summable metric terms."""
     if cfg.objective == PolicyObjective.ppo:
         per_token, ratio, active = ppo_token_loss(logp, batch.logp_old, batch.adv, cfg)
@@ -155,19 +164,25 @@ def policy_loss(logp: jax.Array, entropy: jax.Array, batch: TrainBatch, cfg: Los
     return loss, _metric_terms(batch, ratio, active, entropy, kl)
 
 
-def _metric_terms(batch: TrainBatch, ratio: jax.Array, active: jax.Array, entropy: jax.Array,
-                  kl: jax.Array | None) -> dict[str, jax.Array]:
+def _metric_terms(
+    batch: TrainBatch, ratio: jax.Array, active: jax.Array, entropy: jax.Array, kl: jax.Array | None
+) -> dict[str, jax.Array]:
     """Sums, counts, mins and maxes that combine across micro-batches (see `finalize_metrics`)."""
     m = batch.mask.astype(bool)
     kept = m & (batch.weight[:, None] > 0)
     pos, neg = m & (batch.adv[:, None] > 0), m & (batch.adv[:, None] < 0)
     f = lambda x: x.astype(jnp.float32)  # noqa: E731
     terms = {
-        "sum/tokens": jnp.sum(f(m)), "sum/tokens_kept": jnp.sum(f(kept)),
-        "sum/tokens_pos": jnp.sum(f(pos)), "sum/tokens_neg": jnp.sum(f(neg)),
-        "sum/clip_pos": jnp.sum(f(active & pos)), "sum/clip_neg": jnp.sum(f(active & neg)),
-        "sum/ratio": jnp.sum(jnp.where(m, ratio, 0.0)), "sum/entropy": jnp.sum(jnp.where(m, entropy, 0.0)),
-        "min/ratio": jnp.min(jnp.where(m, ratio, jnp.inf)), "max/ratio": jnp.max(jnp.where(m, ratio, -jnp.inf)),
+        "sum/tokens": jnp.sum(f(m)),
+        "sum/tokens_kept": jnp.sum(f(kept)),
+        "sum/tokens_pos": jnp.sum(f(pos)),
+        "sum/tokens_neg": jnp.sum(f(neg)),
+        "sum/clip_pos": jnp.sum(f(active & pos)),
+        "sum/clip_neg": jnp.sum(f(active & neg)),
+        "sum/ratio": jnp.sum(jnp.where(m, ratio, 0.0)),
+        "sum/entropy": jnp.sum(jnp.where(m, entropy, 0.0)),
+        "min/ratio": jnp.min(jnp.where(m, ratio, jnp.inf)),
+        "max/ratio": jnp.max(jnp.where(m, ratio, -jnp.inf)),
     }
     if kl is not None:
         terms["sum/kl"] = jnp.sum(jnp.where(m, kl, 0.0))
@@ -186,9 +201,12 @@ def finalize_metrics(terms: dict[str, jax.Array]) -> dict[str, jax.Array]:
         "clip_frac/pos": per("sum/clip_pos", "sum/tokens_pos"),
         "clip_frac/neg": per("sum/clip_neg", "sum/tokens_neg"),
         "clip_frac": (terms["sum/clip_pos"] + terms["sum/clip_neg"]) / jnp.maximum(terms["sum/tokens"], 1.0),
-        "ratio/mean": per("sum/ratio", "sum/tokens"), "ratio/min": terms["min/ratio"],
-        "ratio/max": terms["max/ratio"], "entropy": per("sum/entropy", "sum/tokens"),
-        "tokens": terms["sum/tokens"], "tokens_kept": terms["sum/tokens_kept"],
+        "ratio/mean": per("sum/ratio", "sum/tokens"),
+        "ratio/min": terms["min/ratio"],
+        "ratio/max": terms["max/ratio"],
+        "entropy": per("sum/entropy", "sum/tokens"),
+        "tokens": terms["sum/tokens"],
+        "tokens_kept": terms["sum/tokens_kept"],
     }
     if "sum/kl" in terms:
         out["kl"] = per("sum/kl", "sum/tokens")

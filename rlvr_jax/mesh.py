@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -86,8 +87,9 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | No
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def logical_to_spec(names: Sequence[str | None], rules: Rules, shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None) -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None], rules: Rules, shape: Sequence[int] | None = None, mesh: Mesh | None = None
+) -> PartitionSpec:
     """Map logical axis names to a PartitionSpec; replicate dims the mesh axes do not divide."""
     spec: list[MeshAxes] = []
     used: set[str] = set()
@@ -109,8 +111,9 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules, shape: Sequence[i
     return PartitionSpec(*spec)
 
 
-def sharding_for(names: Sequence[str | None], mesh: Mesh, rules: Rules,
-                 shape: Sequence[int] | None = None) -> NamedSharding:
+def sharding_for(
+    names: Sequence[str | None], mesh: Mesh, rules: Rules, shape: Sequence[int] | None = None
+) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(names, rules, shape, mesh))
 
 

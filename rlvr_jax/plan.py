@@ -70,7 +70,9 @@ def _sharded_bytes(abstract: Any, mesh_shape: dict[str, int], rules: Rules) -> i
         spec = logical_to_spec(var.logical_axes, rules, shape, mesh)
         per_device = 1
         for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-            parts = 1 if axes is None else math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            parts = (
+                1 if axes is None else math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            )
             per_device *= math.ceil(dim / parts)
         total += per_device * itemsize
     return total
@@ -89,11 +91,16 @@ def plan_memory(cfg: Config, arch: Arch, devices: int) -> MemoryPlan:
     kv_cache = arch.num_layers * 2 * math.ceil(rows / batch_shards) * kv_heads * seq * arch.head_dim * act_bytes
     micro_rows = math.ceil(rows / (cfg.optim.mini_batches * cfg.optim.micro_batches) / batch_shards)
     return MemoryPlan(
-        mesh=mesh_shape, params=params, optimizer=2 * params, reference=params if cfg.loss.kl_beta > 0 else 0,
+        mesh=mesh_shape,
+        params=params,
+        optimizer=2 * params,
+        reference=params if cfg.loss.kl_beta > 0 else 0,
         gradients=params * (2 if cfg.optim.micro_batches > 1 else 1),
         rollout_params=_sharded_bytes(abstract, mesh_shape, ROLLOUT_RULES),
-        kv_cache=kv_cache, activations=_activation_bytes(arch, micro_rows, seq, tensor, act_bytes, cfg.model.remat),
-        logits=_logit_bytes(arch, micro_rows, cfg.rollout.max_new_tokens, cfg.loss.logits_chunk, tensor))
+        kv_cache=kv_cache,
+        activations=_activation_bytes(arch, micro_rows, seq, tensor, act_bytes, cfg.model.remat),
+        logits=_logit_bytes(arch, micro_rows, cfg.rollout.max_new_tokens, cfg.loss.logits_chunk, tensor),
+    )
 
 
 def _activation_bytes(arch: Arch, rows: int, seq: int, tensor: int, itemsize: int, remat: bool) -> int:
@@ -122,23 +129,31 @@ def suggestions(cfg: Config, plan: MemoryPlan, accelerator: str) -> list[str]:
     out = []
     state = plan.params + plan.optimizer + plan.reference
     if state > 0.6 * budget:
-        out.append(f"model state alone is {state / GIB:.1f} GiB per device: shard it over more devices (raise mesh.fsdp, "
-                   "or use a larger slice), or use model.param_dtype=bfloat16")
+        out.append(
+            f"model state alone is {state / GIB:.1f} GiB per device: shard it over more devices (raise mesh.fsdp, "
+            "or use a larger slice), or use model.param_dtype=bfloat16"
+        )
     if plan.update_peak > budget:
         spare = budget - (state + plan.gradients)
         act = plan.activations + plan.logits
         if spare > 0 and act > spare:
             factor = math.ceil(act / spare)
-            out.append(f"activations {act / GIB:.1f} GiB at the micro-batch: optim.micro_batches="
-                       f"{cfg.optim.micro_batches * factor} (x{factor})"
-                       + ("" if cfg.model.remat else ", or model.remat=true")
-                       + ("" if cfg.loss.logits_chunk else ", loss.logits_chunk=256"))
+            out.append(
+                f"activations {act / GIB:.1f} GiB at the micro-batch: optim.micro_batches="
+                f"{cfg.optim.micro_batches * factor} (x{factor})"
+                + ("" if cfg.model.remat else ", or model.remat=true")
+                + ("" if cfg.loss.logits_chunk else ", loss.logits_chunk=256")
+            )
     if plan.rollout_peak > budget:
         if plan.rollout_params > 0.3 * budget:
-            out.append(f"the rollout copy of the weights is {plan.rollout_params / GIB:.1f} GiB (rollout shards weights "
-                       "over the tensor axis only): raise mesh.tensor (e.g. to the chips per host)")
-        out.append(f"rollout KV cache {plan.kv_cache / GIB:.1f} GiB: fewer data.prompts_per_step or rollout.group_size "
-                   "per step, or more devices on the data / fsdp axes")
+            out.append(
+                f"the rollout copy of the weights is {plan.rollout_params / GIB:.1f} GiB (rollout shards weights "
+                "over the tensor axis only): raise mesh.tensor (e.g. to the chips per host)"
+            )
+        out.append(
+            f"rollout KV cache {plan.kv_cache / GIB:.1f} GiB: fewer data.prompts_per_step or rollout.group_size "
+            "per step, or more devices on the data / fsdp axes"
+        )
     return out
 
 
@@ -151,18 +166,25 @@ def human(n: int) -> str:
 
 def format_plan(cfg: Config, arch: Arch, plan: MemoryPlan, accelerators: list[str]) -> str:
     g = human
-    lines = [f"model {arch.model_type}, {arch.num_params / 1e6:,.1f}M params, param dtype {cfg.model.param_dtype.value}; "
-             f"mesh data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} tensor={plan.mesh['tensor']}",
-             "per device:",
-             f"  params (train layout)     {g(plan.params)}", f"  AdamW moments             {g(plan.optimizer)}",
-             f"  KL reference              {g(plan.reference)}", f"  gradients                 {g(plan.gradients)}",
-             f"  rollout params copy       {g(plan.rollout_params)}", f"  KV cache (rollout batch)  {g(plan.kv_cache)}",
-             f"  activations (micro-batch) {g(plan.activations)}  (estimate)",
-             f"  logits block              {g(plan.logits)}",
-             f"peak: rollout {g(plan.rollout_peak)}, update {g(plan.update_peak)}"]
+    lines = [
+        f"model {arch.model_type}, {arch.num_params / 1e6:,.1f}M params, param dtype {cfg.model.param_dtype.value}; "
+        f"mesh data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} tensor={plan.mesh['tensor']}",
+        "per device:",
+        f"  params (train layout)     {g(plan.params)}",
+        f"  AdamW moments             {g(plan.optimizer)}",
+        f"  KL reference              {g(plan.reference)}",
+        f"  gradients                 {g(plan.gradients)}",
+        f"  rollout params copy       {g(plan.rollout_params)}",
+        f"  KV cache (rollout batch)  {g(plan.kv_cache)}",
+        f"  activations (micro-batch) {g(plan.activations)}  (estimate)",
+        f"  logits block              {g(plan.logits)}",
+        f"peak: rollout {g(plan.rollout_peak)}, update {g(plan.update_peak)}",
+    ]
     for name in accelerators:
         verdict = "fits" if plan.fits(name) else "does NOT fit"
-        lines.append(f"{name} ({ACCELERATORS[name] // GIB} GiB): {verdict} ({plan.peak / ACCELERATORS[name]:.0%} of memory)")
+        lines.append(
+            f"{name} ({ACCELERATORS[name] // GIB} GiB): {verdict} ({plan.peak / ACCELERATORS[name]:.0%} of memory)"
+        )
         if not plan.fits(name):
             lines += [f"  - {s}" for s in suggestions(cfg, plan, name)]
     return "\n".join(lines)

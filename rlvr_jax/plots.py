@@ -1,11 +1,11 @@
 """`rlvr-jax plot RUN_DIR`: the figures of a run, from metrics.jsonl and evals/step_*.json.
 
-  figures/training.png   reward and held-out pass@1, token entropy, probe class probabilities
-  figures/probe.png      probe class probabilities over steps (log scale), with the detected transition
-  figures/dynamics.png   per advantage sign: pi_old of the sampled tokens, saturated / rare fractions,
-                         log-prob change and top-1 mass change made by the update
-  figures/pass_at_k.png  pass@k against k at every evaluated step (base policy in black), overall and per subset
-  figures/boundary.png   problems gained / lost / kept against the base policy (step 0) over training
+figures/training.png   reward and held-out pass@1, token entropy, probe class probabilities
+figures/probe.png      probe class probabilities over steps (log scale), with the detected transition
+figures/dynamics.png   per advantage sign: pi_old of the sampled tokens, saturated / rare fractions,
+                       log-prob change and top-1 mass change made by the update
+figures/pass_at_k.png  pass@k against k at every evaluated step (base policy in black), overall and per subset
+figures/boundary.png   problems gained / lost / kept against the base policy (step 0) over training
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
 
 def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
     """Steps with a probe reading and each named class's probability (rest excluded)."""
-    names = sorted({k[len("probe/pi_"):] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
+    names = sorted({k[len("probe/pi_") :] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
     probed = [r for r in rows if all(isinstance(r.get(f"probe/pi_{n}"), (int, float)) for n in names)] if names else []
     return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
 
@@ -53,7 +53,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = as_path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if not rows:
-        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} is missing or empty: is {run_dir} a training run directory?")
+        raise FileNotFoundError(
+            f"{run_dir / 'metrics.jsonl'} is missing or empty: is {run_dir} a training run directory?"
+        )
     out_dir = run_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     evals = read_evals(run_dir)
@@ -118,8 +120,12 @@ def _dynamics(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    panels = [("dyn/pi_old/{}", "pi_old(y) of sampled tokens"), ("dyn/saturated/{}", "saturated (> 0.9), rare (< 0.01) dashed"),
-              ("dyn/dlogp/{}", "update: mean change of log pi(y)"), ("dyn/dtop1/{}", "update: change of top-1 mass")]
+    panels = [
+        ("dyn/pi_old/{}", "pi_old(y) of sampled tokens"),
+        ("dyn/saturated/{}", "saturated (> 0.9), rare (< 0.01) dashed"),
+        ("dyn/dlogp/{}", "update: mean change of log pi(y)"),
+        ("dyn/dtop1/{}", "update: change of top-1 mass"),
+    ]
     for ax, (pattern, title) in zip(axes, panels):
         for sign, color in SIGN_COLORS.items():
             # a step without tokens of this sign logs 0 for its means: leave those steps out
@@ -160,8 +166,11 @@ def _pass_at_k(evals: list[dict[str, Any]], out_dir: Path) -> Path:
             if not curve:
                 continue
             ks = [int(k) for k in curve]
-            style = dict(color="k", lw=2, label="base (step 0)") if e["step"] == 0 else \
-                dict(color=colors[min(i - 1, len(colors) - 1)], lw=1, label=f"step {e['step']}")
+            style = (
+                dict(color="k", lw=2, label="base (step 0)")
+                if e["step"] == 0
+                else dict(color=colors[min(i - 1, len(colors) - 1)], lw=1, label=f"step {e['step']}")
+            )
             ax.plot(ks, list(curve.values()), marker=".", **style)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k")
@@ -179,8 +188,15 @@ def boundary_over_training(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in evals:
         b = boundary_sets(e["problems"], base["problems"], e["n"], base["n"])
-        out.append({"step": e["step"], "solved": b["solved"]["current"], "gained": len(b["gained"]),
-                    "lost": len(b["lost"]), "kept": len(b["kept"])})
+        out.append(
+            {
+                "step": e["step"],
+                "solved": b["solved"]["current"],
+                "gained": len(b["gained"]),
+                "lost": len(b["lost"]),
+                "kept": len(b["kept"]),
+            }
+        )
     return out
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class StopRequest:
@@ -22,7 +23,7 @@ class StopRequest:
         self.reason: str | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         import jax
 
         self._multi = jax.process_count() > 1
@@ -40,8 +41,10 @@ class StopRequest:
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without the checkpoint
         self.reason = name
-        self.log(f"{name} received: finishing the current step, then saving a checkpoint and exiting "
-                 "(Ctrl-C again to abort without saving)")
+        self.log(
+            f"{name} received: finishing the current step, then saving a checkpoint and exiting "
+            "(Ctrl-C again to abort without saving)"
+        )
 
     def should_stop(self, step: int) -> bool:
         if self._multi:

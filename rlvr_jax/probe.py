@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -82,7 +83,9 @@ def load_probe_file(path: str | Path) -> ProbeSpec:
     if isinstance(prompts, dict):
         if set(prompts) - {"from_split", "count"} or "from_split" not in prompts:
             raise ProbeError(f"{path}: prompts must be a list of items or {{from_split: SPLIT, count: N}}")
-        return _checked(ProbeSpec(classes, from_split=(str(prompts["from_split"]), int(prompts.get("count", 64)))), path)
+        return _checked(
+            ProbeSpec(classes, from_split=(str(prompts["from_split"]), int(prompts.get("count", 64)))), path
+        )
     if not isinstance(prompts, list):
         raise ProbeError(f"{path}: prompts must be a list of items or {{from_split: SPLIT, count: N}}")
     items = [_item(p, f"{path}: prompts[{i}]", classes) for i, p in enumerate(prompts)]
@@ -102,13 +105,15 @@ def _item(raw: Any, where: str, default_classes: dict[str, list[str]]) -> ProbeI
 
 
 def _classes(raw: Any, where: str) -> dict[str, list[str]]:
-    if not isinstance(raw, dict) or not all(isinstance(v, list) and v and all(isinstance(t, str) for t in v)
-                                            for v in raw.values()):
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in raw.values()
+    ):
         raise ProbeError(f"{where}: expected {{class name: [token strings]}}")
     bad = [k for k in raw if not isinstance(k, str)]
     if bad:
-        raise ProbeError(f"{where}: class name {bad[0]!r} is not a string (YAML reads yes/no/on/off as "
-                         "booleans: quote the name)")
+        raise ProbeError(
+            f"{where}: class name {bad[0]!r} is not a string (YAML reads yes/no/on/off as booleans: quote the name)"
+        )
     if "rest" in raw:
         raise ProbeError(f"{where}: `rest` is reserved (the mass outside every class)")
     return {str(k): list(v) for k, v in raw.items()}
@@ -168,8 +173,10 @@ def probe_arrays(spec: ProbeSpec, cfg: Config, tok: Any) -> tuple[PromptBatch, l
             c = names.index(name)
             applies[b, c] = 1.0
             member[c, [_token_id(tok, s, name) for s in strings]] = 1.0
-    texts = [render_prompt(tok, it.prompt, cfg.data.chat_template, cfg.data.plain_template) + it.response_prefix
-             for it in items]
+    texts = [
+        render_prompt(tok, it.prompt, cfg.data.chat_template, cfg.data.plain_template) + it.response_prefix
+        for it in items
+    ]
     tokens, mask = encode_left_padded(tok, texts)
     # numpy, not device arrays: the jitted probe bakes them in as constants, which every host can do.
     prompts = PromptBatch(tokens=np.asarray(tokens), mask=np.asarray(mask), index=np.arange(len(items)))
@@ -182,6 +189,8 @@ def _token_id(tok: Any, text: str, name: str) -> int:
         return int(vocab[text])
     ids = tok.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        raise ProbeError(f"probe class {name}: {text!r} is {len(ids)} tokens for this tokenizer; a class lists "
-                         "single tokens (give each spelling, e.g. ' 7' and '7', as its own entry)")
+        raise ProbeError(
+            f"probe class {name}: {text!r} is {len(ids)} tokens for this tokenizer; a class lists "
+            "single tokens (give each spelling, e.g. ' 7' and '7', as its own entry)"
+        )
     return int(ids[0])

@@ -8,7 +8,7 @@ sits in, the mesh, or the host count. Shapes are static; nothing syncs with the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +34,17 @@ class SamplingParams:
     stop_on_eos: bool = True  # False: always generate max_new_tokens (benchmarks)
 
     @classmethod
-    def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> "SamplingParams":
-        return cls(max_new_tokens=cfg.max_new_tokens, group_size=cfg.group_size, temperature=cfg.temperature,
-                   top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=tuple(stop_ids), pad_id=pad_id,
-                   stop_on_eos=cfg.stop_on_eos)
+    def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> SamplingParams:
+        return cls(
+            max_new_tokens=cfg.max_new_tokens,
+            group_size=cfg.group_size,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            stop_ids=tuple(stop_ids),
+            pad_id=pad_id,
+            stop_on_eos=cfg.stop_on_eos,
+        )
 
 
 @struct.dataclass
@@ -78,8 +85,9 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return scaled
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array,
-                  params: SamplingParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_tokens(
+    logits: jax.Array, keys: jax.Array, step: jax.Array, params: SamplingParams
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(token i32[B], log pi(token) f32[B] un-tempered, log-prob under the sampling distribution)."""
     logp_full = jax.nn.log_softmax(logits, axis=-1)
     if params.temperature == 0.0:
@@ -94,8 +102,9 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array,
     return token, logp, logp_sample
 
 
-def _record(state: SamplerState, token: jax.Array, logp: jax.Array, logp_sample: jax.Array,
-            params: SamplingParams) -> SamplerState:
+def _record(
+    state: SamplerState, token: jax.Array, logp: jax.Array, logp_sample: jax.Array, params: SamplingParams
+) -> SamplerState:
     """Write the step's token (pad once a sequence is done) and update the stop bookkeeping."""
     live = ~state.done
     token = jnp.where(live, token, params.pad_id)
@@ -160,27 +169,44 @@ def decode(model: nnx.Module, state: SamplerState, params: SamplingParams) -> Sa
 def finish(prompts: PromptBatch, state: SamplerState, params: SamplingParams) -> Rollout:
     g, m = params.group_size, params.max_new_tokens
     mask = (jnp.arange(m)[None, :] < state.lengths[:, None]).astype(jnp.int32)
-    return Rollout(prompt_tokens=jnp.repeat(prompts.tokens, g, axis=0), prompt_mask=jnp.repeat(prompts.mask, g, axis=0),
-                   tokens=state.tokens, mask=mask, lengths=state.lengths, eos=state.eos, logp=state.logp,
-                   logp_sample=state.logp_sample)
+    return Rollout(
+        prompt_tokens=jnp.repeat(prompts.tokens, g, axis=0),
+        prompt_mask=jnp.repeat(prompts.mask, g, axis=0),
+        tokens=state.tokens,
+        mask=mask,
+        lengths=state.lengths,
+        eos=state.eos,
+        logp=state.logp,
+        logp_sample=state.logp_sample,
+    )
 
 
 def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int) -> SamplerState:
     batch = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (n,) + (1,) * len(rest))  # noqa: E731
-    cache_sh = sharding_for(("batch", "cache_seq", "kv_heads", "head_dim"), mesh, rules,
-                            (n, slots, arch.num_kv_heads, arch.head_dim))
+    cache_sh = sharding_for(
+        ("batch", "cache_seq", "kv_heads", "head_dim"), mesh, rules, (n, slots, arch.num_kv_heads, arch.head_dim)
+    )
     return SamplerState(
         cache=tuple(LayerCache(k=cache_sh, v=cache_sh) for _ in range(arch.num_layers)),
-        key_mask=batch(None), prompt_lens=batch(), seq_keys=batch(), tokens=batch(None), logp=batch(None),
-        logp_sample=batch(None), done=batch(), eos=batch(), lengths=batch(),
-        step=NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        key_mask=batch(None),
+        prompt_lens=batch(),
+        seq_keys=batch(),
+        tokens=batch(None),
+        logp=batch(None),
+        logp_sample=batch(None),
+        done=batch(),
+        eos=batch(),
+        lengths=batch(),
+        step=NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    )
 
 
 Sampler = Callable[[nnx.State, PromptBatch, jax.Array], Rollout]
 
 
-def make_sampler(arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State, mesh: Mesh, rules: Rules,
-                 params: SamplingParams) -> Sampler:
+def make_sampler(
+    arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State, mesh: Mesh, rules: Rules, params: SamplingParams
+) -> Sampler:
     """Compile-once sampler: `sampler(param_state, prompts, key) -> Rollout`.
 
     Parameters are resharded to the rollout rule table on entry (weights unsharded over fsdp, heads

@@ -8,7 +8,8 @@ which ends with the end-of-turn token so the policy learns to stop.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,14 @@ class SFTSpec:
     max_response_len: int = 8
 
 
-def encode_traces(tok: Any, prompts: Sequence[str], responses: Sequence[str], max_prompt_len: int,
-                  max_response_len: int, end_token: str) -> TrainBatch:
+def encode_traces(
+    tok: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_prompt_len: int,
+    max_response_len: int,
+    end_token: str,
+) -> TrainBatch:
     """Rendered prompts (left padded) and responses + end token (right padded) as a TrainBatch."""
     prompt_ids, prompt_mask = encode_left_padded(tok, prompts, max_prompt_len)
     n = len(responses)
@@ -40,17 +47,26 @@ def encode_traces(tok: Any, prompts: Sequence[str], responses: Sequence[str], ma
     for row, text in enumerate(responses):
         ids = tok.encode(text, add_special_tokens=False) + [end_id]
         if len(ids) > max_response_len:
-            raise ValueError(f"trace {row} has {len(ids)} response tokens, more than max_response_len="
-                             f"{max_response_len}")
+            raise ValueError(
+                f"trace {row} has {len(ids)} response tokens, more than max_response_len={max_response_len}"
+            )
         tokens[row, : len(ids)] = ids
         mask[row, : len(ids)] = 1
     zeros = np.zeros((n, max_response_len), np.float32)
-    return TrainBatch(prompt_tokens=prompt_ids, prompt_mask=prompt_mask, tokens=tokens, mask=mask, logp_old=zeros,
-                      adv=np.ones(n, np.float32), weight=np.ones(n, np.float32))
+    return TrainBatch(
+        prompt_tokens=prompt_ids,
+        prompt_mask=prompt_mask,
+        tokens=tokens,
+        mask=mask,
+        logp_old=zeros,
+        adv=np.ones(n, np.float32),
+        weight=np.ones(n, np.float32),
+    )
 
 
-def sft_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef,
-             tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+def sft_step(
+    state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One AdamW step on the response tokens' mean negative log-likelihood."""
 
     def nll(params: Any) -> jax.Array:
@@ -70,5 +86,5 @@ def batch_rows(data: TrainBatch, step: int, batch_size: int, seed: int) -> Train
     per_epoch = max(n // batch_size, 1)
     epoch, k = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(n)
-    rows = order[k * batch_size:(k + 1) * batch_size]
+    rows = order[k * batch_size : (k + 1) * batch_size]
     return jax.tree.map(lambda x: np.asarray(x)[rows], data)

@@ -17,12 +17,15 @@ never took over" is a measured statement, not a missing one.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 
-def detect_transition(steps: Sequence[int], probs: Mapping[str, Sequence[float]], rare_ratio: float = 0.1) -> dict[str, Any]:
+def detect_transition(
+    steps: Sequence[int], probs: Mapping[str, Sequence[float]], rare_ratio: float = 0.1
+) -> dict[str, Any]:
     """steps[T] and per-class probabilities [T] (probe order) -> the stage report described above."""
     names = list(probs)
     if not names or len(steps) == 0:
@@ -33,28 +36,41 @@ def detect_transition(steps: Sequence[int], probs: Mapping[str, Sequence[float]]
     base = table[:, 0]
     rare = [i for i in range(len(names)) if base[i] < rare_ratio * base.max()]
     leader = table.argmax(axis=0)
-    report: dict[str, Any] = {"rule": f"a class with base probability < {rare_ratio} x the base leader's leads "
-                                      "from some probe step to the end",
-                              "rare_classes": [names[i] for i in rare], "base": dict(zip(names, base.round(4).tolist())),
-                              "final": dict(zip(names, table[:, -1].round(4).tolist()))}
+    report: dict[str, Any] = {
+        "rule": f"a class with base probability < {rare_ratio} x the base leader's leads "
+        "from some probe step to the end",
+        "rare_classes": [names[i] for i in rare],
+        "base": dict(zip(names, base.round(4).tolist())),
+        "final": dict(zip(names, table[:, -1].round(4).tolist())),
+    }
     start = _first_persistent(leader, set(rare))
     if start is None:
         best = max(rare, key=lambda i: table[i].max()) if rare else None
         report.update(transition=False, leader_at_end=names[int(leader[-1])])
         if best is not None:
             peak = int(table[best].argmax())
-            report.update(best_rare_class=names[best], best_rare_peak=float(table[best, peak]),
-                          best_rare_peak_step=int(steps[peak]))
+            report.update(
+                best_rare_class=names[best],
+                best_rare_peak=float(table[best, peak]),
+                best_rare_peak_step=int(steps[peak]),
+            )
         return report
     before = table[:, :start]
     common = [i for i in range(len(names)) if i not in rare]
-    report.update(transition=True, step=int(steps[start]), new_leader=names[int(leader[start])],
-                  previous_leader=names[int(leader[start - 1])] if start else None)
+    report.update(
+        transition=True,
+        step=int(steps[start]),
+        new_leader=names[int(leader[start])],
+        previous_leader=names[int(leader[start - 1])] if start else None,
+    )
     if start and common:
         i = max(common, key=lambda c: before[c].max())
         peak = int(before[i].argmax())
-        report.update(exploitation_peak_class=names[i], exploitation_peak=float(before[i, peak]),
-                      exploitation_peak_step=int(steps[peak]))
+        report.update(
+            exploitation_peak_class=names[i],
+            exploitation_peak=float(before[i, peak]),
+            exploitation_peak_step=int(steps[peak]),
+        )
     return report
 
 
@@ -70,10 +86,14 @@ def describe(report: Mapping[str, Any]) -> str:
     if report.get("transition"):
         text = f"exploitation -> exploration at step {report['step']}: {report['new_leader']} (rare at the start) leads from then on"
         if "exploitation_peak" in report:
-            text += (f"; exploitation peak {report['exploitation_peak_class']}={report['exploitation_peak']:.3f} "
-                     f"at step {report['exploitation_peak_step']}")
+            text += (
+                f"; exploitation peak {report['exploitation_peak_class']}={report['exploitation_peak']:.3f} "
+                f"at step {report['exploitation_peak_step']}"
+            )
         return text
     if "best_rare_class" in report:
-        return (f"no exploitation -> exploration transition: {report['leader_at_end']} leads at the end; the best rare "
-                f"class {report['best_rare_class']} peaked at {report['best_rare_peak']:.4f} (step {report['best_rare_peak_step']})")
+        return (
+            f"no exploitation -> exploration transition: {report['leader_at_end']} leads at the end; the best rare "
+            f"class {report['best_rare_class']} peaked at {report['best_rare_peak']:.4f} (step {report['best_rare_peak_step']})"
+        )
     return "no exploitation -> exploration transition" + (f" ({report['reason']})" if "reason" in report else "")

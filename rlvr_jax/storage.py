@@ -16,8 +16,8 @@ import hashlib
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from etils import epath
 
@@ -48,12 +48,19 @@ def ensure_writable(folder: epath.Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
-    except Exception as err:  # noqa: BLE001 - gcsfs / google-auth / OS errors all mean "cannot write here"
-        hint = ("check that the bucket exists and that this machine's credentials may write to it "
-                "(`gcloud auth application-default login`, or the VM / pod service account)") if is_remote(folder) \
+    except Exception as err:  # - gcsfs / google-auth / OS errors all mean "cannot write here"
+        hint = (
+            (
+                "check that the bucket exists and that this machine's credentials may write to it "
+                "(`gcloud auth application-default login`, or the VM / pod service account)"
+            )
+            if is_remote(folder)
             else "check the path and its permissions"
-        raise StorageError(f"cannot write to the run directory {folder} ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''}): {hint}") from err
+        )
+        raise StorageError(
+            f"cannot write to the run directory {folder} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}): {hint}"
+        ) from err
 
 
 def write_text_atomic(path: epath.Path, text: str) -> None:

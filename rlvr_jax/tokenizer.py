@@ -7,8 +7,9 @@ wrapped in `PreTrainedTokenizerFast`, so they run exactly the code path of a rea
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,10 @@ def load_tokenizer(folder: str | Path) -> Any:
     try:
         tok = _generic_class(folder).from_pretrained(str(folder))
     except (OSError, ValueError) as err:
-        raise TokenizerError(f"{folder}: cannot load a tokenizer ({err}); it needs tokenizer.json or "
-                             "the files of a Hugging Face tokenizer") from err
+        raise TokenizerError(
+            f"{folder}: cannot load a tokenizer ({err}); it needs tokenizer.json or "
+            "the files of a Hugging Face tokenizer"
+        ) from err
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
@@ -74,32 +77,34 @@ def _generic_class(folder: Path) -> Any:
 def render_prompt(tok: Any, text: str, use_chat_template: bool = True, plain_template: str = "{prompt}") -> str:
     """The string the policy sees: chat template with a generation prompt when present."""
     if use_chat_template and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                       add_generation_prompt=True)
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     return plain_template.replace("{prompt}", text)
 
 
-def encode_left_padded(tok: Any, texts: Sequence[str], max_len: int | None = None,
-                       truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def encode_left_padded(
+    tok: Any, texts: Sequence[str], max_len: int | None = None, truncate: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and mask [B, P], left padded to `max_len` (or the longest prompt)."""
     ids = [tok.encode(t, add_special_tokens=False) for t in texts]
     longest = max(len(x) for x in ids)
     width = max_len or longest
     if longest > width and not truncate:
-        raise ValueError(f"a prompt has {longest} tokens, more than max_prompt_len={width}; raise the limit "
-                         "or set data.long_prompt=truncate")
+        raise ValueError(
+            f"a prompt has {longest} tokens, more than max_prompt_len={width}; raise the limit "
+            "or set data.long_prompt=truncate"
+        )
     out = np.full((len(ids), width), tok.pad_token_id, np.int32)
     mask = np.zeros((len(ids), width), np.int32)
     for row, x in enumerate(ids):
         x = x[-width:]  # keep the end of the prompt: the generation prompt must survive truncation
-        out[row, width - len(x):] = x
-        mask[row, width - len(x):] = 1
+        out[row, width - len(x) :] = x
+        mask[row, width - len(x) :] = 1
     return out, mask
 
 
 def stop_token_ids(tok: Any, extra: Iterable[int] = ()) -> tuple[int, ...]:
     """EOS plus the chat end-of-turn token when the vocabulary has one."""
-    ids = {i for i in extra}
+    ids = set(extra)
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
     end_turn = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else None
@@ -108,8 +113,12 @@ def stop_token_ids(tok: Any, extra: Iterable[int] = ()) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | Path | None = None,
-                        chat_template: str | None = CHATML_TEMPLATE) -> Any:
+def build_bpe_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path | None = None,
+    chat_template: str | None = CHATML_TEMPLATE,
+) -> Any:
     """Train a byte-level BPE on `corpus` and wrap it as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -117,11 +126,20 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | P
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|pad|>",
-                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"], padding_side="left")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        padding_side="left",
+    )
     if chat_template:
         tok.chat_template = chat_template
     if out_dir is not None:
@@ -129,9 +147,13 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: str | P
     return tok
 
 
-def build_bpe_tokenizer_with_special_tokens(corpus: Iterable[str], vocab_size: int, extra_special: Sequence[str],
-                                            out_dir: str | Path | None = None,
-                                            chat_template: str | None = CHATML_TEMPLATE) -> Any:
+def build_bpe_tokenizer_with_special_tokens(
+    corpus: Iterable[str],
+    vocab_size: int,
+    extra_special: Sequence[str],
+    out_dir: str | Path | None = None,
+    chat_template: str | None = CHATML_TEMPLATE,
+) -> Any:
     """`build_bpe_tokenizer` plus `extra_special` tokens, each one id that BPE never splits.
 
     The BPE is trained to `vocab_size - len(extra_special)` so the whole vocabulary stays within

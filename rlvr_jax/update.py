@@ -10,7 +10,8 @@ gradients are not finite leaves params and optimizer state untouched and is coun
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlvr_jax.config import LossConfig, OptimConfig, Schedule
 from rlvr_jax.dynamics import sampled_token_stats, update_shift_stats
-from rlvr_jax.loss import (combine_terms, completion_logp_entropy, completion_logp_top1, finalize_metrics, normaliser,
-                           policy_loss)
+from rlvr_jax.loss import (
+    combine_terms,
+    completion_logp_entropy,
+    completion_logp_top1,
+    finalize_metrics,
+    normaliser,
+    policy_loss,
+)
 from rlvr_jax.mesh import Rules, sharding_for, tree_shardings
 from rlvr_jax.types import TrainBatch, TrainState
 
@@ -53,8 +60,14 @@ def learning_rate(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW (no weight decay on vectors: norms and biases)."""
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
-    adamw = optax.adamw(learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    adamw = optax.adamw(
+        learning_rate(cfg, total_steps),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        mask=decay_mask,
+    )
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw) if cfg.max_grad_norm > 0 else adamw
 
 
@@ -70,8 +83,10 @@ def _split_rows(batch: TrainBatch, parts: int) -> TrainBatch:
         if x is None:
             return None
         if x.shape[0] % parts:
-            raise ValueError(f"{x.shape[0]} rollouts do not split into {parts} equal parts; make "
-                             "prompts_per_step * group_size divisible by mini_batches * micro_batches")
+            raise ValueError(
+                f"{x.shape[0]} rollouts do not split into {parts} equal parts; make "
+                "prompts_per_step * group_size divisible by mini_batches * micro_batches"
+            )
         return x.reshape(x.shape[0] // parts, parts, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree.map(split, batch, is_leaf=lambda x: x is None)
@@ -93,16 +108,18 @@ def _grads(graphdef: nnx.GraphDef, params: Any, mini: TrainBatch, spec: UpdateSp
         return grads, terms, loss
 
     def body(carry, micro):
-        g_acc, t_acc, l_acc = carry
-        (l, t), g = grad_fn(params, micro)
-        return (jax.tree.map(jnp.add, g_acc, g), combine_terms(t_acc, t), l_acc + l), None
+        g_acc, t_acc, loss_acc = carry
+        (loss, t), g = grad_fn(params, micro)
+        return (jax.tree.map(jnp.add, g_acc, g), combine_terms(t_acc, t), loss_acc + loss), None
 
     rest = jax.tree.map(lambda x: x[1:], micros)
     (grads, terms, loss), _ = jax.lax.scan(body, (grads, terms, loss), rest)
     return grads, terms, loss
 
 
-def _token_view(graphdef: nnx.GraphDef, params: Any, batch: TrainBatch, spec: UpdateSpec) -> tuple[jax.Array, jax.Array]:
+def _token_view(
+    graphdef: nnx.GraphDef, params: Any, batch: TrainBatch, spec: UpdateSpec
+) -> tuple[jax.Array, jax.Array]:
     """(log pi(y), log top-1 prob) at the sampled tokens, micro-batched like the loss (no gradients)."""
     parts = spec.optim.mini_batches * spec.optim.micro_batches
     fn = lambda b: completion_logp_top1(nnx.merge(graphdef, params), b, spec.loss.logits_chunk)  # noqa: E731
@@ -111,8 +128,14 @@ def _token_view(graphdef: nnx.GraphDef, params: Any, batch: TrainBatch, spec: Up
     return jax.lax.stop_gradient(merge(logp)), jax.lax.stop_gradient(merge(top1))
 
 
-def train_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               spec: UpdateSpec, dynamics: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: TrainBatch,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    spec: UpdateSpec,
+    dynamics: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """epochs x mini_batches optimizer steps over one rollout batch.
 
     Sampled-token statistics per advantage sign are always logged (they read only the batch); with
@@ -140,11 +163,19 @@ def train_step(state: TrainState, batch: TrainBatch, graphdef: nnx.GraphDef, tx:
 
     carry = (state.params, state.opt_state, state.skipped)
     (params, opt_state, skipped), (per_step, terms) = jax.lax.scan(opt_step, carry, schedule)
-    terms = jax.tree.map(lambda x: x[0], terms) if spec.optim.epochs * spec.optim.mini_batches == 1 else \
-        _reduce_terms(terms)
-    metrics = {**finalize_metrics(terms), "loss": per_step["loss"].mean(), "loss/first": per_step["loss"][0],
-               "grad_norm": per_step["grad_norm"].mean(), "update/skipped_total": skipped,
-               "update/optimizer_steps": jnp.asarray(per_step["loss"].shape[0], jnp.int32)}
+    terms = (
+        jax.tree.map(lambda x: x[0], terms)
+        if spec.optim.epochs * spec.optim.mini_batches == 1
+        else _reduce_terms(terms)
+    )
+    metrics = {
+        **finalize_metrics(terms),
+        "loss": per_step["loss"].mean(),
+        "loss/first": per_step["loss"][0],
+        "grad_norm": per_step["grad_norm"].mean(),
+        "update/skipped_total": skipped,
+        "update/optimizer_steps": jnp.asarray(per_step["loss"].shape[0], jnp.int32),
+    }
     metrics.update(stats)
     if dynamics:
         after = _token_view(graphdef, params, batch, spec)
@@ -160,14 +191,20 @@ def _reduce_terms(stacked: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def _fresh_state(tx: optax.GradientTransformation) -> Callable[[Any, jax.Array], TrainState]:
     def make(params: Any, key: jax.Array) -> TrainState:
-        return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32), key=key,
-                          skipped=jnp.zeros((), jnp.int32))
+        return TrainState(
+            params=params,
+            opt_state=tx.init(params),
+            step=jnp.zeros((), jnp.int32),
+            key=key,
+            skipped=jnp.zeros((), jnp.int32),
+        )
 
     return make
 
 
-def init_train_state(params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh,
-                     rules: Rules) -> TrainState:
+def init_train_state(
+    params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh, rules: Rules
+) -> TrainState:
     """The whole train state, created under jit directly in its sharded layout."""
     make = _fresh_state(tx)
     abstract = jax.eval_shape(make, params, key)
@@ -175,8 +212,9 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, key: jax.Arr
         return jax.jit(make, out_shardings=tree_shardings(abstract, mesh, rules))(params, key)
 
 
-def abstract_train_state(params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh,
-                         rules: Rules) -> TrainState:
+def abstract_train_state(
+    params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh, rules: Rules
+) -> TrainState:
     """Shapes, dtypes and target shardings of the train state, allocating nothing (a restore target)."""
     abstract = jax.eval_shape(_fresh_state(tx), params, key)
     shardings = tree_shardings(abstract, mesh, rules)
@@ -194,8 +232,9 @@ def batch_shardings(batch: TrainBatch, mesh: Mesh, rules: Rules) -> TrainBatch:
     return jax.tree.map(one, batch, is_leaf=lambda x: x is None)
 
 
-def jit_step(fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: TrainState, mesh: Mesh,
-             rules: Rules) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+def jit_step(
+    fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: TrainState, mesh: Mesh, rules: Rules
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Jit `fn(state, batch)` once per batch shape with explicit in/out shardings, donating the state."""
     state_sh = tree_shardings(state, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -205,8 +244,10 @@ def jit_step(fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: Tr
         key = str(jax.tree.map(lambda x: (x.shape, x.dtype), batch))
         if key not in compiled:
             batch_sh = batch_shardings(batch, mesh, rules)
-            compiled[key] = (batch_sh, jax.jit(fn, in_shardings=(state_sh, batch_sh),
-                                               out_shardings=(state_sh, replicated), donate_argnums=0))
+            compiled[key] = (
+                batch_sh,
+                jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0),
+            )
         batch_sh, fn_jit = compiled[key]
         # Rollout outputs (or host arrays) arrive in whatever layout produced them: put rows on the batch axes.
         batch = jax.device_put(batch, batch_sh)
@@ -216,8 +257,14 @@ def jit_step(fn: Callable[[TrainState, Any], tuple[TrainState, dict]], state: Tr
     return step
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: UpdateSpec, state: TrainState,
-                    mesh: Mesh, rules: Rules) -> Callable[..., tuple[TrainState, dict]]:
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    spec: UpdateSpec,
+    state: TrainState,
+    mesh: Mesh,
+    rules: Rules,
+) -> Callable[..., tuple[TrainState, dict]]:
     """The RL update step, jitted at this boundary: `step(state, batch, dynamics=False)` (two compiled
     variants; the one with the post-update pass runs every `logging.dynamics_every` steps)."""
     plain = jit_step(lambda s, b: train_step(s, b, graphdef, tx, spec), state, mesh, rules)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -30,12 +30,19 @@ END_OF_TURN = "<|im_end|>"
 
 
 def _fingerprint(cfg: Config) -> dict:
-    return {"recipe": 3, "warmstart": cfg.warmstart.model_dump(mode="json"), "arch": cfg.model.arch, "seed": cfg.run.seed,
-            "max_prompt_len": cfg.data.max_prompt_len, "max_new_tokens": cfg.rollout.max_new_tokens}
+    return {
+        "recipe": 3,
+        "warmstart": cfg.warmstart.model_dump(mode="json"),
+        "arch": cfg.model.arch,
+        "seed": cfg.run.seed,
+        "max_prompt_len": cfg.data.max_prompt_len,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+    }
 
 
-def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.sharding.Mesh,
-                      log: Callable[[str], None] = print) -> Path:
+def build_base_policy(
+    cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.sharding.Mesh, log: Callable[[str], None] = print
+) -> Path:
     """Return an HF folder with the warm-started policy and its tokenizer (reused when cached)."""
     record = out_dir / "warmstart.json"
     cached = record.is_file() and json.loads(record.read_text()).get("fingerprint") == _fingerprint(cfg)
@@ -68,15 +75,21 @@ def build_base_policy(cfg: Config, out_dir: Path, data_dir: Path, mesh: jax.shar
         losses.append(metrics["sft/loss"])
     final_loss = float(np.mean(jax.device_get(losses[-10:])))
     save_pretrained(tmp, arch, state.params, tok, write=writes)
-    info = {"fingerprint": _fingerprint(cfg), "final_loss": final_loss, "traces": len(traces),
-            "seconds": round(time.perf_counter() - start, 2)}
+    info = {
+        "fingerprint": _fingerprint(cfg),
+        "final_loss": final_loss,
+        "traces": len(traces),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     if writes:
         (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     sync("rlvr_jax_warmstart_done")
-    log(f"warm start: {spec.steps} SFT steps on {len(traces)} traces (choice + execution), final loss {final_loss:.3f}, "
-        f"{info['seconds']:.1f} s -> {out_dir}")
+    log(
+        f"warm start: {spec.steps} SFT steps on {len(traces)} traces (choice + execution), final loss {final_loss:.3f}, "
+        f"{info['seconds']:.1f} s -> {out_dir}"
+    )
     return out_dir
 
 
@@ -86,12 +99,20 @@ def _training_data(cfg: Config, tok, data_dir: Path) -> TrainBatch:
     faithful execution of every strategy: with the prior alone, S2 appears on about 16 hard problems
     in 4096 traces and the policy learns "S2 copies the first number" like S1, so the rare optimal
     strategy would not actually solve the hard subset."""
+
     def encode(prior: tuple[float, ...], seed: int, hard_fraction: float) -> TrainBatch:
-        traces = warmstart_examples(data_dir, prior=prior, warmstart_size=cfg.warmstart.traces, seed=seed,
-                                    hard_fraction=hard_fraction)
+        traces = warmstart_examples(
+            data_dir, prior=prior, warmstart_size=cfg.warmstart.traces, seed=seed, hard_fraction=hard_fraction
+        )
         prompts = [render_prompt(tok, t["prompt"], cfg.data.chat_template, cfg.data.plain_template) for t in traces]
-        return encode_traces(tok, prompts, [t["response"] for t in traces], cfg.data.max_prompt_len,
-                             cfg.rollout.max_new_tokens, END_OF_TURN)
+        return encode_traces(
+            tok,
+            prompts,
+            [t["response"] for t in traces],
+            cfg.data.max_prompt_len,
+            cfg.rollout.max_new_tokens,
+            END_OF_TURN,
+        )
 
     choice = encode(tuple(cfg.warmstart.prior), cfg.run.seed, 0.2)
     # Half hard: S1 and S2 differ only there, so execution traces show the difference often.
@@ -105,7 +126,8 @@ def _toy_arch(cfg: Config, tok) -> Arch:
     fields = dict(cfg.model.arch)
     fields.setdefault("vocab_size", len(tok))
     if fields["vocab_size"] < len(tok):
-        raise ValueError(f"model.arch.vocab_size={fields['vocab_size']} is smaller than the toy tokenizer "
-                         f"({len(tok)} tokens)")
+        raise ValueError(
+            f"model.arch.vocab_size={fields['vocab_size']} is smaller than the toy tokenizer ({len(tok)} tokens)"
+        )
     fields.update(eos_token_id=list(stop_token_ids(tok)), pad_token_id=int(tok.pad_token_id), bos_token_id=None)
     return Arch.from_hf(fields, source="config model.arch")

@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -89,8 +90,9 @@ class JsonlSink:
 class MetricWriter:
     """Append-only metrics.jsonl (+ TensorBoard events, which tensorboardX writes to gs:// itself)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None,
-                 append: bool = False):
+    def __init__(
+        self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None, append: bool = False
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         run_dir = as_path(run_dir)
         self.path = run_dir / "metrics.jsonl"
@@ -166,8 +168,12 @@ class RolloutLog:
         if self.every <= 0 or step % self.every:
             return
         tokens = [np.asarray(row[:n]).tolist() for row, n in zip(rollout.tokens, rollout.lengths)]
-        row = {"prompt_index": np.asarray(prompt_index).tolist(), "tokens": tokens, "text": texts,
-               "reward": np.asarray(rewards, dtype=float).tolist()}
+        row = {
+            "prompt_index": np.asarray(prompt_index).tolist(),
+            "tokens": tokens,
+            "text": texts,
+            "reward": np.asarray(rewards, dtype=float).tolist(),
+        }
         parts = allgather_objects(row)  # a collective: every process takes this branch at the same steps
         if self._sink is None:
             return

@@ -15,9 +15,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
-import pytest  # noqa: E402
+import pytest
 
-from tests import hf_fixtures  # noqa: E402
+from tests import hf_fixtures
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +46,8 @@ def toy_base(tmp_path_factory):
     from rlvr_jax.warmstart import build_base_policy
 
     out = tmp_path_factory.mktemp("toy_base")
-    cfg = load_config(cli.DEFAULT_CONFIG, ["warmstart.steps=30", "warmstart.traces=512", f"data.data_dir={out / 'data'}"])
+    cfg = load_config(
+        cli.DEFAULT_CONFIG, ["warmstart.steps=30", "warmstart.traces=512", f"data.data_dir={out / 'data'}"]
+    )
     folder = build_base_policy(cfg, out / "policy", out / "data", make_mesh(cfg.mesh), log=lambda _: None)
     return folder, out / "data"

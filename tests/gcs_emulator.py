@@ -67,8 +67,13 @@ objects.download, objects.insert, objects.delete = download, insert, delete
 
 from gcp_storage_emulator import server, settings  # noqa: E402  (after the patch: routes bind these)
 
-server.HANDLERS = ((rf"^{settings.API_ENDPOINT}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/"
-                    r"(?P<dest_object_id>.*[^/]+)$", {server.POST: move}),) + server.HANDLERS
+server.HANDLERS = (
+    (
+        rf"^{settings.API_ENDPOINT}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/"
+        r"(?P<dest_object_id>.*[^/]+)$",
+        {server.POST: move},
+    ),
+) + server.HANDLERS
 
 
 def main() -> None:

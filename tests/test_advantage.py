@@ -41,10 +41,15 @@ def _close(actual, expected):
 
 def test_grpo_binary_population_std():
     adv, weight = _adv(BINARY, eps=0.0)
-    _close(adv, [[SQRT3, -INV_SQRT3, -INV_SQRT3, -INV_SQRT3],
-                 [INV_SQRT3, INV_SQRT3, INV_SQRT3, -SQRT3],
-                 [1.0, 1.0, -1.0, -1.0],
-                 [0.0, 0.0, 0.0, 0.0]])
+    _close(
+        adv,
+        [
+            [SQRT3, -INV_SQRT3, -INV_SQRT3, -INV_SQRT3],
+            [INV_SQRT3, INV_SQRT3, INV_SQRT3, -SQRT3],
+            [1.0, 1.0, -1.0, -1.0],
+            [0.0, 0.0, 0.0, 0.0],
+        ],
+    )
     np.testing.assert_array_equal(weight, np.ones((4, 4), np.float32))
 
 
@@ -52,10 +57,15 @@ def test_grpo_negative_only_penalises_wrong_by_sqrt_p_over_1_minus_p():
     # GRPO-N: the advantage is computed on the full group, then clipped at 0. A wrong rollout keeps
     # -sqrt(p/(1-p)); the all-wrong group gives no signal at all (unlike NSR below).
     adv, _ = _adv(BINARY, eps=0.0, sign=SignFilter.negative_only)
-    _close(adv, [[0.0, -INV_SQRT3, -INV_SQRT3, -INV_SQRT3],
-                 [0.0, 0.0, 0.0, -SQRT3],
-                 [0.0, 0.0, -1.0, -1.0],
-                 [0.0, 0.0, 0.0, 0.0]])
+    _close(
+        adv,
+        [
+            [0.0, -INV_SQRT3, -INV_SQRT3, -INV_SQRT3],
+            [0.0, 0.0, 0.0, -SQRT3],
+            [0.0, 0.0, -1.0, -1.0],
+            [0.0, 0.0, 0.0, 0.0],
+        ],
+    )
 
 
 def test_grpo_positive_only_and_full_sign_filters():
@@ -142,10 +152,13 @@ def test_correct_threshold_moves_the_nsr_cut():
     np.testing.assert_array_equal(weight, [[0, 0, 1, 1]])
 
 
-@pytest.mark.parametrize("w_lambda, expected", [
-    (0.1, [[-1.0, 0.1, -1.0, -1.0]]),  # the paper's default
-    (0.5, [[-1.0, 0.5, -1.0, -1.0]]),
-])
+@pytest.mark.parametrize(
+    "w_lambda, expected",
+    [
+        (0.1, [[-1.0, 0.1, -1.0, -1.0]]),  # the paper's default
+        (0.5, [[-1.0, 0.5, -1.0, -1.0]]),
+    ],
+)
 def test_w_reinforce_table(w_lambda, expected):
     adv, weight = _adv(GRADED, estimator="w_reinforce", w_lambda=w_lambda)
     _close(adv, expected)
@@ -210,7 +223,10 @@ def test_group_stats():
     # correct (>= 1.0): 4 + 0 + 1 + 1 = 6 of 16; all-correct groups: row 0; all-wrong: row 1.
     stats = group_stats(jnp.asarray([[1.0] * 4, [0.0] * 4, BINARY[0], GRADED[0]]), 1.0)
     assert {k: float(v) for k, v in stats.items()} == {
-        "correct_ratio": 0.375, "all_correct_ratio": 0.25, "all_wrong_ratio": 0.25}
+        "correct_ratio": 0.375,
+        "all_correct_ratio": 0.25,
+        "all_wrong_ratio": 0.25,
+    }
 
 
 def _mixed_rewards(group_size):

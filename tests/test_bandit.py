@@ -8,8 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax.bandit import (BanditSpec, RewardNoise, add_bandit_parser, entropy, run_bandit, sample_rewards, simulate,
-                             simulate_one, summarize, surrogate)
+from rlvr_jax.bandit import (
+    BanditSpec,
+    RewardNoise,
+    add_bandit_parser,
+    entropy,
+    run_bandit,
+    sample_rewards,
+    simulate,
+    simulate_one,
+    summarize,
+    surrogate,
+)
 from rlvr_jax.config import AdvantageConfig
 
 SEEDS = (0, 1, 2)
@@ -104,8 +114,9 @@ def test_negative_only_grpo_never_crosses_and_starves_a2():
 
 def test_cli_writes_summary_and_figure(tmp_path, full_grpo):
     out = tmp_path / "run"
-    args = _parser().parse_args(["bandit", "--estimator", "grpo", "--sign", "full", "--seeds", "0,1,2",
-                                 "--out", str(out)])
+    args = _parser().parse_args(
+        ["bandit", "--estimator", "grpo", "--sign", "full", "--seeds", "0,1,2", "--out", str(out)]
+    )
     assert run_bandit(args) == 0
     result = json.loads((out / "summary.json").read_text())
     assert result["seeds"] == [0, 1, 2] and result["args"]["p0"] == [0.30, 0.01, 0.69]
@@ -116,15 +127,18 @@ def test_cli_writes_summary_and_figure(tmp_path, full_grpo):
     np.testing.assert_array_equal(np.load(out / "trajectories.npz")["probs"], full_grpo[0])
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--p0", "0.5,0.5", "3 comma-separated"),
-    ("--p0", "0.5,0.6,0.1", "sum to 1"),
-    ("--p0", "0,0.31,0.69", "positive"),
-    ("--p0", "a,b,c", "3 comma-separated"),
-    ("--rewards", "1,2", "3 comma-separated"),
-    ("--rewards", "nan,1,0", "finite"),
-    ("--seeds", "0,x", "integers"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--p0", "0.5,0.5", "3 comma-separated"),
+        ("--p0", "0.5,0.6,0.1", "sum to 1"),
+        ("--p0", "0,0.31,0.69", "positive"),
+        ("--p0", "a,b,c", "3 comma-separated"),
+        ("--rewards", "1,2", "3 comma-separated"),
+        ("--rewards", "nan,1,0", "finite"),
+        ("--seeds", "0,x", "integers"),
+    ],
+)
 def test_bad_arguments_are_argparse_errors(capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(["bandit", flag, value])
@@ -132,12 +146,15 @@ def test_bad_arguments_are_argparse_errors(capsys, flag, value, message):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--bernoulli", "--rewards", "2,1,0"], "[0, 1]"),
-    (["--bernoulli-per-group", "--rewards", "1.5,1,0"], "[0, 1]"),
-    (["--group-size", "1"], "--group-size must be >= 2 for grpo"),
-    (["--steps", "0", "--lr", "0"], "--steps must be >= 1; --lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bernoulli", "--rewards", "2,1,0"], "[0, 1]"),
+        (["--bernoulli-per-group", "--rewards", "1.5,1,0"], "[0, 1]"),
+        (["--group-size", "1"], "--group-size must be >= 2 for grpo"),
+        (["--steps", "0", "--lr", "0"], "--steps must be >= 1; --lr must be > 0"),
+    ],
+)
 def test_inconsistent_arguments_exit_with_a_message(tmp_path, argv, message):
     args = _parser().parse_args(["bandit", "--out", str(tmp_path), *argv])
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):

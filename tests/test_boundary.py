@@ -54,13 +54,18 @@ def test_k_values_and_means():
 
 
 def test_summary_per_subset():
-    problems = [{"id": "a", "subset": "hard", "c": 0}, {"id": "b", "subset": "hard", "c": 2},
-                {"id": "c", "subset": "", "c": 4}, {"id": "d", "subset": "", "c": 1}]
+    problems = [
+        {"id": "a", "subset": "hard", "c": 0},
+        {"id": "b", "subset": "hard", "c": 2},
+        {"id": "c", "subset": "", "c": 4},
+        {"id": "d", "subset": "", "c": 1},
+    ]
     out = summarize(problems, 4)
     assert out["problems"] == 4 and list(out["pass_at_k"]) == ["1", "2", "4"]
     assert out["pass_at_k"]["1"] == pytest.approx((0 + 2 + 4 + 1) / 16)
-    assert out["subsets"] == {"hard": {"problems": 2, "pass_at_k": {"1": 0.25, "2": pytest.approx((0 + 5 / 6) / 2),
-                                                                     "4": 0.5}}}
+    assert out["subsets"] == {
+        "hard": {"problems": 2, "pass_at_k": {"1": 0.25, "2": pytest.approx((0 + 5 / 6) / 2), "4": 0.5}}
+    }
 
 
 def test_boundary_sets():

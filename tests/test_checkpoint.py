@@ -15,8 +15,18 @@ from rlvr_jax.model import Arch, init_params
 from rlvr_jax.preemption import StopRequest
 from rlvr_jax.update import abstract_train_state, init_train_state, make_optimizer
 
-ARCH = Arch.from_hf(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+ARCH = Arch.from_hf(
+    dict(
+        model_type="qwen2",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+)
 MESH_A = MeshConfig(data=2, fsdp=2, tensor=2)
 MESH_B = MeshConfig(data=1, fsdp=4, tensor=2)
 
@@ -34,7 +44,9 @@ def target_on(mesh_cfg, params, tx):
 
 
 def leaves_equal(a, b):
-    return all(np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(
+        np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def test_round_trip_onto_another_mesh_is_bit_exact(state, tmp_path):
@@ -59,15 +71,16 @@ def test_keeps_the_latest_k_and_the_best(state, tmp_path):
         ckpt.save(step, train_state, {}, {"eval/acc": score} if score is not None else {"loss": 1.0})
     assert ckpt.steps() == [3, 5, 6]  # the latest two, plus step 3 (best eval/acc)
     ckpt.close()
-    reopened = Checkpointer(tmp_path, CheckpointConfig(keep=2, best_metric="eval/acc", best_mode="min",
-                                                       async_save=False))
+    reopened = Checkpointer(
+        tmp_path, CheckpointConfig(keep=2, best_metric="eval/acc", best_mode="min", async_save=False)
+    )
     reopened.save(7, train_state, {}, {"eval/acc": 0.5})
     assert reopened.steps() == [5, 6, 7]  # min mode: step 5 (0.1) is now the best
     reopened.close()
 
 
 def test_shape_change_is_an_error_not_corruption(state, tmp_path):
-    train_state, _, tx = state
+    train_state, _, _tx = state
     ckpt = Checkpointer(tmp_path, CheckpointConfig(async_save=False))
     ckpt.save(1, train_state, {})
     wider = Arch.from_hf({**ARCH.to_hf(), "intermediate_size": 96})
@@ -81,7 +94,7 @@ def test_shape_change_is_an_error_not_corruption(state, tmp_path):
 
 
 def test_fingerprint_sees_every_bit_and_ignores_layout(state):
-    train_state, params, _ = state
+    _train_state, params, _ = state
     assert fingerprint(params) == fingerprint(jax.device_put(params, jax.devices()[0]))
     flipped = jax.tree.map(lambda x: x, params)
     value = np.asarray(flipped["final_norm"]["scale"].get_value()).copy()
@@ -92,12 +105,33 @@ def test_fingerprint_sees_every_bit_and_ignores_layout(state):
 
 def test_config_changes_are_classified():
     saved = load_config(None).model_dump(mode="json")
-    changes = ConfigChanges.between(saved, load_config(None, [
-        "run.steps=500", "logging.every=5", "mesh.fsdp=4", "eval.every=10", "optim.lr=0.1",
-        "advantage.sign=negative_only", "model.param_dtype=bfloat16", "model.dtype=bfloat16"]))
-    assert changes.harmless == ["eval.every: 0 -> 10", "logging.every: 1 -> 5", "mesh.fsdp: -1 -> 4", "run.steps: 100 -> 500"]
-    assert changes.trajectory == ["advantage.sign: 'full' -> 'negative_only'", "model.dtype: 'float32' -> 'bfloat16'",
-                                  "optim.lr: 1e-05 -> 0.1"]
+    changes = ConfigChanges.between(
+        saved,
+        load_config(
+            None,
+            [
+                "run.steps=500",
+                "logging.every=5",
+                "mesh.fsdp=4",
+                "eval.every=10",
+                "optim.lr=0.1",
+                "advantage.sign=negative_only",
+                "model.param_dtype=bfloat16",
+                "model.dtype=bfloat16",
+            ],
+        ),
+    )
+    assert changes.harmless == [
+        "eval.every: 0 -> 10",
+        "logging.every: 1 -> 5",
+        "mesh.fsdp: -1 -> 4",
+        "run.steps: 100 -> 500",
+    ]
+    assert changes.trajectory == [
+        "advantage.sign: 'full' -> 'negative_only'",
+        "model.dtype: 'float32' -> 'bfloat16'",
+        "optim.lr: 1e-05 -> 0.1",
+    ]
     assert changes.state == ["model.param_dtype: 'float32' -> 'bfloat16'"]
     assert ConfigChanges.between(saved, load_config(None)) == ConfigChanges([], [], [])
 

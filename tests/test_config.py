@@ -6,8 +6,23 @@ import pydantic
 import pytest
 
 from rlvr_jax.config import (
-    Aggregation, Config, ConfigError, DistributedInit, DType, Estimator, KLEstimator, LongPrompt, MeshConfig,
-    PolicyObjective, Schedule, SignFilter, StdMode, apply_override, load_config, parse_yaml_value, save_config,
+    Aggregation,
+    Config,
+    ConfigError,
+    DistributedInit,
+    DType,
+    Estimator,
+    KLEstimator,
+    LongPrompt,
+    MeshConfig,
+    PolicyObjective,
+    Schedule,
+    SignFilter,
+    StdMode,
+    apply_override,
+    load_config,
+    parse_yaml_value,
+    save_config,
     validate,
 )
 
@@ -42,7 +57,9 @@ def test_defaults_validate():
 
 
 def test_yaml_file_and_dotted_overrides(tmp_path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 run:
   name: exp1
   steps: 7
@@ -54,9 +71,19 @@ optim:
   schedule: cosine
 advantage:
   estimator: rloo
-""")
-    cfg = load_config(path, ["rollout.temperature=0.7", "optim.lr=1e-5", "advantage.sign=negative_only",
-                             "mesh.distributed.init=never", "mesh.data=2", "data.long_prompt=truncate"])
+""",
+    )
+    cfg = load_config(
+        path,
+        [
+            "rollout.temperature=0.7",
+            "optim.lr=1e-5",
+            "advantage.sign=negative_only",
+            "mesh.distributed.init=never",
+            "mesh.data=2",
+            "data.long_prompt=truncate",
+        ],
+    )
     assert cfg.run.name == "exp1" and cfg.run.steps == 7
     assert cfg.rollout.group_size == 4  # from the file, untouched by the overrides
     assert cfg.rollout.temperature == 0.7
@@ -149,8 +176,9 @@ def test_unknown_key_without_close_match_lists_valid_keys():
     assert "lr" in message and "warmup_steps" in message
 
 
-@pytest.mark.parametrize("override", ["rollout.max_new_tokens=abc", "rollout.max_new_tokens=1.5",
-                                      "rollout.max_new_tokens=true"])
+@pytest.mark.parametrize(
+    "override", ["rollout.max_new_tokens=abc", "rollout.max_new_tokens=1.5", "rollout.max_new_tokens=true"]
+)
 def test_wrong_type_names_key(override):
     message = _error([override])
     assert "'rollout.max_new_tokens'" in message
@@ -175,11 +203,19 @@ def test_every_error_is_reported():
     assert "'rollout.max_new_tokens'" in message and "'optim.lrr'" in message
 
 
-@pytest.mark.parametrize("key,enum_type", [
-    ("advantage.sign", SignFilter), ("advantage.estimator", Estimator), ("advantage.std", StdMode),
-    ("loss.objective", PolicyObjective), ("loss.kl_estimator", KLEstimator), ("loss.aggregation", Aggregation),
-    ("model.dtype", DType), ("mesh.distributed.init", DistributedInit),
-])
+@pytest.mark.parametrize(
+    "key,enum_type",
+    [
+        ("advantage.sign", SignFilter),
+        ("advantage.estimator", Estimator),
+        ("advantage.std", StdMode),
+        ("loss.objective", PolicyObjective),
+        ("loss.kl_estimator", KLEstimator),
+        ("loss.aggregation", Aggregation),
+        ("model.dtype", DType),
+        ("mesh.distributed.init", DistributedInit),
+    ],
+)
 def test_bad_enum_lists_choices(key, enum_type):
     message = _error([f"{key}=bogus"])
     assert f"'{key}'" in message and "'bogus'" in message
@@ -220,15 +256,34 @@ def test_empty_yaml_gives_defaults(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    cfg = load_config(None, [
-        "run.name=round_trip", "run.seed=7", "run.run_dir=/tmp/somewhere", "model.path=/models/qwen",
-        "model.param_dtype=bfloat16", "model.remat=true", "model.arch.hidden_size=64",
-        "model.arch.rope_scaling.factor=8.0", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
-        "mesh.distributed.init=never", "mesh.distributed.coordinator_address=10.0.0.1:1234",
-        "advantage.sign=negative_only", "advantage.estimator=w_reinforce", "advantage.w_lambda=0.25",
-        "loss.dual_clip=3.0", "loss.kl_beta=0.01", "loss.aggregation=seq_mean_token_sum_norm",
-        "optim.lr=3e-6", "optim.schedule=cosine", "eval.max_problems=10", "data.plain_template='Q: {prompt} A:'",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "run.name=round_trip",
+            "run.seed=7",
+            "run.run_dir=/tmp/somewhere",
+            "model.path=/models/qwen",
+            "model.param_dtype=bfloat16",
+            "model.remat=true",
+            "model.arch.hidden_size=64",
+            "model.arch.rope_scaling.factor=8.0",
+            "mesh.data=2",
+            "mesh.fsdp=2",
+            "mesh.tensor=2",
+            "mesh.distributed.init=never",
+            "mesh.distributed.coordinator_address=10.0.0.1:1234",
+            "advantage.sign=negative_only",
+            "advantage.estimator=w_reinforce",
+            "advantage.w_lambda=0.25",
+            "loss.dual_clip=3.0",
+            "loss.kl_beta=0.01",
+            "loss.aggregation=seq_mean_token_sum_norm",
+            "optim.lr=3e-6",
+            "optim.schedule=cosine",
+            "eval.max_problems=10",
+            "data.plain_template='Q: {prompt} A:'",
+        ],
+    )
     assert cfg != Config()
     path = tmp_path / "sub" / "config.yaml"
     save_config(cfg, path)
@@ -261,8 +316,11 @@ def test_configs_are_frozen():
 _NO_CONFIGS = [pytest.param(None, marks=pytest.mark.skip(reason="no configs/*.yaml yet"))]
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES or _NO_CONFIGS,
-                         ids=lambda p: str(p.relative_to(CONFIGS_DIR)) if isinstance(p, Path) else "none")
+@pytest.mark.parametrize(
+    "path",
+    CONFIG_FILES or _NO_CONFIGS,
+    ids=lambda p: str(p.relative_to(CONFIGS_DIR)) if isinstance(p, Path) else "none",
+)
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)

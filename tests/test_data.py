@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import operator
 import re
@@ -14,10 +15,17 @@ import numpy as np
 import pytest
 
 from rlvr_jax.config import DataConfig
-from rlvr_jax.data import (STRATEGY_TOKENS, DataError, PromptPipeline, decode_record, load_task_source,
-                           toy_tokenizer, warmstart_examples)
+from rlvr_jax.data import (
+    STRATEGY_TOKENS,
+    DataError,
+    PromptPipeline,
+    decode_record,
+    load_task_source,
+    toy_tokenizer,
+    warmstart_examples,
+)
 from rlvr_jax.data.official import last_boxed
-from rlvr_jax.data.toy_strategy import execute, exact_counts
+from rlvr_jax.data.toy_strategy import exact_counts, execute
 from rlvr_jax.tokenizer import load_tokenizer, render_prompt
 
 TOY = dict(train_size=1000, test_size=200, warmstart_size=4000)  # warmstart big enough to see a 2% prior
@@ -93,11 +101,14 @@ def test_toy_parameters_change_the_dataset(tmp_path):
     assert exact_counts(7, (0.3, 0.02, 0.68)).tolist() == [2, 0, 5]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(bogus=1), r"unknown ToyStrategyConfig parameter.*bogus.*valid:.*hard_fraction"),
-    (dict(prior=(0.5, 0.6, 0.0)), r"prior must be 3 non-negative numbers summing to 1"),
-    (dict(hard_fraction=1.5), r"hard_fraction must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(bogus=1), r"unknown ToyStrategyConfig parameter.*bogus.*valid:.*hard_fraction"),
+        (dict(prior=(0.5, 0.6, 0.0)), r"prior must be 3 non-negative numbers summing to 1"),
+        (dict(hard_fraction=1.5), r"hard_fraction must be in \[0, 1\]"),
+    ],
+)
 def test_toy_bad_parameters(tmp_path, kwargs, match):
     with pytest.raises(DataError, match=match):
         load_task_source("toy_strategy", "train", tmp_path, **kwargs)
@@ -128,12 +139,14 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
 def safe_eval(expr: str) -> int:
     """Integers joined by + - * and parentheses, nothing else."""
+
     def ev(node: ast.AST) -> int:
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return node.value
         raise ValueError(f"unexpected {ast.dump(node)}")
+
     return ev(ast.parse(expr, mode="eval").body)
 
 
@@ -166,8 +179,10 @@ def _write_jsonl(path: Path, records: list) -> None:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
 
 
-GSM_ROWS = [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
-            {"question": "A farm has 1,234 cows.", "answer": "So 1,234.\n#### 1,234"}]
+GSM_ROWS = [
+    {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+    {"question": "A farm has 1,234 cows.", "answer": "So 1,234.\n#### 1,234"},
+]
 
 
 def test_gsm8k_from_official_files(tmp_path):
@@ -181,13 +196,16 @@ def test_gsm8k_from_official_files(tmp_path):
     assert len(load_task_source("gsm8k", "test", tmp_path / "tfds")) == 1
 
 
-@pytest.mark.parametrize("train, match", [
-    (None, r"test\.jsonl not found: put the official GSM8K files"),
-    ([GSM_ROWS[0], "{not json"], r"train\.jsonl line 2: not valid JSON"),
-    ([GSM_ROWS[0], {"question": "q"}], r"train\.jsonl line 2: missing text field\(s\) \['answer'\]"),
-    ([{"question": "q", "answer": "42"}], r"train\.jsonl line 1: the answer has no final value after '####'"),
-    ([], r"train\.jsonl holds no examples"),
-])
+@pytest.mark.parametrize(
+    "train, match",
+    [
+        (None, r"test\.jsonl not found: put the official GSM8K files"),
+        ([GSM_ROWS[0], "{not json"], r"train\.jsonl line 2: not valid JSON"),
+        ([GSM_ROWS[0], {"question": "q"}], r"train\.jsonl line 2: missing text field\(s\) \['answer'\]"),
+        ([{"question": "q", "answer": "42"}], r"train\.jsonl line 1: the answer has no final value after '####'"),
+        ([], r"train\.jsonl holds no examples"),
+    ],
+)
 def test_gsm8k_bad_input(tmp_path, train, match):
     manual = tmp_path / "manual"  # files directly in manual_dir also work
     _write_jsonl(manual / "train.jsonl", GSM_ROWS if train is None else train)
@@ -230,12 +248,17 @@ def test_math_from_the_official_tree(tmp_path):
     assert data[0]["prompt"] == "p2"  # instruction="" leaves the problem as it is
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"train/algebra/3.json": _math("p", "no box here")}, r"algebra/3\.json: the solution has no complete"),
-    ({"train/algebra/3.json": "{oops"}, r"algebra/3\.json: not valid JSON"),
-    ({"train/algebra/3.json": {"problem": "p", "solution": r"\boxed{1}", "type": "x"}},
-     r"algebra/3\.json: missing text field\(s\) \['level'\]"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"train/algebra/3.json": _math("p", "no box here")}, r"algebra/3\.json: the solution has no complete"),
+        ({"train/algebra/3.json": "{oops"}, r"algebra/3\.json: not valid JSON"),
+        (
+            {"train/algebra/3.json": {"problem": "p", "solution": r"\boxed{1}", "type": "x"}},
+            r"algebra/3\.json: missing text field\(s\) \['level'\]",
+        ),
+    ],
+)
 def test_math_bad_input(tmp_path, bad, match):
     _write_math(tmp_path / "manual", {**MATH_FILES, **bad})
     with pytest.raises(DataError, match=match):
@@ -293,7 +316,7 @@ def test_process_shards_union_is_the_single_process_batch(data_dir, tok, count):
         shards = [p.batch(step) for p in parts]
         assert all(s.arrays["tokens"].shape == (8 // count, 16) for s in shards)
         whole = single.batch(step)
-        assert sum((s.examples for s in shards), []) == whole.examples
+        assert functools.reduce(operator.iadd, (s.examples for s in shards), []) == whole.examples
         for key in ("tokens", "mask", "index"):
             np.testing.assert_array_equal(np.concatenate([s.arrays[key] for s in shards]), whole.arrays[key])
     with pytest.raises(DataError, match="must divide evenly over 3 processes"):
@@ -309,13 +332,16 @@ def test_prompts_are_left_padded_renderings(data_dir, tok):
             assert mask.tolist() == [0] * (16 - n) + [1] * n
             assert (tokens[: 16 - n] == tok.pad_token_id).all()
             expected = render_prompt(tok, ex["prompt"]) if chat else f"Q: {ex['prompt']}\nA:"
-            assert tok.decode(tokens[16 - n:].tolist()) == expected
+            assert tok.decode(tokens[16 - n :].tolist()) == expected
         assert b.metrics == {"data/truncated": 0.0}
 
 
 def test_long_prompts_error_or_truncate(data_dir, tok):
-    with pytest.raises(DataError, match=r"example toy_strategy/train/\d+ has a 11-token prompt, more than "
-                                        r"data.max_prompt_len=6"):
+    with pytest.raises(
+        DataError,
+        match=r"example toy_strategy/train/\d+ has a 11-token prompt, more than "
+        r"data.max_prompt_len=6",
+    ):
         _pipe(data_dir, tok, max_prompt_len=6).batch(0)
     b = _pipe(data_dir, tok, max_prompt_len=6, long_prompt="truncate").batch(0)
     full = tok.encode(render_prompt(tok, b.examples[0]["prompt"]), add_special_tokens=False)
@@ -345,8 +371,13 @@ def test_a_fresh_process_reads_the_built_dataset(data_dir, toy_train):
         "raw = tfds.builder_from_directory(sys.argv[2]).as_data_source(split='train')\n"
         "print(json.dumps([[decode_record(src[i]) for i in range(3)], decode_record(raw[999])]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(data_dir), str(info.parent)], capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(data_dir), str(info.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     first, last = json.loads(out.stdout.strip().splitlines()[-1])
     assert first == toy_train[:3] and last == toy_train[999]
     assert info.stat().st_mtime_ns == built_at  # read, not rebuilt

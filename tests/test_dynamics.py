@@ -69,8 +69,10 @@ def test_post_update_pass_measures_without_changing_the_update(setup):
     step = make_train_step(graphdef, tx, spec, fresh(), mesh, TRAIN_RULES)
     plain_state, plain = step(fresh(), batch)
     measured_state, measured = step(fresh(), batch, True)
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain_state.params),
-                                                     jax.tree.leaves(measured_state.params)))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(plain_state.params), jax.tree.leaves(measured_state.params))
+    )
     assert "dyn/dlogp/pos" not in plain and "dyn/pi_old/pos" in plain
     m = jax.device_get(measured)
     assert m["dyn/sampler_mismatch/max"] < 1e-5
@@ -80,7 +82,7 @@ def test_post_update_pass_measures_without_changing_the_update(setup):
 
 
 def test_probe_reads_the_last_real_position_of_left_padded_prompts(setup):
-    mesh, graphdef, params, _, _ = setup
+    _mesh, graphdef, params, _, _ = setup
     tokens = jnp.asarray([[1, 1, 5, 6, 7], [8, 9, 10, 11, 12]], jnp.int32)
     mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], jnp.int32)
     member = np.zeros((3, ARCH.vocab_size), np.float32)
@@ -88,8 +90,14 @@ def test_probe_reads_the_last_real_position_of_left_padded_prompts(setup):
     applies = np.array([[1, 1, 1], [1, 1, 0]], np.float32)  # class 2 only on prompt 0
     from flax import nnx
 
-    got = np.asarray(class_probabilities(nnx.merge(graphdef, params), PromptBatch(tokens, mask, jnp.arange(2)),
-                                         jnp.asarray(member), jnp.asarray(applies)))
+    got = np.asarray(
+        class_probabilities(
+            nnx.merge(graphdef, params),
+            PromptBatch(tokens, mask, jnp.arange(2)),
+            jnp.asarray(member),
+            jnp.asarray(applies),
+        )
+    )
     short = np.asarray(jax.nn.softmax(forward(graphdef, params, tokens[:1, 2:], mask[:1, 2:])[0, -1]))
     full = np.asarray(jax.nn.softmax(forward(graphdef, params, tokens[1:], mask[1:])[0, -1]))
     expected = [(short[3] + full[3]) / 2, (short[4] + short[5] + full[4] + full[5]) / 2, short[9]]
@@ -104,8 +112,9 @@ def test_statistics_split_by_the_unfiltered_advantage(setup):
     mesh, graphdef, params, tx, spec = setup
     batch = make_batch(0)
     filtered = batch.replace(adv=jnp.minimum(batch.adv, 0.0), adv_unfiltered=batch.adv)
-    step = make_train_step(graphdef, tx, spec, init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES),
-                           mesh, TRAIN_RULES)
+    step = make_train_step(
+        graphdef, tx, spec, init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES), mesh, TRAIN_RULES
+    )
     _, m = step(init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES), filtered, True)
     m = jax.device_get(m)
     positive_tokens = float(np.sum(np.asarray(batch.mask)[np.asarray(batch.adv) > 0]))

@@ -28,16 +28,18 @@ def test_help(script):
 
 def test_shellcheck_clean():
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
-    done = subprocess.run([shellcheck, "-x", *map(str, sorted(LAUNCH.glob("*.sh")))], capture_output=True, text=True,
-                          cwd=LAUNCH.parent)
+    done = subprocess.run(
+        [shellcheck, "-x", *map(str, sorted(LAUNCH.glob("*.sh")))], capture_output=True, text=True, cwd=LAUNCH.parent
+    )
     assert done.returncode == 0, done.stdout
 
 
 def test_local_dry_run():
     done = sh("local.sh", "--run-dir", "runs/a", "--dry-run", "--", "run.steps=5", "advantage.sign=negative_only")
     assert done.returncode == 0, done.stderr
-    assert commands(done.stdout) == [f"{LAUNCH.parent}/.venv/bin/rlvr-jax train --run-dir runs/a run.steps=5 "
-                                     "advantage.sign=negative_only"]
+    assert commands(done.stdout) == [
+        f"{LAUNCH.parent}/.venv/bin/rlvr-jax train --run-dir runs/a run.steps=5 advantage.sign=negative_only"
+    ]
 
 
 TPU = ["--project", "proj", "--zone", "us-west4-a", "--name", "slice1", "--dry-run"]
@@ -45,35 +47,57 @@ TPU = ["--project", "proj", "--zone", "us-west4-a", "--name", "slice1", "--dry-r
 
 def test_tpu_vm_lifecycle_dry_run():
     created = commands(sh("tpu_vm.sh", "create", *TPU, "--accelerator", "v5litepod-16", "--spot").stdout)
-    assert created[0] == ("gcloud compute tpus queued-resources create slice1 --project proj --zone us-west4-a "
-                          "--node-id slice1 --accelerator-type v5litepod-16 --runtime-version v2-alpha-tpuv5-lite --spot")
+    assert created[0] == (
+        "gcloud compute tpus queued-resources create slice1 --project proj --zone us-west4-a "
+        "--node-id slice1 --accelerator-type v5litepod-16 --runtime-version v2-alpha-tpuv5-lite --spot"
+    )
     setup = commands(sh("tpu_vm.sh", "setup", *TPU, "--bucket", "my-bucket").stdout)
     assert setup[0].startswith("git -C") and "archive" in setup[0]
     assert setup[1].startswith("gcloud compute tpus tpu-vm scp") and "--worker=all" in setup[1]
     assert "--worker=all" in setup[2] and "gcsfuse\\ -o\\ ro\\ --implicit-dirs\\ my-bucket\\ /mnt/gcs" in setup[2]
     train = commands(sh("tpu_vm.sh", "train", *TPU, "--bucket", "my-bucket", "--", "run.steps=50").stdout)
     assert len(train) == 1 and "--worker=all" in train[0]
-    assert "rlvr-jax\\ train\\ --config\\ configs/toy_strategy.yaml\\ --run-dir\\ gs://my-bucket/runs/slice1" in train[0]
+    assert (
+        "rlvr-jax\\ train\\ --config\\ configs/toy_strategy.yaml\\ --run-dir\\ gs://my-bucket/runs/slice1" in train[0]
+    )
     assert "run.steps=50" in train[0]
     assert "pkill\\ -TERM" in commands(sh("tpu_vm.sh", "stop", *TPU).stdout)[0]
     assert commands(sh("tpu_vm.sh", "delete", *TPU).stdout) == [
-        "gcloud compute tpus queued-resources delete slice1 --project proj --zone us-west4-a --force --quiet"]
+        "gcloud compute tpus queued-resources delete slice1 --project proj --zone us-west4-a --force --quiet"
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["create", "--zone", "z", "--name", "n", "--dry-run"], "missing --project (or $PROJECT)"),
-    (["create", "--project", "p", "--zone", "z", "--name", "n", "--dry-run"], "missing --accelerator"),
-    (["train", "--project", "p", "--zone", "z", "--name", "n", "--dry-run"], "missing --bucket"),
-    (["launch", "--dry-run"], "unknown action 'launch'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["create", "--zone", "z", "--name", "n", "--dry-run"], "missing --project (or $PROJECT)"),
+        (["create", "--project", "p", "--zone", "z", "--name", "n", "--dry-run"], "missing --accelerator"),
+        (["train", "--project", "p", "--zone", "z", "--name", "n", "--dry-run"], "missing --bucket"),
+        (["launch", "--dry-run"], "unknown action 'launch'"),
+    ],
+)
 def test_tpu_vm_fails_early(args, message):
     done = sh("tpu_vm.sh", *args)
     assert done.returncode == 2 and message in done.stderr and not commands(done.stdout)
 
 
 def test_slurm_dry_run(tmp_path):
-    done = sh("slurm.sh", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--run-dir",
-              str(tmp_path / "a"), "--time", "04:00:00", "--dry-run", "--", "run.steps=9")
+    done = sh(
+        "slurm.sh",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "gpu",
+        "--run-dir",
+        str(tmp_path / "a"),
+        "--time",
+        "04:00:00",
+        "--dry-run",
+        "--",
+        "run.steps=9",
+    )
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --nodes=2" in done.stdout and "#SBATCH --gpus-per-node=8" in done.stdout
     assert "#SBATCH --signal=TERM@120" in done.stdout and "#SBATCH --time=04:00:00" in done.stdout
@@ -85,18 +109,39 @@ def test_slurm_dry_run(tmp_path):
 
 
 def test_gke_manifest_is_a_valid_jobset():
-    done = sh("gke.sh", "--image", "gcr.io/p/rlvr:1", "--accelerator", "v5litepod-16", "--bucket", "b",
-              "--run-name", "run-1", "--dry-run", "--", "run.steps=5")
+    done = sh(
+        "gke.sh",
+        "--image",
+        "gcr.io/p/rlvr:1",
+        "--accelerator",
+        "v5litepod-16",
+        "--bucket",
+        "b",
+        "--run-name",
+        "run-1",
+        "--dry-run",
+        "--",
+        "run.steps=5",
+    )
     assert done.returncode == 0, done.stderr
     manifest = yaml.safe_load(done.stdout.split("\n---\n")[0])
     job = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]
     pod = job["template"]["spec"]
     assert manifest["kind"] == "JobSet" and job["parallelism"] == job["completions"] == 4
-    assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
-                                   "cloud.google.com/gke-tpu-topology": "4x4"}
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
+        "cloud.google.com/gke-tpu-topology": "4x4",
+    }
     container = pod["containers"][0]
-    assert container["args"] == ["train", "--config", "configs/toy_strategy.yaml", "--run-dir", "gs://b/runs/run-1",
-                                 "logging.progress_bar=false", "run.steps=5"]
+    assert container["args"] == [
+        "train",
+        "--config",
+        "configs/toy_strategy.yaml",
+        "--run-dir",
+        "gs://b/runs/run-1",
+        "logging.progress_bar=false",
+        "run.steps=5",
+    ]
     assert container["resources"]["limits"]["google.com/tpu"] == 4
     assert container["volumeMounts"][0]["readOnly"] is True  # inputs only: the run dir is written as gs://
     assert commands(done.stdout) == ["kubectl apply -f -"]

@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 
 from rlvr_jax.config import Aggregation, KLEstimator, LossConfig, MeshConfig, PolicyObjective
-from rlvr_jax.loss import (combine_terms, completion_logp_entropy, finalize_metrics, kl_penalty, normaliser,
-                           policy_loss, ppo_token_loss, row_contributions, token_logp_entropy)
+from rlvr_jax.loss import (
+    combine_terms,
+    completion_logp_entropy,
+    finalize_metrics,
+    kl_penalty,
+    normaliser,
+    policy_loss,
+    ppo_token_loss,
+    row_contributions,
+    token_logp_entropy,
+)
 from rlvr_jax.mesh import TRAIN_RULES, make_mesh
 from rlvr_jax.model import Arch, init_params
 from rlvr_jax.types import TrainBatch
@@ -15,12 +24,16 @@ from rlvr_jax.types import TrainBatch
 
 def _batch(tokens, mask, logp_old, adv, weight=None, logp_ref=None, prompt_width=1):
     n = len(tokens)
-    return TrainBatch(prompt_tokens=jnp.full((n, prompt_width), 3, jnp.int32),
-                      prompt_mask=jnp.ones((n, prompt_width), jnp.int32), tokens=jnp.asarray(tokens, jnp.int32),
-                      mask=jnp.asarray(mask, jnp.int32), logp_old=jnp.asarray(logp_old, jnp.float32),
-                      adv=jnp.asarray(adv, jnp.float32),
-                      weight=jnp.ones(n, jnp.float32) if weight is None else jnp.asarray(weight, jnp.float32),
-                      logp_ref=None if logp_ref is None else jnp.asarray(logp_ref, jnp.float32))
+    return TrainBatch(
+        prompt_tokens=jnp.full((n, prompt_width), 3, jnp.int32),
+        prompt_mask=jnp.ones((n, prompt_width), jnp.int32),
+        tokens=jnp.asarray(tokens, jnp.int32),
+        mask=jnp.asarray(mask, jnp.int32),
+        logp_old=jnp.asarray(logp_old, jnp.float32),
+        adv=jnp.asarray(adv, jnp.float32),
+        weight=jnp.ones(n, jnp.float32) if weight is None else jnp.asarray(weight, jnp.float32),
+        logp_ref=None if logp_ref is None else jnp.asarray(logp_ref, jnp.float32),
+    )
 
 
 def _loss_from_logits(logits, batch, cfg, max_len=None):
@@ -54,12 +67,21 @@ def test_zero_advantage_rows_get_exactly_zero_gradient():
     assert np.abs(np.asarray(grad[1])).max() > 1e-3
 
 
-@pytest.mark.parametrize("cfg", [
-    LossConfig(eps_low=0.1, eps_high=0.3, dual_clip=2.0, kl_beta=0.1, kl_estimator=KLEstimator.k3, entropy_coef=0.01),
-    LossConfig(objective=PolicyObjective.gspo, aggregation=Aggregation.seq_mean_token_mean, kl_beta=0.05,
-               kl_estimator=KLEstimator.k2),
-    LossConfig(aggregation=Aggregation.seq_mean_token_sum_norm, kl_beta=0.2, kl_estimator=KLEstimator.k1),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LossConfig(
+            eps_low=0.1, eps_high=0.3, dual_clip=2.0, kl_beta=0.1, kl_estimator=KLEstimator.k3, entropy_coef=0.01
+        ),
+        LossConfig(
+            objective=PolicyObjective.gspo,
+            aggregation=Aggregation.seq_mean_token_mean,
+            kl_beta=0.05,
+            kl_estimator=KLEstimator.k2,
+        ),
+        LossConfig(aggregation=Aggregation.seq_mean_token_sum_norm, kl_beta=0.2, kl_estimator=KLEstimator.k1),
+    ],
+)
 def test_full_loss_matches_finite_differences(cfg):
     with jax.enable_x64(True):
         logits = jax.random.normal(jax.random.key(1), (3, 4, 5), jnp.float64)
@@ -68,8 +90,13 @@ def test_full_loss_matches_finite_differences(cfg):
         rng = np.random.default_rng(0)
         logp_now = np.asarray(jax.nn.log_softmax(logits))[np.arange(3)[:, None], np.arange(4), tokens]
         # Old and reference log-probs off the current ones: ratios inside and outside the clip range.
-        batch = _batch(tokens, mask, logp_now + rng.normal(0, 0.3, (3, 4)), [0.9, -1.1, 0.4],
-                       logp_ref=logp_now + rng.normal(0, 0.2, (3, 4)))
+        batch = _batch(
+            tokens,
+            mask,
+            logp_now + rng.normal(0, 0.3, (3, 4)),
+            [0.9, -1.1, 0.4],
+            logp_ref=logp_now + rng.normal(0, 0.2, (3, 4)),
+        )
         batch = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, batch)
         f = lambda z: _loss_from_logits(z, batch, cfg, max_len=6)  # noqa: E731
         grad = np.asarray(jax.grad(f)(logits))
@@ -83,8 +110,10 @@ def test_aggregation_modes_by_hand():
     per_token = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0], [6.0, 0.0, 0.0]])
     mask = jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
     weight = jnp.array([1.0, 1.0, 0.0])  # the third rollout is dropped (NSR/PSR subsetting)
-    agg = lambda mode, w=weight: float(jnp.sum(row_contributions(per_token, mask, w, mode, 4))  # noqa: E731
-                                       / normaliser(mask, w, mode))
+
+    def agg(mode, w=weight):
+        return float(jnp.sum(row_contributions(per_token, mask, w, mode, 4)) / normaliser(mask, w, mode))
+
     # token_mean over kept tokens: (1+2+3+4+5) / 5
     assert agg(Aggregation.token_mean) == pytest.approx(15 / 5)
     # seq_mean_token_mean: mean over kept rows of per-row means: (2 + 4.5) / 2
@@ -122,8 +151,18 @@ def test_ppo_clip_table_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_policy():
-    arch = Arch(model_type="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                num_kv_heads=1, head_dim=8, qkv_bias=True, tie_word_embeddings=True)
+    arch = Arch(
+        model_type="qwen2",
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+    )
     mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
     graphdef, state = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0))
     return graphdef, state
@@ -137,8 +176,9 @@ def _model_loss(tiny_policy, batch, chunk=0):
 
     def f(state):
         logp, ent = completion_logp_entropy(nnx.merge(graphdef, state), batch, chunk)
-        return policy_loss(logp, ent, batch, cfg, batch.tokens.shape[1],
-                           normaliser(batch.mask, batch.weight, cfg.aggregation))
+        return policy_loss(
+            logp, ent, batch, cfg, batch.tokens.shape[1], normaliser(batch.mask, batch.weight, cfg.aggregation)
+        )
 
     return jax.jit(jax.value_and_grad(f, has_aux=True))(state)
 
@@ -151,7 +191,8 @@ def test_padding_does_not_change_the_loss(tiny_policy):
         prompt_mask=jnp.concatenate([jnp.zeros((2, 3), jnp.int32), base.prompt_mask], axis=1),
         tokens=jnp.concatenate([base.tokens, jnp.full((2, 2), 1, jnp.int32)], axis=1),
         mask=jnp.concatenate([base.mask, jnp.zeros((2, 2), jnp.int32)], axis=1),
-        logp_old=jnp.concatenate([base.logp_old, jnp.zeros((2, 2))], axis=1))
+        logp_old=jnp.concatenate([base.logp_old, jnp.zeros((2, 2))], axis=1),
+    )
     (l0, _), g0 = _model_loss(tiny_policy, base)
     (l1, _), g1 = _model_loss(tiny_policy, padded)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)

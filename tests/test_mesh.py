@@ -6,24 +6,50 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rlvr_jax.config import DistributedConfig, DistributedInit, MeshConfig
 from rlvr_jax.mesh import (
-    MESH_AXES, ROLLOUT_RULES, TRAIN_RULES, logical_to_spec, make_mesh, maybe_initialize_distributed, replicated,
-    resolve_axis_sizes, sharding_for, tree_shardings,
+    MESH_AXES,
+    ROLLOUT_RULES,
+    TRAIN_RULES,
+    logical_to_spec,
+    make_mesh,
+    maybe_initialize_distributed,
+    replicated,
+    resolve_axis_sizes,
+    sharding_for,
+    tree_shardings,
 )
 from rlvr_jax.model import Arch, abstract_model
 
-_BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2)
+_BASE = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 # Every optional parameter appears in at least one arch: qkv biases (qwen2), o/mlp biases (llama with
 # attention_bias/mlp_bias), qk-norm and an untied head (qwen3), tied embeddings (qwen2).
 ARCH_CONFIGS = {
     "qwen2": dict(_BASE, model_type="qwen2", tie_word_embeddings=True),
-    "llama": dict(_BASE, model_type="llama", attention_bias=True, mlp_bias=True, tie_word_embeddings=False,
-                  rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                    original_max_position_embeddings=16)),
+    "llama": dict(
+        _BASE,
+        model_type="llama",
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
     "qwen3": dict(_BASE, model_type="qwen3", head_dim=16, tie_word_embeddings=False),
 }
 
@@ -48,30 +74,36 @@ def _flat_axes(spec):
 # --- axis sizes and meshes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sizes,n,want", [
-    ((1, -1, 1), 8, (1, 8, 1)),
-    ((2, -1, 2), 8, (2, 2, 2)),
-    ((-1, 2, 2), 8, (2, 2, 2)),
-    ((2, 2, -1), 8, (2, 2, 2)),
-    ((2, 2, 2), 8, (2, 2, 2)),
-    ((1, -1, 1), 1, (1, 1, 1)),
-    ((4, -1, 1), 4, (4, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "sizes,n,want",
+    [
+        ((1, -1, 1), 8, (1, 8, 1)),
+        ((2, -1, 2), 8, (2, 2, 2)),
+        ((-1, 2, 2), 8, (2, 2, 2)),
+        ((2, 2, -1), 8, (2, 2, 2)),
+        ((2, 2, 2), 8, (2, 2, 2)),
+        ((1, -1, 1), 1, (1, 1, 1)),
+        ((4, -1, 1), 4, (4, 1, 1)),
+    ],
+)
 def test_resolve_axis_sizes(sizes, n, want):
     data, fsdp, tensor = sizes
     assert resolve_axis_sizes(MeshConfig(data=data, fsdp=fsdp, tensor=tensor), n) == want
 
 
-@pytest.mark.parametrize("sizes,n,match", [
-    ((-1, -1, 1), 8, "at most one"),
-    ((-1, 1, -1), 8, "at most one"),
-    ((3, -1, 1), 8, "not divisible"),
-    ((1, -1, 3), 8, "not divisible"),
-    ((2, 2, 1), 8, "8 are present"),
-    ((2, 2, 4), 8, "not divisible"),
-    ((0, -1, 1), 8, "positive"),
-    ((1, -2, 1), 8, "positive"),
-])
+@pytest.mark.parametrize(
+    "sizes,n,match",
+    [
+        ((-1, -1, 1), 8, "at most one"),
+        ((-1, 1, -1), 8, "at most one"),
+        ((3, -1, 1), 8, "not divisible"),
+        ((1, -1, 3), 8, "not divisible"),
+        ((2, 2, 1), 8, "8 are present"),
+        ((2, 2, 4), 8, "not divisible"),
+        ((0, -1, 1), 8, "positive"),
+        ((1, -2, 1), 8, "positive"),
+    ],
+)
 def test_resolve_axis_sizes_errors(sizes, n, match):
     data, fsdp, tensor = sizes
     with pytest.raises(ValueError, match=match):
@@ -159,7 +191,8 @@ def test_mesh_axis_used_once_per_spec(mesh222):
 def test_rollout_rules_do_not_shard_embed():
     assert ROLLOUT_RULES["embed"] is None
     assert {k: v for k, v in ROLLOUT_RULES.items() if k != "embed"} == {
-        k: v for k, v in TRAIN_RULES.items() if k != "embed"}
+        k: v for k, v in TRAIN_RULES.items() if k != "embed"
+    }
     assert TRAIN_RULES["embed"] == "fsdp"
     assert set(ROLLOUT_RULES) == set(TRAIN_RULES)
 
@@ -181,8 +214,13 @@ def test_arches_cover_every_optional_parameter():
     # Guards the coverage of the test above: biases, qk-norm, and an untied head are all present.
     qwen2, llama, qwen3 = (_params(a) for a in ("qwen2", "llama", "qwen3"))
     assert "layers.0.attn.q_bias" in qwen2 and "lm_head" not in qwen2
-    for name in ("layers.1.attn.k_bias", "layers.1.attn.o_bias", "layers.0.mlp.gate_bias", "layers.0.mlp.down_bias",
-                 "lm_head"):
+    for name in (
+        "layers.1.attn.k_bias",
+        "layers.1.attn.o_bias",
+        "layers.0.mlp.gate_bias",
+        "layers.0.mlp.down_bias",
+        "lm_head",
+    ):
         assert name in llama, name
     assert "layers.0.attn.q_norm.scale" in qwen3 and "lm_head" in qwen3
 
@@ -199,7 +237,7 @@ def test_tree_shardings_of_decoder(mesh222, rules):
             for dim, entry in zip(var.shape, sharding.spec):
                 if entry is not None:
                     size = 1
-                    for axis in (entry if isinstance(entry, tuple) else (entry,)):
+                    for axis in entry if isinstance(entry, tuple) else (entry,):
                         size *= mesh222.shape[axis]
                     assert dim % size == 0
         embed = shardings[("embed",)].get_value().spec
@@ -234,6 +272,11 @@ def test_distributed_init_is_a_no_op_on_one_host(monkeypatch):
     maybe_initialize_distributed(MeshConfig())
     assert len(calls) == 1
     monkeypatch.delenv("SLURM_JOB_ID")
-    maybe_initialize_distributed(MeshConfig(distributed=DistributedConfig(
-        init=DistributedInit.always, coordinator_address="localhost:1234", num_processes=2, process_id=1)))
+    maybe_initialize_distributed(
+        MeshConfig(
+            distributed=DistributedConfig(
+                init=DistributedInit.always, coordinator_address="localhost:1234", num_processes=2, process_id=1
+            )
+        )
+    )
     assert calls[-1] == dict(coordinator_address="localhost:1234", num_processes=2, process_id=1)

@@ -15,12 +15,24 @@ from safetensors.numpy import load_file, save_file
 from rlvr_jax.config import MeshConfig
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh
 from rlvr_jax.model import (
-    Arch, ArchError, CheckpointFormatError, abstract_model, forward, from_pretrained, init_params,
-    positions_from_mask, save_pretrained, state_shardings,
+    Arch,
+    ArchError,
+    CheckpointFormatError,
+    abstract_model,
+    forward,
+    from_pretrained,
+    init_params,
+    positions_from_mask,
+    save_pretrained,
+    state_shardings,
 )
 from rlvr_jax.model.decoder import rope_inv_freq
 from rlvr_jax.tokenizer import (
-    TokenizerError, encode_left_padded, load_tokenizer, render_prompt, stop_token_ids,
+    TokenizerError,
+    encode_left_padded,
+    load_tokenizer,
+    render_prompt,
+    stop_token_ids,
 )
 from tests import hf_fixtures
 
@@ -37,7 +49,7 @@ def _batch(vocab: int = hf_fixtures.VOCAB, pad_id: int = 1) -> tuple[np.ndarray,
     b, t = 3, 12
     mask = np.zeros((b, t), np.int32)
     for row, length in enumerate((12, 7, 3)):
-        mask[row, t - length:] = 1
+        mask[row, t - length :] = 1
     tokens = np.where(mask == 1, rng.integers(2, vocab, (b, t)), pad_id).astype(np.int32)
     return tokens, mask
 
@@ -104,12 +116,16 @@ def test_logits_match_transformers(hf_model_dir, single, torch_ref):
     assert np.abs(np.diff(torch_ref[REAL], axis=0)).max() > 0.1
 
 
-@pytest.mark.parametrize("family,overrides", [
-    ("llama", dict(attention_bias=True, mlp_bias=True)),
-    ("qwen3", dict(attention_bias=True)),
-    ("qwen2", dict(tie_word_embeddings=False)),
-    ("llama", dict(tie_word_embeddings=True, num_key_value_heads=4, rope_scaling=None)),
-], ids=["llama-biases", "qwen3-attention-bias", "qwen2-untied", "llama-tied-mha-plain-rope"])
+@pytest.mark.parametrize(
+    "family,overrides",
+    [
+        ("llama", dict(attention_bias=True, mlp_bias=True)),
+        ("qwen3", dict(attention_bias=True)),
+        ("qwen2", dict(tie_word_embeddings=False)),
+        ("llama", dict(tie_word_embeddings=True, num_key_value_heads=4, rope_scaling=None)),
+    ],
+    ids=["llama-biases", "qwen3-attention-bias", "qwen2-untied", "llama-tied-mha-plain-rope"],
+)
 def test_logits_match_transformers_variants(tmp_path, tiny_tokenizer_dir, mesh1, family, overrides):
     folder = hf_fixtures.make_hf_model(family, tmp_path / family, seed=1, **overrides)
     arch, graphdef, state = from_pretrained(folder, mesh1, TRAIN_RULES)
@@ -202,8 +218,16 @@ def test_sharded_load_matches_single_device(hf_model_dir, single, mesh8, rules):
 
 def test_load_with_every_dim_sharded(qwen2_dir, mesh1, mesh8):
     """Shard dims the built-in rules leave whole (head_dim, norm) so every slice path of the reader runs."""
-    rules = {**TRAIN_RULES, "q_heads": "data", "kv_heads": "data", "head_dim": "tensor", "embed": "fsdp",
-             "mlp": ("data", "tensor"), "norm": ("fsdp", "tensor"), "vocab": ("data", "fsdp", "tensor")}
+    rules = {
+        **TRAIN_RULES,
+        "q_heads": "data",
+        "kv_heads": "data",
+        "head_dim": "tensor",
+        "embed": "fsdp",
+        "mlp": ("data", "tensor"),
+        "norm": ("fsdp", "tensor"),
+        "vocab": ("data", "fsdp", "tensor"),
+    }
     _, _, state1 = from_pretrained(qwen2_dir, mesh1, TRAIN_RULES)
     _, _, state8 = from_pretrained(qwen2_dir, mesh8, rules)
     params, params1 = _flat(state8), _flat(state1)
@@ -241,8 +265,9 @@ def test_bf16_params_close_to_f32(hf_model_dir, single, mesh1, dtype):
 
 def test_init_params_sharded(mesh8):
     # One layer holds every parameter kind (qk-norm, q/k/v/o biases, untied head) and compiles faster.
-    arch = Arch.from_hf(dict(hf_fixtures.TINY_CONFIGS["qwen3"], model_type="qwen3", attention_bias=True,
-                             num_hidden_layers=1))
+    arch = Arch.from_hf(
+        dict(hf_fixtures.TINY_CONFIGS["qwen3"], model_type="qwen3", attention_bias=True, num_hidden_layers=1)
+    )
     graphdef, state = init_params(arch, mesh8, TRAIN_RULES, jax.random.key(0))
     abstract = abstract_model(arch)[1]
     expected = _flat(state_shardings(abstract, mesh8, TRAIN_RULES))
@@ -279,10 +304,22 @@ def test_rope_llama3_matches_transformers():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                original_max_position_embeddings=8192)  # Llama 3.1
-    config = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                         max_position_embeddings=131072, rope_parameters=rope)
+    rope = dict(
+        rope_type="llama3",
+        rope_theta=500000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    )  # Llama 3.1
+    config = LlamaConfig(
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        rope_parameters=rope,
+    )
     ref, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
     ref = ref.numpy()
     arch = Arch.from_hf(config.to_dict())
@@ -299,8 +336,17 @@ def test_rope_llama3_matches_transformers():
 
 @pytest.mark.parametrize("theta,head_dim", [(10000.0, 64), (1000000.0, 128), (500000.0, 8)])
 def test_rope_plain_theta(theta, head_dim):
-    arch = Arch.from_hf(dict(model_type="qwen2", vocab_size=8, hidden_size=head_dim * 2, intermediate_size=8,
-                             num_hidden_layers=1, num_attention_heads=2, rope_theta=theta))
+    arch = Arch.from_hf(
+        dict(
+            model_type="qwen2",
+            vocab_size=8,
+            hidden_size=head_dim * 2,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            rope_theta=theta,
+        )
+    )
     assert arch.rope_scaling is None and arch.head_dim == head_dim
     i = np.arange(head_dim // 2)
     want = 1.0 / theta ** (2 * i / head_dim)
@@ -309,9 +355,19 @@ def test_rope_plain_theta(theta, head_dim):
 
 # --- config.json --------------------------------------------------------------------------------
 
-_LLAMA = dict(model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=2048,
-              eos_token_id=[1, 2], bos_token_id=0)
+_LLAMA = dict(
+    model_type="llama",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=2048,
+    eos_token_id=[1, 2],
+    bos_token_id=0,
+)
 _SCALING = dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
 
 
@@ -355,8 +411,14 @@ def test_arch_unsupported_rope_type():
     with pytest.raises(ArchError, match="rope_type 'linear'"):
         Arch.from_hf(dict(_LLAMA, rope_scaling=dict(type="linear", factor=2.0)))
     with pytest.raises(ArchError, match="'low_freq_factor'"):
-        Arch.from_hf(dict(_LLAMA, rope_parameters=dict(rope_type="llama3", factor=8.0, high_freq_factor=4.0,
-                                                         original_max_position_embeddings=8192)))
+        Arch.from_hf(
+            dict(
+                _LLAMA,
+                rope_parameters=dict(
+                    rope_type="llama3", factor=8.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+                ),
+            )
+        )
 
 
 def test_arch_unsupported_model_type():
@@ -367,8 +429,9 @@ def test_arch_unsupported_model_type():
         Arch.from_hf({k: v for k, v in _LLAMA.items() if k != "model_type"})
 
 
-@pytest.mark.parametrize("field", ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                   "num_attention_heads"])
+@pytest.mark.parametrize(
+    "field", ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+)
 def test_arch_missing_field(field):
     with pytest.raises(ArchError, match=f"required field '{field}' is missing"):
         Arch.from_hf({k: v for k, v in _LLAMA.items() if k != field})
@@ -430,6 +493,7 @@ def test_unexpected_tensor(qwen2_dir, tmp_path, mesh1):
 
 def test_ignored_tensors_are_accepted(qwen2_dir, tmp_path, mesh1):
     """HF rotary buffers and a tied model's duplicate lm_head are not parameters of ours."""
+
     def edit(t):
         t["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)
         t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
@@ -445,8 +509,9 @@ def test_folder_without_safetensors(qwen2_dir, tmp_path, mesh1):
     shutil.copy(qwen2_dir / "config.json", folder / "config.json")
     with pytest.raises(CheckpointFormatError, match="no model.safetensors"):
         from_pretrained(folder, mesh1, TRAIN_RULES)
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}})
+    )
     with pytest.raises(CheckpointFormatError, match="model-00001-of-00002.safetensors is listed in the index"):
         from_pretrained(folder, mesh1, TRAIN_RULES)
 
@@ -496,9 +561,12 @@ def test_load_tokenizer_pads_with_eos_when_no_pad(tiny_tok, tmp_path):
 
 def test_render_prompt(tiny_tok):
     assert render_prompt(tiny_tok, "What is 2+2?") == (
-        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
-    assert render_prompt(tiny_tok, "What is 2+2?", use_chat_template=False,
-                         plain_template="Q: {prompt}\nA:") == "Q: What is 2+2?\nA:"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (
+        render_prompt(tiny_tok, "What is 2+2?", use_chat_template=False, plain_template="Q: {prompt}\nA:")
+        == "Q: What is 2+2?\nA:"
+    )
     assert render_prompt(tiny_tok, "x", use_chat_template=False) == "x"
 
 
@@ -506,7 +574,8 @@ def test_render_prompt_without_chat_template(tiny_tokenizer_dir):
     tok = load_tokenizer(tiny_tokenizer_dir)
     tok.chat_template = None
     assert render_prompt(tok, "What is 2+2?", plain_template="Problem: {prompt}\nAnswer:") == (
-        "Problem: What is 2+2?\nAnswer:")
+        "Problem: What is 2+2?\nAnswer:"
+    )
 
 
 def test_encode_left_padded(tiny_tok):
@@ -535,7 +604,7 @@ def test_encode_left_padded_too_long(tiny_tok):
     assert ids.shape == (2, n - 2) and mask[0].tolist() == [1] * (n - 2)
     assert ids[0].tolist() == tiny_tok.encode(text, add_special_tokens=False)[2:]  # the end is kept
     hello = tiny_tok.encode("Hello", add_special_tokens=False)
-    assert ids[1].tolist()[-len(hello):] == hello
+    assert ids[1].tolist()[-len(hello) :] == hello
 
 
 def test_stop_token_ids(tiny_tok):

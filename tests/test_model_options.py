@@ -10,8 +10,18 @@ from rlvr_jax.config import MeshConfig
 from rlvr_jax.mesh import TRAIN_RULES, make_mesh
 from rlvr_jax.model import Arch, forward, init_params
 
-ARCH = Arch(model_type="qwen2", vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-            num_kv_heads=2, head_dim=8, qkv_bias=True, tie_word_embeddings=True)
+ARCH = Arch(
+    model_type="qwen2",
+    vocab_size=48,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    qkv_bias=True,
+    tie_word_embeddings=True,
+)
 TOKENS = np.array([[1, 1, 5, 6, 7, 8], [2, 3, 4, 5, 6, 7]], np.int32)
 MASK = (TOKENS != 1).astype(np.int32)
 
@@ -41,7 +51,7 @@ def test_random_init_is_sharded_and_seeded(mesh_cfg):
     _, a = init_params(ARCH, mesh, TRAIN_RULES, jax.random.key(0))
     _, b = init_params(ARCH, mesh, TRAIN_RULES, jax.random.key(0))
     _, c = init_params(ARCH, mesh, TRAIN_RULES, jax.random.key(1))
-    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)):
+    for x, y, _z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)):
         np.testing.assert_array_equal(x, y)
     q = nnx.to_flat_state(a)
     q = dict(q)[("layers", 0, "attn", "q")].get_value()
@@ -71,8 +81,14 @@ def test_load_policy_from_config(qwen2_dir):
     cfg = load_config(None, [f"model.path={qwen2_dir}"])
     arch, _, state = load_policy(cfg.model, mesh, TRAIN_RULES, jax.random.key(0))
     assert arch.model_type == "qwen2" and arch.qkv_bias and arch.tie_word_embeddings
-    cfg = load_config(None, ["model.arch={model_type: llama, vocab_size: 40, hidden_size: 16, intermediate_size: 32,"
-                             " num_hidden_layers: 1, num_attention_heads: 2}", "model.param_dtype=bfloat16"])
+    cfg = load_config(
+        None,
+        [
+            "model.arch={model_type: llama, vocab_size: 40, hidden_size: 16, intermediate_size: 32,"
+            " num_hidden_layers: 1, num_attention_heads: 2}",
+            "model.param_dtype=bfloat16",
+        ],
+    )
     arch, _, state = load_policy(cfg.model, mesh, TRAIN_RULES, jax.random.key(0))
     assert arch.num_kv_heads == 2 and arch.head_dim == 8
     assert {x.dtype for x in jax.tree.leaves(state)} == {jnp.dtype(jnp.bfloat16)}

@@ -25,18 +25,34 @@ def free_port():
 @pytest.fixture(scope="module")
 def single(toy_base, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("single")
-    done = subprocess.run(command(run_dir, run_args(toy_base, *MESH)), env=subprocess_env(8), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        command(run_dir, run_args(toy_base, *MESH)), env=subprocess_env(8), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
 
 def start_two(toy_base, run_dir):
     port = free_port()
-    return [subprocess.Popen(command(run_dir, run_args(toy_base, *MESH, f"mesh.distributed.coordinator_address=localhost:{port}",
-                                                       "mesh.distributed.num_processes=2", f"mesh.distributed.process_id={i}")),
-                             env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for i in range(2)]
+    return [
+        subprocess.Popen(
+            command(
+                run_dir,
+                run_args(
+                    toy_base,
+                    *MESH,
+                    f"mesh.distributed.coordinator_address=localhost:{port}",
+                    "mesh.distributed.num_processes=2",
+                    f"mesh.distributed.process_id={i}",
+                ),
+            ),
+            env=subprocess_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
 
 
 def test_two_processes_equal_one_process(toy_base, single, tmp_path):

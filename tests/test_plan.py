@@ -15,8 +15,10 @@ from rlvr_jax.types import TrainBatch
 from rlvr_jax.update import UpdateSpec, init_train_state, make_optimizer, train_step
 from tests.test_config import CONFIG_FILES
 
-ARCH = ("model.arch={model_type: qwen2, vocab_size: 2048, hidden_size: 256, intermediate_size: 704, "
-        "num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2}")
+ARCH = (
+    "model.arch={model_type: qwen2, vocab_size: 2048, hidden_size: 256, intermediate_size: 704, "
+    "num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2}"
+)
 SMALL = [ARCH, "data.prompts_per_step=4", "rollout.group_size=4", "data.max_prompt_len=32", "rollout.max_new_tokens=96"]
 
 
@@ -49,9 +51,15 @@ def test_update_estimate_against_compiled_memory_analysis(overrides):
     tx = make_optimizer(cfg.optim, 10)
     state = init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES)
     n, p, m = 16, 32, 96
-    batch = TrainBatch(prompt_tokens=jnp.ones((n, p), jnp.int32), prompt_mask=jnp.ones((n, p), jnp.int32),
-                       tokens=jnp.ones((n, m), jnp.int32), mask=jnp.ones((n, m), jnp.int32),
-                       logp_old=jnp.zeros((n, m)), adv=jnp.ones(n), weight=jnp.ones(n))
+    batch = TrainBatch(
+        prompt_tokens=jnp.ones((n, p), jnp.int32),
+        prompt_mask=jnp.ones((n, p), jnp.int32),
+        tokens=jnp.ones((n, m), jnp.int32),
+        mask=jnp.ones((n, m), jnp.int32),
+        logp_old=jnp.zeros((n, m)),
+        adv=jnp.ones(n),
+        weight=jnp.ones(n),
+    )
     spec = UpdateSpec(cfg.loss, cfg.optim, m)
     compiled = jax.jit(lambda s, b: train_step(s, b, graphdef, tx, spec)).lower(state, batch).compile()
     analysis = compiled.memory_analysis()
@@ -76,8 +84,10 @@ def test_every_shipped_config_plans(path, capsys):
 
 
 def test_a_model_that_does_not_fit_gets_suggestions(capsys):
-    big = ("model.arch={model_type: qwen2, vocab_size: 152064, hidden_size: 3584, intermediate_size: 18944, "
-           "num_hidden_layers: 28, num_attention_heads: 28, num_key_value_heads: 4}")
+    big = (
+        "model.arch={model_type: qwen2, vocab_size: 152064, hidden_size: 3584, intermediate_size: 18944, "
+        "num_hidden_layers: 28, num_attention_heads: 28, num_key_value_heads: 4}"
+    )
     assert cli.main(["plan", "--devices", "16", "--accelerator", "v5e", big, "mesh.fsdp=16"]) == 0
     out = capsys.readouterr().out
     assert "v5e (16 GiB): does NOT fit" in out and "raise mesh.tensor" in out

@@ -19,9 +19,11 @@ def test_items_and_per_item_classes(tmp_path, tiny_tokenizer_dir):
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     path = tmp_path / "probe.yaml"
-    path.write_text("classes: {first: ['a', 'b'], second: ['c']}\n"
-                    "prompts:\n  - {prompt: 'is 2 even?', response_prefix: 'Answer:'}\n"
-                    "  - {prompt: 'is 3 even?', classes: {second: ['c']}}\n")
+    path.write_text(
+        "classes: {first: ['a', 'b'], second: ['c']}\n"
+        "prompts:\n  - {prompt: 'is 2 even?', response_prefix: 'Answer:'}\n"
+        "  - {prompt: 'is 3 even?', classes: {second: ['c']}}\n"
+    )
     spec = load_probe_file(path)
     prompts, names, member, applies = probe_arrays(spec, load_config(None), tok)
     assert names == ["first", "second"]
@@ -36,21 +38,28 @@ def test_items_and_per_item_classes(tmp_path, tiny_tokenizer_dir):
 
 def test_jsonl_items(tmp_path, tiny_tokenizer_dir):
     path = tmp_path / "probe.jsonl"
-    path.write_text(json.dumps({"prompt": "a", "classes": {"x": ["a"]}}) + "\n\n"
-                    + json.dumps({"prompt": "b", "response_prefix": "c", "classes": {"y": ["b"]}}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "a", "classes": {"x": ["a"]}})
+        + "\n\n"
+        + json.dumps({"prompt": "b", "response_prefix": "c", "classes": {"y": ["b"]}})
+        + "\n"
+    )
     spec = load_probe_file(path)
     assert [i.prompt for i in spec.items] == ["a", "b"] and spec.items[1].response_prefix == "c"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("prompts: [{prompt: a}]", "no classes"),
-    ("classes: {x: [a]}\nprompts: [{prompt: a, position: 3}]", r"unknown keys \['position'\]"),
-    ("classes: {rest: [a]}\nprompts: [{prompt: a}]", "`rest` is reserved"),
-    ("classes: {x: a}\nprompts: [{prompt: a}]", r"expected \{class name: \[token strings\]\}"),
-    ("classes: {yes: [a]}\nprompts: [{prompt: a}]", "class name True is not a string"),
-    ("classes: {x: [a]}", "expected a mapping with `prompts`"),
-    ("classes: {x: [a]}\nprompts: {split: test}", "from_split"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("prompts: [{prompt: a}]", "no classes"),
+        ("classes: {x: [a]}\nprompts: [{prompt: a, position: 3}]", r"unknown keys \['position'\]"),
+        ("classes: {rest: [a]}\nprompts: [{prompt: a}]", "`rest` is reserved"),
+        ("classes: {x: a}\nprompts: [{prompt: a}]", r"expected \{class name: \[token strings\]\}"),
+        ("classes: {yes: [a]}\nprompts: [{prompt: a}]", "class name True is not a string"),
+        ("classes: {x: [a]}", "expected a mapping with `prompts`"),
+        ("classes: {x: [a]}\nprompts: {split: test}", "from_split"),
+    ],
+)
 def test_bad_probe_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "p.yaml"
     path.write_text(text)
@@ -76,5 +85,14 @@ def test_every_shipped_probe_file_parses():
 
 def test_a_missing_probe_file_is_a_clear_cli_error(tmp_path):
     with pytest.raises(SystemExit, match=r"probe file .*nope.yaml does not exist \(logging.probe_file\)"):
-        cli.main(["train", "--run-dir", str(tmp_path / "run"), f"logging.probe_file={tmp_path / 'nope.yaml'}",
-                  "warmstart.steps=2", "warmstart.traces=64", "run.steps=1"])
+        cli.main(
+            [
+                "train",
+                "--run-dir",
+                str(tmp_path / "run"),
+                f"logging.probe_file={tmp_path / 'nope.yaml'}",
+                "warmstart.steps=2",
+                "warmstart.traces=64",
+                "run.steps=1",
+            ]
+        )

@@ -9,7 +9,9 @@ from rlvr_jax.config import load_config
 from rlvr_jax.model import Arch, abstract_model
 from rlvr_jax.update import make_optimizer, total_optimizer_steps
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "probes" not in p.parts)
+CONFIGS = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "probes" not in p.parts
+)
 # Parameter counts of the published checkpoints (embeddings included).
 EXPECTED_PARAMS = {1536: 1.54e9, 3584: 7.62e9}
 
@@ -18,7 +20,7 @@ EXPECTED_PARAMS = {1536: 1.54e9, 3584: 7.62e9}
 def test_config_builds_abstract_state(path):
     cfg = load_config(path)
     arch = Arch.from_hf({"vocab_size": 512, **cfg.model.arch}, source=str(path))
-    graphdef, params = abstract_model(arch, cfg.model.param_dtype, cfg.model.dtype, cfg.model.remat)
+    _graphdef, params = abstract_model(arch, cfg.model.param_dtype, cfg.model.dtype, cfg.model.remat)
     tx = make_optimizer(cfg.optim, total_optimizer_steps(cfg.optim, cfg.run.steps))
     opt_state = jax.eval_shape(tx.init, params)
     n_params = sum(x.size for x in jax.tree.leaves(params))

@@ -27,11 +27,28 @@ MESH_222 = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
 def run_args(toy_base, *extra):
     """Few steps, small batches; format reward + entropy bonus + KL so every step moves the params."""
     folder, data = toy_base
-    return [f"model.path={folder}", "model.arch={}", "warmstart.enabled=false", f"data.data_dir={data}",
-            f"run.steps={STEPS}", "data.prompts_per_step=4", "rollout.group_size=4", "eval.every=2",
-            "eval.max_problems=8", "eval.n=2", "logging.probe_every=1", "logging.rollouts_every=1",
-            "logging.progress_bar=false", "logging.tensorboard=false", "reward.format_weight=1.0",
-            "reward.workers=1", "loss.entropy_coef=0.01", "loss.kl_beta=0.01", "checkpoint.every=2", *extra]
+    return [
+        f"model.path={folder}",
+        "model.arch={}",
+        "warmstart.enabled=false",
+        f"data.data_dir={data}",
+        f"run.steps={STEPS}",
+        "data.prompts_per_step=4",
+        "rollout.group_size=4",
+        "eval.every=2",
+        "eval.max_problems=8",
+        "eval.n=2",
+        "logging.probe_every=1",
+        "logging.rollouts_every=1",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        "reward.format_weight=1.0",
+        "reward.workers=1",
+        "loss.entropy_coef=0.01",
+        "loss.kl_beta=0.01",
+        "checkpoint.every=2",
+        *extra,
+    ]
 
 
 def train(run_dir, args, *flags):
@@ -40,7 +57,9 @@ def train(run_dir, args, *flags):
 
 def deterministic_rows(run_dir):
     """metrics.jsonl without the wall-clock metrics (all under time/)."""
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in read_jsonl(run_dir / "metrics.jsonl")]
+    return [
+        {k: v for k, v in row.items() if not k.startswith("time/")} for row in read_jsonl(run_dir / "metrics.jsonl")
+    ]
 
 
 def flat_arrays(tree, prefix=""):
@@ -67,7 +86,7 @@ def assert_same_state(a, b, step, exact=True):
 
 def assert_same_run(a, b):
     assert deterministic_rows(a) == deterministic_rows(b)
-    assert [r["step"] for r in deterministic_rows(a)] == list(range(0, STEPS + 1))
+    assert [r["step"] for r in deterministic_rows(a)] == list(range(STEPS + 1))
     assert (a / "rollouts.jsonl").read_text() == (b / "rollouts.jsonl").read_text()
     assert_same_state(a, b, STEPS)
 
@@ -168,8 +187,12 @@ def test_restart_moves_old_checkpoints_aside(toy_base, stopped_at_2, tmp_path, c
 
 def subprocess_env(devices):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(ROOT),
+    )
     return env
 
 
@@ -192,8 +215,13 @@ def one_device(toy_base, tmp_path_factory):
 
 def test_sigterm_saves_exits_0_and_the_restart_finishes_identically(toy_base, one_device, tmp_path):
     run_dir = tmp_path / "sigterm"
-    proc = subprocess.Popen(command(run_dir, run_args(toy_base)), env=subprocess_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command(run_dir, run_args(toy_base)),
+        env=subprocess_env(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:  # the signal arrives while step 1 runs
         lines.append(line)
@@ -259,8 +287,9 @@ def test_export_gives_transformers_the_same_logits_and_generate_runs(uninterrupt
     with torch.no_grad():
         theirs = model(torch.from_numpy(ids).long()).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=1e-5)
-    assert cli.main(["generate", "--model", str(out), "--prompt", "17 42 17", "--max-new-tokens", "4",
-                     "--seed", "1"]) == 0
+    assert (
+        cli.main(["generate", "--model", str(out), "--prompt", "17 42 17", "--max-new-tokens", "4", "--seed", "1"]) == 0
+    )
     sample = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sample["token_ids"] and sample["finish_reason"] in {"eos", "length"}
 
@@ -295,12 +324,31 @@ def test_eval_reports_pass_at_k_and_boundary_sets(toy_base, uninterrupted, tmp_p
     assert len(report["problems"]) == 12 and all(0 <= p["c"] <= 4 for p in report["problems"])
     # per-problem random streams do not depend on how problems are batched
     again = tmp_path / "again.json"
-    assert cli.main(["eval", "--run-dir", str(uninterrupted), *common, "--batch-problems", "5", "--out", str(again)]) == 0
+    assert (
+        cli.main(["eval", "--run-dir", str(uninterrupted), *common, "--batch-problems", "5", "--out", str(again)]) == 0
+    )
     assert json.loads(again.read_text())["problems"] == report["problems"]
     base = tmp_path / "base.json"
     capsys.readouterr()
-    assert cli.main(["eval", "--model", str(folder), "--task", "toy_strategy", "--data-dir", str(data), *common,
-                     "--reference", str(trained), "--out", str(base)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--model",
+                str(folder),
+                "--task",
+                "toy_strategy",
+                "--data-dir",
+                str(data),
+                *common,
+                "--reference",
+                str(trained),
+                "--out",
+                str(base),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     boundary = json.loads(base.read_text())["boundary"]
     assert boundary["solved"]["total"] == 12 and "boundary vs reference" in out
@@ -313,13 +361,35 @@ def test_eval_errors_are_clear(tmp_path):
         cli.main(["eval", "--run-dir", str(tmp_path), "--out", str(tmp_path / "x.json")])
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="is not an `rlvr-jax eval` JSON output"):
-        cli.main(["eval", "--model", str(tmp_path), "--reference", str(tmp_path / "bad.json"), "--out",
-                  str(tmp_path / "y.json")])
+        cli.main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path),
+                "--reference",
+                str(tmp_path / "bad.json"),
+                "--out",
+                str(tmp_path / "y.json"),
+            ]
+        )
 
 
 def test_eval_of_a_missing_step_or_task_is_clear(uninterrupted, tmp_path):
     with pytest.raises(SystemExit, match="cannot read the checkpoint record"):
         cli.main(["eval", "--run-dir", str(uninterrupted), "--step", "3", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit, match="unknown task 'nosuch'"):
-        cli.main(["eval", "--run-dir", str(uninterrupted), "--task", "nosuch", "--n", "2", "--max-problems", "2",
-                  "--out", str(tmp_path / "b.json")])
+        cli.main(
+            [
+                "eval",
+                "--run-dir",
+                str(uninterrupted),
+                "--task",
+                "nosuch",
+                "--n",
+                "2",
+                "--max-problems",
+                "2",
+                "--out",
+                str(tmp_path / "b.json"),
+            ]
+        )

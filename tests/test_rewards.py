@@ -77,57 +77,66 @@ def test_math_scores_equivalent_answers_one_and_wrong_ones_zero(pool):
     assert result.errors == result.timeouts == 0
 
 
-@pytest.mark.parametrize("completion, gold, want", [
-    ("The answer is 42.", "42", 1.0),
-    ("total: 1,234 apples", "1234", 1.0),
-    ("1,234,567.5", "1234567.5", 1.0),
-    ("it is -7", "-7", 1.0),
-    ("0.5", "1/2", 1.0),
-    ("-3/4", "-0.75", 1.0),
-    ("\\frac{3}{4}", "0.75", 1.0),
-    ("1, 2, 3", "3", 1.0),
-    ("1.0000001", "1", 1.0),  # within 1e-6 relative
-    ("1.00001", "1", 0.0),
-    ("0.0", "0", 1.0),
-    ("0.0000001", "0", 0.0),  # a zero gold needs an exact zero
-    ("42 then 43", "42", 0.0),  # the last number counts
-    ("x2", "2", 0.0),  # digits glued to a word are not a number
-    ("1/0", "1", 0.0),
-    ("9" * 5000, "1", 0.0),  # past Python's int-string limit: no number, not a crash
-    ("no number here", "1", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, gold, want",
+    [
+        ("The answer is 42.", "42", 1.0),
+        ("total: 1,234 apples", "1234", 1.0),
+        ("1,234,567.5", "1234567.5", 1.0),
+        ("it is -7", "-7", 1.0),
+        ("0.5", "1/2", 1.0),
+        ("-3/4", "-0.75", 1.0),
+        ("\\frac{3}{4}", "0.75", 1.0),
+        ("1, 2, 3", "3", 1.0),
+        ("1.0000001", "1", 1.0),  # within 1e-6 relative
+        ("1.00001", "1", 0.0),
+        ("0.0", "0", 1.0),
+        ("0.0000001", "0", 0.0),  # a zero gold needs an exact zero
+        ("42 then 43", "42", 0.0),  # the last number counts
+        ("x2", "2", 0.0),  # digits glued to a word are not a number
+        ("1/0", "1", 0.0),
+        ("9" * 5000, "1", 0.0),  # past Python's int-string limit: no number, not a crash
+        ("no number here", "1", 0.0),
+    ],
+)
 def test_numeric_table(completion, gold, want):
     assert score_numeric(completion, gold) == want
 
 
-@pytest.mark.parametrize("completion, gold, want", [
-    ("  hello   world ", "hello world", 1.0),
-    ("a\nb", "a b", 1.0),
-    ("Hello", "hello", 0.0),
-    ("", "x", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, gold, want",
+    [
+        ("  hello   world ", "hello world", 1.0),
+        ("a\nb", "a b", 1.0),
+        ("Hello", "hello", 0.0),
+        ("", "x", 0.0),
+    ],
+)
 def test_exact_table(completion, gold, want):
     assert score_exact(completion, gold) == want
 
 
-@pytest.mark.parametrize("completion, gold, want", [
-    ("<S1> 47", "47", 1.0),
-    ("<S3> 13", "47", 0.0),
-    ("47", "47", 0.0),  # no strategy token
-    ("<S2>", "47", 0.0),  # no number
-    (" <S2> the answer is 52", "52", 1.0),
-    ("<S2> 52 or 47", "47", 0.0),  # the first integer after the token counts
-    ("<S2> 047", "47", 1.0),
-    ("<S4> 47", "47", 0.0),
-    ("I pick <S1> 47", "47", 0.0),  # the token must come first
-    # Strategy-faithful gold: S2 solves everything, S1 only easy instances, S3 nothing.
-    ("<S1> 47", "47|easy", 1.0),
-    ("<S2> 47", "47|easy", 1.0),
-    ("<S1> 47", "47|hard", 0.0),  # the right number under S1 on a hard instance does not count
-    ("<S2> 47", "47|hard", 1.0),
-    ("<S3> 47", "47|easy", 0.0),
-    ("<S2> 13", "47|hard", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, gold, want",
+    [
+        ("<S1> 47", "47", 1.0),
+        ("<S3> 13", "47", 0.0),
+        ("47", "47", 0.0),  # no strategy token
+        ("<S2>", "47", 0.0),  # no number
+        (" <S2> the answer is 52", "52", 1.0),
+        ("<S2> 52 or 47", "47", 0.0),  # the first integer after the token counts
+        ("<S2> 047", "47", 1.0),
+        ("<S4> 47", "47", 0.0),
+        ("I pick <S1> 47", "47", 0.0),  # the token must come first
+        # Strategy-faithful gold: S2 solves everything, S1 only easy instances, S3 nothing.
+        ("<S1> 47", "47|easy", 1.0),
+        ("<S2> 47", "47|easy", 1.0),
+        ("<S1> 47", "47|hard", 0.0),  # the right number under S1 on a hard instance does not count
+        ("<S2> 47", "47|hard", 1.0),
+        ("<S3> 47", "47|easy", 0.0),
+        ("<S2> 13", "47|hard", 0.0),
+    ],
+)
 def test_toy_strategy_table(completion, gold, want):
     assert score_toy_strategy(completion, gold) == want
 

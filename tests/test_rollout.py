@@ -1,6 +1,8 @@
 """The KV-cache sampler against uncached forwards, its RNG contract, stopping, filtering, sharding."""
 
+import functools
 import json
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +19,23 @@ from rlvr_jax.types import PromptBatch
 
 PAD, EOS = 1, 0
 M = 7  # new tokens
-PROMPTS = np.array([[PAD, PAD, PAD, 5, 6, 7, 8], [2, 3, 4, 5, 6, 7, 9], [PAD, 11, 12, 13, 14, 15, 16],
-                    [PAD, PAD, PAD, PAD, PAD, 40, 41]], np.int32)
+PROMPTS = np.array(
+    [
+        [PAD, PAD, PAD, 5, 6, 7, 8],
+        [2, 3, 4, 5, 6, 7, 9],
+        [PAD, 11, 12, 13, 14, 15, 16],
+        [PAD, PAD, PAD, PAD, PAD, 40, 41],
+    ],
+    np.int32,
+)
 
 
 def _batch(tokens=PROMPTS, start=0):
-    return PromptBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray((tokens != PAD).astype(np.int32)),
-                       index=jnp.arange(start, start + len(tokens)))
+    return PromptBatch(
+        tokens=jnp.asarray(tokens),
+        mask=jnp.asarray((tokens != PAD).astype(np.int32)),
+        index=jnp.arange(start, start + len(tokens)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +48,17 @@ def single(qwen2_dir):
 @pytest.fixture(scope="module")
 def samplers(single):
     mesh, arch, graphdef, params = single
-    make = lambda **kw: make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES,  # noqa: E731
-                                     SamplingParams(max_new_tokens=M, pad_id=PAD, **kw))
+
+    def make(**kw):
+        return make_sampler(
+            arch,
+            graphdef,
+            params,
+            mesh,
+            ROLLOUT_RULES,
+            SamplingParams(max_new_tokens=M, pad_id=PAD, **kw),
+        )
+
     return {
         "greedy": make(temperature=0.0, stop_on_eos=False),
         "sample": make(temperature=0.8, group_size=3, stop_on_eos=False),
@@ -52,7 +73,7 @@ def _full_logp(single, rollout):
     mask = np.concatenate([rollout.prompt_mask, rollout.mask], axis=1)
     logits = np.asarray(forward(graphdef, params, tokens, mask))
     p = rollout.prompt_tokens.shape[1]
-    return np.asarray(jax.nn.log_softmax(logits[:, p - 1:-1], axis=-1))
+    return np.asarray(jax.nn.log_softmax(logits[:, p - 1 : -1], axis=-1))
 
 
 def test_greedy_cache_equals_uncached_argmax(single, samplers):
@@ -70,8 +91,9 @@ def test_recorded_logp_equals_full_forward(single, samplers):
     np.testing.assert_allclose(rollout.logp, taken, atol=1e-5)
     # The sampling distribution at T=0.8 (no filter) is log_softmax(logits / T), derivable from logp.
     tempered = np.asarray(jax.nn.log_softmax(logp / 0.8, axis=-1))
-    np.testing.assert_allclose(rollout.logp_sample, np.take_along_axis(tempered, rollout.tokens[..., None], -1)[..., 0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        rollout.logp_sample, np.take_along_axis(tempered, rollout.tokens[..., None], -1)[..., 0], atol=1e-5
+    )
     # Row b*G + g belongs to prompt b.
     np.testing.assert_array_equal(rollout.prompt_tokens, np.repeat(PROMPTS, 3, axis=0))
 
@@ -100,12 +122,24 @@ def test_top_k_one_is_greedy(single, samplers):
 
 def test_stop_token_ends_sequence_and_masks_rest(single):
     mesh, arch, graphdef, params = single
-    greedy = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES,
-                          SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_on_eos=False))
+    greedy = make_sampler(
+        arch,
+        graphdef,
+        params,
+        mesh,
+        ROLLOUT_RULES,
+        SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_on_eos=False),
+    )
     free = jax.device_get(greedy(params, _batch(), jax.random.key(0)))
     stop = int(free.tokens[0, 2])  # the third greedy token of row 0 becomes a stop id
-    stopping = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES,
-                            SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_ids=(stop,)))
+    stopping = make_sampler(
+        arch,
+        graphdef,
+        params,
+        mesh,
+        ROLLOUT_RULES,
+        SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_ids=(stop,)),
+    )
     out = jax.device_get(stopping(params, _batch(), jax.random.key(0)))
     for row in range(len(PROMPTS)):
         hits = np.flatnonzero(free.tokens[row] == stop)
@@ -125,9 +159,13 @@ def test_decode_exits_early_when_all_done(single):
     from rlvr_jax.rollout import decode, prefill
 
     mesh, arch, graphdef, params = single
-    first = jax.device_get(make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, SamplingParams(
-        max_new_tokens=1, temperature=0.0, pad_id=PAD))(params, _batch(), jax.random.key(0)).tokens[:, 0])
+    first = jax.device_get(
+        make_sampler(
+            arch, graphdef, params, mesh, ROLLOUT_RULES, SamplingParams(max_new_tokens=1, temperature=0.0, pad_id=PAD)
+        )(params, _batch(), jax.random.key(0)).tokens[:, 0]
+    )
     sp = SamplingParams(max_new_tokens=M, temperature=0.0, pad_id=PAD, stop_ids=tuple(sorted(set(first.tolist()))))
+
     @jax.jit
     def run(params, prompts):
         model = nnx.merge(graphdef, params)
@@ -170,9 +208,14 @@ def test_sharded_sampling_equals_single_device(qwen2_dir, single, samplers):
     """On (2, 2, 2) devices, from training-layout params (the sampler reshards them): same tokens."""
     mesh8 = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     arch, graphdef, params8 = from_pretrained(qwen2_dir, mesh8, TRAIN_RULES)
-    sharded = make_sampler(arch, graphdef, params8, mesh8, ROLLOUT_RULES,
-                           SamplingParams(max_new_tokens=M, temperature=0.8, group_size=3, pad_id=PAD,
-                                          stop_on_eos=False))
+    sharded = make_sampler(
+        arch,
+        graphdef,
+        params8,
+        mesh8,
+        ROLLOUT_RULES,
+        SamplingParams(max_new_tokens=M, temperature=0.8, group_size=3, pad_id=PAD, stop_on_eos=False),
+    )
     out8 = jax.device_get(sharded(params8, _batch(), jax.random.key(11)))
     out1 = jax.device_get(samplers["sample"](single[3], _batch(), jax.random.key(11)))
     np.testing.assert_array_equal(out8.tokens, out1.tokens)
@@ -184,8 +227,13 @@ def test_generate_cli_greedy_equals_transformers(qwen2_dir, capsys):
     from transformers import AutoModelForCausalLM
 
     prompts = ["What is 12 + 30?", "Hello"]
-    assert cli.main(["generate", "--model", str(qwen2_dir), "--raw", "--temperature", "0", "--max-new-tokens",
-                     "12"] + sum((["--prompt", p] for p in prompts), [])) == 0
+    assert (
+        cli.main(
+            ["generate", "--model", str(qwen2_dir), "--raw", "--temperature", "0", "--max-new-tokens", "12"]
+            + functools.reduce(operator.iadd, (["--prompt", p] for p in prompts), [])
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["prompt"] for r in rows] == prompts
     tok = load_tokenizer(qwen2_dir)
@@ -193,8 +241,14 @@ def test_generate_cli_greedy_equals_transformers(qwen2_dir, capsys):
     model = AutoModelForCausalLM.from_pretrained(str(qwen2_dir), dtype=torch.float32).eval()
     stop = [EOS, tok.convert_tokens_to_ids("<|im_end|>")]
     with torch.no_grad():
-        ref = model.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask), do_sample=False,
-                             max_new_tokens=12, eos_token_id=stop, pad_token_id=PAD)[:, ids.shape[1]:].numpy()
+        ref = model.generate(
+            torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=stop,
+            pad_token_id=PAD,
+        )[:, ids.shape[1] :].numpy()
     for row, out in zip(ref, rows):
         expected = row.tolist()
         for i, t in enumerate(expected):

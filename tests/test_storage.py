@@ -27,13 +27,22 @@ BUCKET = "rlvr-test"
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """An emulated bucket; this process and its children reach it through the emulator variables."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gcs_emulator.py"), BUCKET], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "gcs_emulator.py"), BUCKET],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     port = proc.stdout.readline().strip()
     assert port.isdigit(), "the GCS emulator did not start"
     url = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-           "GOOGLE_CLOUD_PROJECT": "test", "RLVR_JAX_LOCAL_CACHE": str(tmp_path_factory.mktemp("local_cache"))}
+    env = {
+        "STORAGE_EMULATOR_HOST": url,
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+        "GOOGLE_CLOUD_PROJECT": "test",
+        "RLVR_JAX_LOCAL_CACHE": str(tmp_path_factory.mktemp("local_cache")),
+    }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
@@ -54,7 +63,7 @@ def local_run(toy_base, tmp_path_factory):
 def bucket_run(gcs, toy_base, local_run, tmp_path_factory):
     """A run killed while saving step 3 into the bucket, its step 2 torn, then restarted (the model is read
     from the bucket too)."""
-    folder, data = toy_base
+    folder, _data = toy_base
     model = epath.Path(f"gs://{BUCKET}/models/toy")
     upload_dir(Path(folder), model)
     run_dir = epath.Path(f"gs://{BUCKET}/runs/killed")
@@ -77,8 +86,13 @@ def test_bucket_run_killed_mid_save_resumes_and_equals_a_local_run(bucket_run, l
     assert steps_left[:2] == ["1", "2"], steps_left  # and whatever of step 3 the kill left
     assert "resuming from checkpoint step 1" in out
     assert_same_run(local_run, run_dir)  # params, optimizer state, metrics rows, sampled tokens
-    for name in ("config.yaml", "summary.json", "tokenizer/tokenizer_config.json", f"evals/step_{STEPS:06d}.json",
-                 "figures/training.png"):
+    for name in (
+        "config.yaml",
+        "summary.json",
+        "tokenizer/tokenizer_config.json",
+        f"evals/step_{STEPS:06d}.json",
+        "figures/training.png",
+    ):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").iterdir())
 
@@ -145,19 +159,41 @@ def test_two_hosts_with_their_own_local_disks_train_into_a_bucket(gcs, tmp_path)
 
     run_dir = epath.Path(f"gs://{BUCKET}/runs/two-hosts")
     port = free_port()
-    args = ["warmstart.steps=10", "warmstart.traces=256", "run.steps=2", "data.prompts_per_step=4",
-            "rollout.group_size=4", "eval.every=2", "eval.max_problems=8", "eval.n=2", "logging.progress_bar=false",
-            "logging.tensorboard=false", "reward.workers=1", "checkpoint.every=1", *MESH,
-            f"mesh.distributed.coordinator_address=localhost:{port}", "mesh.distributed.num_processes=2"]
+    args = [
+        "warmstart.steps=10",
+        "warmstart.traces=256",
+        "run.steps=2",
+        "data.prompts_per_step=4",
+        "rollout.group_size=4",
+        "eval.every=2",
+        "eval.max_problems=8",
+        "eval.n=2",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        "reward.workers=1",
+        "checkpoint.every=1",
+        *MESH,
+        f"mesh.distributed.coordinator_address=localhost:{port}",
+        "mesh.distributed.num_processes=2",
+    ]
     caches = [tmp_path / f"host{i}" for i in range(2)]
-    procs = [subprocess.Popen(command(run_dir, [*args, f"mesh.distributed.process_id={i}"]),
-                              env={**subprocess_env(4), **gcs, "RLVR_JAX_LOCAL_CACHE": str(caches[i])},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            command(run_dir, [*args, f"mesh.distributed.process_id={i}"]),
+            env={**subprocess_env(4), **gcs, "RLVR_JAX_LOCAL_CACHE": str(caches[i])},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     for cache in caches:  # each host built its own copy
         assert len(list(cache.glob("*/base_policy/warmstart.json"))) == 1
-        assert len(list(cache.glob("*/datasets/toy_strategy/*/*/dataset_info.json"))) == 3  # every toy build the run uses
+        assert (
+            len(list(cache.glob("*/datasets/toy_strategy/*/*/dataset_info.json"))) == 3
+        )  # every toy build the run uses
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
     from rlvr_jax.checkpoint import Checkpointer
 
@@ -167,8 +203,11 @@ def test_two_hosts_with_their_own_local_disks_train_into_a_bucket(gcs, tmp_path)
 
 
 def test_a_missing_bucket_stops_train_at_once_with_the_fix(gcs):
-    with pytest.raises(SystemExit, match=r"cannot write to the run directory gs://no-such-bucket/runs/a .*"
-                                         r"check that the bucket exists"):
+    with pytest.raises(
+        SystemExit,
+        match=r"cannot write to the run directory gs://no-such-bucket/runs/a .*"
+        r"check that the bucket exists",
+    ):
         cli.main(["train", "--run-dir", "gs://no-such-bucket/runs/a", "run.steps=1"])
 
 

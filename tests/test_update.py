@@ -11,8 +11,18 @@ from rlvr_jax.model import Arch, init_params
 from rlvr_jax.types import TrainBatch
 from rlvr_jax.update import UpdateSpec, init_train_state, learning_rate, make_optimizer, make_train_step
 
-ARCH = Arch(model_type="qwen2", vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-            num_kv_heads=2, head_dim=8, qkv_bias=True, tie_word_embeddings=False)
+ARCH = Arch(
+    model_type="qwen2",
+    vocab_size=48,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    qkv_bias=True,
+    tie_word_embeddings=False,
+)
 N, P, M = 16, 5, 6
 
 
@@ -24,10 +34,13 @@ def make_batch(seed: int) -> TrainBatch:
     mask = (np.arange(M)[None] < lengths[:, None]).astype(np.int32)
     return TrainBatch(
         prompt_tokens=jnp.asarray(np.where(prompt_mask, rng.integers(2, 48, (N, P)), 1), jnp.int32),
-        prompt_mask=jnp.asarray(prompt_mask), tokens=jnp.asarray(np.where(mask, rng.integers(2, 48, (N, M)), 1),
-                                                                  jnp.int32),
-        mask=jnp.asarray(mask), logp_old=jnp.asarray(rng.normal(-3.9, 0.2, (N, M)), jnp.float32),
-        adv=jnp.asarray(rng.normal(size=N), jnp.float32), weight=jnp.ones(N, jnp.float32))
+        prompt_mask=jnp.asarray(prompt_mask),
+        tokens=jnp.asarray(np.where(mask, rng.integers(2, 48, (N, M)), 1), jnp.int32),
+        mask=jnp.asarray(mask),
+        logp_old=jnp.asarray(rng.normal(-3.9, 0.2, (N, M)), jnp.float32),
+        adv=jnp.asarray(rng.normal(size=N), jnp.float32),
+        weight=jnp.ones(N, jnp.float32),
+    )
 
 
 def run(mesh_cfg: MeshConfig, optim: OptimConfig, steps: int = 3, batches=None, devices=None):
@@ -59,10 +72,12 @@ def _rel_err(tree_a, tree_b):
     reduction-order noise there becomes a visible step (measured: 1e-4 relative on that leaf, 1e-7 on
     the tree). A per-leaf bound would measure Adam's conditioning, not the sharding.
     """
-    pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64))
-             for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b))]
+    pairs = [
+        (np.asarray(a, np.float64), np.asarray(b, np.float64))
+        for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b))
+    ]
     diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs))
-    return diff / np.sqrt(sum(np.sum(b ** 2) for _, b in pairs))
+    return diff / np.sqrt(sum(np.sum(b**2) for _, b in pairs))
 
 
 def test_sharded_equals_single_device(single_run):
@@ -101,7 +116,9 @@ def test_micro_batches_equal_one_batch(single_run):
 def test_same_seed_bit_identical(single_run):
     again, metrics = run(MeshConfig(), OPTIM, devices=jax.devices()[:1])
     single, single_metrics = single_run
-    for a, b in zip(jax.tree.leaves((again.params, again.opt_state)), jax.tree.leaves((single.params, single.opt_state))):
+    for a, b in zip(
+        jax.tree.leaves((again.params, again.opt_state)), jax.tree.leaves((single.params, single.opt_state))
+    ):
         np.testing.assert_array_equal(a, b)
     for m, n in zip(metrics, single_metrics):
         assert m.keys() == n.keys() and all(np.array_equal(m[k], n[k]) for k in m)

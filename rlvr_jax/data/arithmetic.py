@@ -9,7 +9,8 @@ Splits `train` and `test`, each from its own seeded stream.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -47,7 +48,7 @@ def expression(leaves: list[int], ops: list[str], rng: np.random.Generator) -> t
     split = int(rng.integers(len(ops)))  # the root operator; its left subtree holds leaves[: split + 1]
     op = ops[split]
     left, lval, lop = expression(leaves[: split + 1], ops[:split], rng)
-    right, rval, rop = expression(leaves[split + 1:], ops[split + 1:], rng)
+    right, rval, rop = expression(leaves[split + 1 :], ops[split + 1 :], rng)
     # Parenthesise a child that binds more loosely; on the right, also an equal one under `-`
     # (a - (b + c) != a - b + c).
     if lop and _PRECEDENCE[lop] < _PRECEDENCE[op]:
@@ -77,20 +78,29 @@ class Arithmetic(common.TaskBuilder, skip_registration=True):
     name = "arithmetic"
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIG_CLASS = ArithmeticConfig
-    BUILDER_CONFIGS = [ArithmeticConfig(name="default")]
+    BUILDER_CONFIGS = [ArithmeticConfig(name="default")]  # noqa: RUF012 (the TFDS API)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return common.dataset_info(self, __doc__)
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
         cfg = self.builder_config
-        return {"train": self._generate_examples("train", cfg.train_size),
-                "test": self._generate_examples("test", cfg.test_size)}
+        return {
+            "train": self._generate_examples("train", cfg.train_size),
+            "test": self._generate_examples("test", cfg.test_size),
+        }
 
     def _generate_examples(self, split: str, n: int) -> Iterator[tuple[str, dict[str, str]]]:
         cfg = self.builder_config
         rng = np.random.default_rng([cfg.seed, _SPLIT_STREAM[split]])
         for i in range(n):
             expr, value, n_ops = problem(cfg, rng)
-            yield str(i), {"id": f"arithmetic/{split}/{i}", "prompt": prompt_text(expr), "answer": str(value),
-                           "subset": f"ops{n_ops}"}
+            yield (
+                str(i),
+                {
+                    "id": f"arithmetic/{split}/{i}",
+                    "prompt": prompt_text(expr),
+                    "answer": str(value),
+                    "subset": f"ops{n_ops}",
+                },
+            )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -20,6 +21,7 @@ BASE_FEATURES = ("id", "prompt", "answer", "subset")
 # Fields of tfds.core.BuilderConfig itself; everything else on a config subclass is a task parameter.
 _TFDS_FIELDS = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
 
 class DataError(ValueError):
     """Bad task input (missing file, malformed row, unknown task or parameter); the message says the fix."""
@@ -38,13 +40,15 @@ def text_features(names: tuple[str, ...] = BASE_FEATURES) -> tfds.features.Featu
     return tfds.features.FeaturesDict({name: tfds.features.Text() for name in names})
 
 
-def dataset_info(builder: tfds.core.GeneratorBasedBuilder, description: str,
-                 names: tuple[str, ...] = BASE_FEATURES) -> tfds.core.DatasetInfo:
+def dataset_info(
+    builder: tfds.core.GeneratorBasedBuilder, description: str, names: tuple[str, ...] = BASE_FEATURES
+) -> tfds.core.DatasetInfo:
     # builder=self, not dataset_info_from_configs: the latter looks for a builder package on disk.
     # disable_shuffling keeps the generation order in the file, so global index i is the i-th example
     # generated; the pipeline shuffles with its own keyed permutation anyway.
-    return tfds.core.DatasetInfo(builder=builder, description=description, features=text_features(names),
-                                 disable_shuffling=True)
+    return tfds.core.DatasetInfo(
+        builder=builder, description=description, features=text_features(names), disable_shuffling=True
+    )
 
 
 def task_params(config: tfds.core.BuilderConfig) -> dict[str, Any]:

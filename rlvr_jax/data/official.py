@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import tensorflow_datasets as tfds
 
 from rlvr_jax.data import common
 
-GSM8K_HELP = ("put the official GSM8K files train.jsonl and test.jsonl (github.com/openai/grade-school-math, "
-              "folder grade_school_math/data) in <manual_dir>/gsm8k/")
-MATH_HELP = ("put the official MATH folders train/ and test/ (Hendrycks et al., MATH.tar: "
-             "<split>/<subject>/<n>.json) in <manual_dir>/math/")
+GSM8K_HELP = (
+    "put the official GSM8K files train.jsonl and test.jsonl (github.com/openai/grade-school-math, "
+    "folder grade_school_math/data) in <manual_dir>/gsm8k/"
+)
+MATH_HELP = (
+    "put the official MATH folders train/ and test/ (Hendrycks et al., MATH.tar: "
+    "<split>/<subject>/<n>.json) in <manual_dir>/math/"
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -62,7 +67,7 @@ def _argument(text: str, pos: int) -> str | None:
             depth += ch == "{"
             depth -= ch == "}"
             if depth == 0:
-                return text[pos + 1: i].strip()
+                return text[pos + 1 : i].strip()
             i += 1
         return None  # unbalanced
     if text.startswith(" ", pos):  # `\boxed 5$`: the argument runs to the next space or `$`
@@ -101,7 +106,7 @@ def _require(row: dict[str, Any], fields: tuple[str, ...], path: Path, where: st
 class _Official(common.TaskBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIG_CLASS = OfficialConfig
-    BUILDER_CONFIGS = [OfficialConfig(name="default")]
+    BUILDER_CONFIGS = [OfficialConfig(name="default")]  # noqa: RUF012 (the TFDS API)
     SPLITS = ("train", "test")
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -139,8 +144,15 @@ class Gsm8k(_Official, skip_registration=True):
                 if gold is None:
                     raise common.DataError(f"{path}{where}: the answer has no final value after '####'")
                 count += 1
-                yield str(line_no), {"id": f"gsm8k/{split}/{line_no}", "answer": gold, "subset": "",
-                                     "prompt": _with_instruction(row["question"], self.builder_config.instruction)}
+                yield (
+                    str(line_no),
+                    {
+                        "id": f"gsm8k/{split}/{line_no}",
+                        "answer": gold,
+                        "subset": "",
+                        "prompt": _with_instruction(row["question"], self.builder_config.instruction),
+                    },
+                )
         if count == 0:
             raise common.DataError(f"{path} holds no examples: {GSM8K_HELP}")
 
@@ -149,6 +161,7 @@ def _math_files(split_dir: Path) -> list[Path]:
     # Order by subject, then by the number in the file name (2.json before 10.json).
     def key(p: Path) -> tuple[str, int, str]:
         return (p.parent.name, int(p.stem) if p.stem.isdigit() else -1, p.stem)
+
     return sorted(split_dir.glob("*/*.json"), key=key)
 
 
@@ -170,5 +183,12 @@ class Math(_Official, skip_registration=True):
             if gold is None:
                 raise common.DataError(f"{file}: the solution has no complete \\boxed{{...}} answer")
             key = f"{file.parent.name}/{file.stem}"
-            yield key, {"id": f"math/{split}/{key}", "answer": gold, "subset": row["level"],
-                        "prompt": _with_instruction(row["problem"], self.builder_config.instruction)}
+            yield (
+                key,
+                {
+                    "id": f"math/{split}/{key}",
+                    "answer": gold,
+                    "subset": row["level"],
+                    "prompt": _with_instruction(row["problem"], self.builder_config.instruction),
+                },
+            )

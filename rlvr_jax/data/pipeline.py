@@ -15,7 +15,8 @@ e + 1), which is harmless for RL sampling.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import grain
 import numpy as np
@@ -62,31 +63,43 @@ class _Encode:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         truncated = len(ids) > width
         if truncated and self.cfg.long_prompt == LongPrompt.error:
-            raise common.DataError(f"example {ex['id']} has a {len(ids)}-token prompt, more than "
-                                   f"data.max_prompt_len={width}; raise the limit or set data.long_prompt=truncate")
+            raise common.DataError(
+                f"example {ex['id']} has a {len(ids)}-token prompt, more than "
+                f"data.max_prompt_len={width}; raise the limit or set data.long_prompt=truncate"
+            )
         ids = ids[-width:]  # keep the end: the generation prompt must survive truncation
         tokens = np.full(width, self.tokenizer.pad_token_id, np.int32)
         mask = np.zeros(width, np.int32)
-        tokens[width - len(ids):] = ids
-        mask[width - len(ids):] = 1
-        example = {"id": ex["id"], "prompt": ex["prompt"], "answer": ex["answer"], "subset": ex["subset"],
-                   "truncated": truncated}
+        tokens[width - len(ids) :] = ids
+        mask[width - len(ids) :] = 1
+        example = {
+            "id": ex["id"],
+            "prompt": ex["prompt"],
+            "answer": ex["answer"],
+            "subset": ex["subset"],
+            "truncated": truncated,
+        }
         # The source repeats modulo its length; `index` arrives as epoch * length + i.
         return {"tokens": tokens, "mask": mask, "index": index % self.length, "example": example}
 
 
 def _stack(rows: Sequence[dict[str, Any]]) -> StepBatch:
-    arrays = {"tokens": np.stack([r["tokens"] for r in rows]), "mask": np.stack([r["mask"] for r in rows]),
-              "index": np.asarray([r["index"] for r in rows], np.int32)}
+    arrays = {
+        "tokens": np.stack([r["tokens"] for r in rows]),
+        "mask": np.stack([r["mask"] for r in rows]),
+        "index": np.asarray([r["index"] for r in rows], np.int32),
+    }
     return StepBatch(arrays, [r["example"] for r in rows])
 
 
-def prompt_dataset(source: Sequence[Any], tokenizer: Any, cfg: DataConfig, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.MapDataset:
+def prompt_dataset(
+    source: Sequence[Any], tokenizer: Any, cfg: DataConfig, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """Infinite grain dataset whose element k is this process's `StepBatch` of step k."""
     if cfg.prompts_per_step % process_count:
-        raise common.DataError(f"data.prompts_per_step={cfg.prompts_per_step} must divide evenly over "
-                               f"{process_count} processes")
+        raise common.DataError(
+            f"data.prompts_per_step={cfg.prompts_per_step} must divide evenly over {process_count} processes"
+        )
     if not 0 <= process_index < process_count:
         raise common.DataError(f"process_index {process_index} is outside 0..{process_count - 1}")
     if len(source) == 0:
@@ -104,10 +117,18 @@ def prompt_dataset(source: Sequence[Any], tokenizer: Any, cfg: DataConfig, seed:
 class PromptPipeline:
     """Prompts of one task split for one process, addressed by step (no iterator state)."""
 
-    def __init__(self, task: str, split: str, data_cfg: DataConfig, tokenizer: Any, seed: int,
-                 process_index: int = 0, process_count: int = 1, **builder_kwargs: Any):
-        self.source = sources.load_task_source(task, split, data_cfg.data_dir, data_cfg.manual_dir,
-                                               **builder_kwargs)
+    def __init__(
+        self,
+        task: str,
+        split: str,
+        data_cfg: DataConfig,
+        tokenizer: Any,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        **builder_kwargs: Any,
+    ):
+        self.source = sources.load_task_source(task, split, data_cfg.data_dir, data_cfg.manual_dir, **builder_kwargs)
         self.data_cfg = data_cfg
         self.dataset = prompt_dataset(self.source, tokenizer, data_cfg, seed, process_index, process_count)
 
@@ -135,9 +156,15 @@ class PromptPipeline:
         return iter(self.dataset[start_step:].to_iter_dataset(options))
 
 
-def evaluation_batches(source: Sequence[Any], tokenizer: Any, cfg: DataConfig, problems_per_batch: int,
-                       max_problems: int | None = None, process_index: int = 0,
-                       process_count: int = 1) -> list[tuple[StepBatch, int]]:
+def evaluation_batches(
+    source: Sequence[Any],
+    tokenizer: Any,
+    cfg: DataConfig,
+    problems_per_batch: int,
+    max_problems: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[tuple[StepBatch, int]]:
     """The first `max_problems` problems of a split in source order (no shuffle), as (batch, valid rows).
 
     Every batch has the same static shape (the last one is padded by repeating its final row, which
@@ -145,8 +172,9 @@ def evaluation_batches(source: Sequence[Any], tokenizer: Any, cfg: DataConfig, p
     contiguous share of every batch as in training.
     """
     if problems_per_batch % process_count:
-        raise common.DataError(f"eval.batch_problems={problems_per_batch} must divide evenly over "
-                               f"{process_count} processes")
+        raise common.DataError(
+            f"eval.batch_problems={problems_per_batch} must divide evenly over {process_count} processes"
+        )
     total = len(source) if max_problems is None else min(max_problems, len(source))
     if total == 0:
         raise common.DataError("the evaluation split is empty")
@@ -155,7 +183,7 @@ def evaluation_batches(source: Sequence[Any], tokenizer: Any, cfg: DataConfig, p
     out = []
     for start in range(0, total, problems_per_batch):
         rows = list(range(start, min(start + problems_per_batch, total)))
-        mine = rows[process_index * local:(process_index + 1) * local]
+        mine = rows[process_index * local : (process_index + 1) * local]
         valid = len(mine)
         mine = (mine or rows[-1:]) + [(mine or rows)[-1]] * (local - max(valid, 1))
         out.append((_stack([encode((i, source[i])) for i in mine]), valid))

@@ -6,8 +6,9 @@ with another package's); this module is the one place that maps task names to bu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -30,12 +31,12 @@ def task_builder(task: str, data_dir: str | Path | None = None, **builder_kwargs
         raise common.DataError(f"unknown task {task!r}; valid tasks: {sorted(TASKS)}")
     builder_cls = TASKS[task]
     config = common.make_config(builder_cls, **builder_kwargs)
-    return builder_cls(config=config, data_dir=None if data_dir is None else str(data_dir),
-                       file_format="array_record")
+    return builder_cls(config=config, data_dir=None if data_dir is None else str(data_dir), file_format="array_record")
 
 
-def build_task(task: str, data_dir: str | Path | None = None, manual_dir: str | Path | None = None,
-               **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
+def build_task(
+    task: str, data_dir: str | Path | None = None, manual_dir: str | Path | None = None, **builder_kwargs: Any
+) -> tfds.core.DatasetBuilder:
     """Build `task` into `data_dir` unless it is already there (offline: generators and manual files only)."""
     import jax
 
@@ -44,8 +45,7 @@ def build_task(task: str, data_dir: str | Path | None = None, manual_dir: str | 
     if _is_built(builder) and not multi:
         return builder  # reading a built dataset needs neither the manual files nor a generator run
     if task in MANUAL_HELP and manual_dir is None and not _is_built(builder):
-        raise common.DataError(f"task {task!r} is built from local files: set data.manual_dir and "
-                               f"{MANUAL_HELP[task]}")
+        raise common.DataError(f"task {task!r} is built from local files: set data.manual_dir and {MANUAL_HELP[task]}")
     if task in MANUAL_HELP and not _is_built(builder) and not Path(manual_dir).is_dir():
         raise common.DataError(f"data.manual_dir {manual_dir} does not exist: {MANUAL_HELP[task]}")
     # Multi-host: every process calls this in the same order. Into a shared data_dir process 0 builds
@@ -69,8 +69,13 @@ def _is_built(builder: tfds.core.DatasetBuilder) -> bool:
     return builder.data_path.joinpath("dataset_info.json").exists()
 
 
-def load_task_source(task: str, split: str, data_dir: str | Path | None = None,
-                     manual_dir: str | Path | None = None, **builder_kwargs: Any) -> Sequence[dict[str, Any]]:
+def load_task_source(
+    task: str,
+    split: str,
+    data_dir: str | Path | None = None,
+    manual_dir: str | Path | None = None,
+    **builder_kwargs: Any,
+) -> Sequence[dict[str, Any]]:
     """Random-access source of one split (TFDS slicing such as `train[:100]` works); text values are bytes.
 
     Builds the dataset first when `data_dir` does not hold it yet.

@@ -16,8 +16,9 @@ fractions, and the same parameters always give the same dataset.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -92,7 +93,7 @@ class ToyStrategy(common.TaskBuilder, skip_registration=True):
     name = "toy_strategy"
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIG_CLASS = ToyStrategyConfig
-    BUILDER_CONFIGS = [ToyStrategyConfig(name="default")]
+    BUILDER_CONFIGS = [ToyStrategyConfig(name="default")]  # noqa: RUF012 (the TFDS API)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return common.dataset_info(self, __doc__, FEATURES)
@@ -111,8 +112,16 @@ class ToyStrategy(common.TaskBuilder, skip_registration=True):
             strategies = np.repeat(np.arange(3), exact_counts(n, cfg.prior))[rng.permutation(n)]
         for i, (a, b, c, hard) in enumerate(rows):
             response = "" if strategies is None else execute(int(strategies[i]), a, b, c)
-            yield str(i), {"id": f"toy_strategy/{split}/{i}", "prompt": f"{a} {b} {c}", "answer": str(b),
-                           "subset": "hard" if hard else "easy", "response": response}
+            yield (
+                str(i),
+                {
+                    "id": f"toy_strategy/{split}/{i}",
+                    "prompt": f"{a} {b} {c}",
+                    "answer": str(b),
+                    "subset": "hard" if hard else "easy",
+                    "response": response,
+                },
+            )
 
 
 def _tokenizer_corpus(n: int = 4000, seed: int = 12345) -> list[str]:
@@ -131,6 +140,7 @@ def toy_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     `vocab_size` (the strategy tokens included). Note: `decode(..., skip_special_tokens=True)` drops the
     strategy tokens along with the chat markers.
     """
-    build_bpe_tokenizer_with_special_tokens(_tokenizer_corpus(), vocab_size, STRATEGY_TOKENS, out_dir,
-                                            chat_template=CHATML_TEMPLATE)
+    build_bpe_tokenizer_with_special_tokens(
+        _tokenizer_corpus(), vocab_size, STRATEGY_TOKENS, out_dir, chat_template=CHATML_TEMPLATE
+    )
     return Path(out_dir)

@@ -23,9 +23,22 @@ from rlvr_jax.model.hf_io import CheckpointFormatError, load_state, save_pretrai
 from rlvr_jax.storage import local_copy
 
 __all__ = [
-    "Arch", "ArchError", "CheckpointFormatError", "Decoder", "KVCache", "LayerCache", "RopeScaling",
-    "abstract_model", "forward", "from_pretrained", "init_cache", "init_params", "load_policy", "positions_from_mask",
-    "save_pretrained", "state_shardings",
+    "Arch",
+    "ArchError",
+    "CheckpointFormatError",
+    "Decoder",
+    "KVCache",
+    "LayerCache",
+    "RopeScaling",
+    "abstract_model",
+    "forward",
+    "from_pretrained",
+    "init_cache",
+    "init_params",
+    "load_policy",
+    "positions_from_mask",
+    "save_pretrained",
+    "state_shardings",
 ]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -35,8 +48,9 @@ def _dtype(name: Any) -> Any:
     return _DTYPES[getattr(name, "value", name)] if isinstance(getattr(name, "value", name), str) else name
 
 
-def abstract_model(arch: Arch, param_dtype: Any = jnp.float32, dtype: Any = jnp.float32,
-                   remat: bool = False) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(
+    arch: Arch, param_dtype: Any = jnp.float32, dtype: Any = jnp.float32, remat: bool = False
+) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and abstract (shape-only) state; no memory is allocated."""
     model = nnx.eval_shape(lambda: Decoder(arch, nnx.Rngs(0), _dtype(param_dtype), _dtype(dtype), remat))
     return nnx.split(model)
@@ -46,8 +60,15 @@ def state_shardings(abstract: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
     return tree_shardings(abstract, mesh, rules)
 
 
-def init_params(arch: Arch, mesh: Mesh, rules: Rules, key: jax.Array, param_dtype: Any = jnp.float32,
-                dtype: Any = jnp.float32, remat: bool = False) -> tuple[nnx.GraphDef, nnx.State]:
+def init_params(
+    arch: Arch,
+    mesh: Mesh,
+    rules: Rules,
+    key: jax.Array,
+    param_dtype: Any = jnp.float32,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+) -> tuple[nnx.GraphDef, nnx.State]:
     """Random parameters created directly in their sharded layout (never whole on one device)."""
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
     shardings = state_shardings(abstract, mesh, rules)
@@ -59,8 +80,14 @@ def init_params(arch: Arch, mesh: Mesh, rules: Rules, key: jax.Array, param_dtyp
         return graphdef, jax.jit(make, out_shardings=shardings)(key)
 
 
-def from_pretrained(folder: str | Path, mesh: Mesh, rules: Rules, param_dtype: Any = jnp.float32,
-                    dtype: Any = jnp.float32, remat: bool = False) -> tuple[Arch, nnx.GraphDef, nnx.State]:
+def from_pretrained(
+    folder: str | Path,
+    mesh: Mesh,
+    rules: Rules,
+    param_dtype: Any = jnp.float32,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+) -> tuple[Arch, nnx.GraphDef, nnx.State]:
     """Load an HF folder (config.json + safetensors; local or gs://) straight into the sharded layout."""
     arch = Arch.from_dir(folder)
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
@@ -87,14 +114,18 @@ def check_arch_matches(expected: Arch, found: Arch, folder: str) -> None:
     import dataclasses
 
     skip = {"bos_token_id", "eos_token_ids", "pad_token_id"}  # token ids may legitimately differ by release
-    diff = [f"{f.name}: config {getattr(expected, f.name)!r} vs {folder} {getattr(found, f.name)!r}"
-            for f in dataclasses.fields(Arch) if f.name not in skip and getattr(expected, f.name) != getattr(found, f.name)]
+    diff = [
+        f"{f.name}: config {getattr(expected, f.name)!r} vs {folder} {getattr(found, f.name)!r}"
+        for f in dataclasses.fields(Arch)
+        if f.name not in skip and getattr(expected, f.name) != getattr(found, f.name)
+    ]
     if diff:
         raise ArchError("model.arch does not match the checkpoint's config.json:\n  " + "\n  ".join(diff))
 
 
-def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, key_mask: jax.Array,
-            positions: jax.Array | None = None) -> jax.Array:
+def forward(
+    graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, key_mask: jax.Array, positions: jax.Array | None = None
+) -> jax.Array:
     """Uncached full forward: f32 logits [B, T, V] of a (left-padded) batch."""
     positions = positions_from_mask(key_mask) if positions is None else positions
     logits, _ = nnx.merge(graphdef, state)(tokens, positions, key_mask)

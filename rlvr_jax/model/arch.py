@@ -56,21 +56,28 @@ class Arch:
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ArchError(
-                f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})")
+                f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})"
+            )
         if self.head_dim % 2:
             raise ArchError(f"head_dim ({self.head_dim}) must be even for RoPE")
 
     @property
     def num_params(self) -> int:
-        d, f, n, k, h, v = (self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
-                            self.head_dim, self.vocab_size)
+        d, f, n, k, h, v = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+        )
         attn = d * h * (2 * n + 2 * k) + (h * (n + 2 * k) if self.qkv_bias else 0) + (2 * h if self.qk_norm else 0)
         attn += d if self.o_bias else 0
         layer = attn + 3 * d * f + (2 * f + d if self.mlp_bias else 0) + 2 * d
         return self.num_layers * layer + v * d * (1 if self.tie_word_embeddings else 2) + d
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> "Arch":
+    def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> Arch:
         model_type = cfg.get("model_type")
         if model_type not in SUPPORTED:
             raise ArchError(f"{source}: model_type {model_type!r} is not supported; supported: {sorted(SUPPORTED)}")
@@ -112,7 +119,7 @@ class Arch:
         )
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> "Arch":
+    def from_dir(cls, path: str | Path) -> Arch:
         """The config.json of a model folder, local or in a bucket (gs://)."""
         file = as_path(path) / "config.json"
         if not file.is_file():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,9 @@ class LayerCache:
 KVCache = tuple[LayerCache, ...]
 
 
-def _param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dtype: jnp.dtype,
-           fill: float | None = None) -> nnx.Param:
+def _param(
+    rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dtype: jnp.dtype, fill: float | None = None
+) -> nnx.Param:
     """A parameter with logical axis names; random normal unless `fill` is given."""
     if fill is not None:
         value = jnp.full(shape, fill, dtype)
@@ -69,7 +70,8 @@ def rope_inv_freq(arch: Arch) -> np.ndarray:
     wavelen = 2 * math.pi / inv
     scaled = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
     smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
-        sc.high_freq_factor - sc.low_freq_factor)
+        sc.high_freq_factor - sc.low_freq_factor
+    )
     smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
@@ -111,8 +113,9 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return constrain(y, ("batch", None, "q_heads" if name == "q" else "kv_heads", None))
 
-    def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array,
-                 cache: LayerCache | None, index: jax.Array | int) -> tuple[jax.Array, LayerCache | None]:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: LayerCache | None, index: jax.Array | int
+    ) -> tuple[jax.Array, LayerCache | None]:
         """x [B, T, D] at cache slots index..index+T-1; key_mask [B, S] marks slots holding tokens."""
         q, k, v = (self._project(x, name) for name in ("q", "k", "v"))
         if self.arch.qk_norm:
@@ -177,8 +180,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, param_dtype)
         self.mlp = MLP(arch, rngs, param_dtype, dtype)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: LayerCache | None,
-                 index: jax.Array | int) -> tuple[jax.Array, LayerCache | None]:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: LayerCache | None, index: jax.Array | int
+    ) -> tuple[jax.Array, LayerCache | None]:
         attn_out, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, index)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), cache
@@ -191,8 +195,14 @@ def _run_block(block: Block, x, positions, key_mask, cache, index):
 class Decoder(nnx.Module):
     """Token ids -> f32 logits, optionally through a KV cache."""
 
-    def __init__(self, arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype = jnp.float32,
-                 dtype: jnp.dtype = jnp.float32, remat: bool = False):
+    def __init__(
+        self,
+        arch: Arch,
+        rngs: nnx.Rngs,
+        param_dtype: jnp.dtype = jnp.float32,
+        dtype: jnp.dtype = jnp.float32,
+        remat: bool = False,
+    ):
         self.embed = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
         self.layers = nnx.List([Block(arch, rngs, param_dtype, dtype) for _ in range(arch.num_layers)])
         self.final_norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, param_dtype)
@@ -202,8 +212,14 @@ class Decoder(nnx.Module):
         self.dtype = dtype
         self.remat = remat
 
-    def hidden_states(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
-                      cache: KVCache | None = None, index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        key_mask: jax.Array,
+        cache: KVCache | None = None,
+        index: jax.Array | int = 0,
+    ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D] (and the updated cache)."""
         # Gather D in full first (the FSDP weight all-gather): a lookup from a D-sharded table would
         # come out sharded on D and need a full rematerialisation to reach the batch layout.
@@ -225,8 +241,14 @@ class Decoder(nnx.Module):
         """f32 logits [B, T, V] from hidden states [B, T, D]."""
         return head_logits(hidden, self.head_weight())
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array,
-                 cache: KVCache | None = None, index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        key_mask: jax.Array,
+        cache: KVCache | None = None,
+        index: jax.Array | int = 0,
+    ) -> tuple[jax.Array, KVCache | None]:
         hidden, cache = self.hidden_states(tokens, positions, key_mask, cache, index)
         return self.logits(hidden), cache
 

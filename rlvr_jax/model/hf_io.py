@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,10 +96,11 @@ class SafetensorsReader:
             self.file_of = {name: self.folder / file for name, file in weight_map.items()}
         elif single.is_file():
             with safe_open(single, framework="flax") as f:
-                self.file_of = {name: single for name in f.keys()}
+                self.file_of = dict.fromkeys(f.keys(), single)
         else:
             raise CheckpointFormatError(
-                f"{self.folder}: no model.safetensors or model.safetensors.index.json (expected HF safetensors)")
+                f"{self.folder}: no model.safetensors or model.safetensors.index.json (expected HF safetensors)"
+            )
         for file in set(self.file_of.values()):
             if not file.is_file():
                 raise CheckpointFormatError(f"{file} is listed in the index but missing")
@@ -126,8 +128,14 @@ class SafetensorsReader:
         self._handles.clear()
 
 
-def _read_shard(reader: SafetensorsReader, name: str, shape: tuple[int, ...], merge: Merge,
-                index: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
+def _read_shard(
+    reader: SafetensorsReader,
+    name: str,
+    shape: tuple[int, ...],
+    merge: Merge,
+    index: tuple[slice, ...],
+    dtype: np.dtype,
+) -> np.ndarray:
     """Read the part of HF tensor `name` that lands in our shard `index` (slices over our dims)."""
     index = tuple(index) + (slice(None),) * (len(shape) - len(index))
     hf_index, after = [], []
@@ -158,10 +166,12 @@ def load_state(folder: str | Path, arch: Arch, abstract: nnx.State, shardings: n
             if found != hf_shape(shape, merge):
                 raise CheckpointFormatError(
                     f"{folder}: tensor {name} has shape {list(found)}, but config.json implies "
-                    f"{list(hf_shape(shape, merge))}; the weights do not match the config")
+                    f"{list(hf_shape(shape, merge))}; the weights do not match the config"
+                )
             sharding = flat_shard[path].get_value()
             array = jax.make_array_from_callback(
-                shape, sharding, lambda idx, n=name, s=shape, m=merge, d=dtype: _read_shard(reader, n, s, m, idx, d))
+                shape, sharding, lambda idx, n=name, s=shape, m=merge, d=dtype: _read_shard(reader, n, s, m, idx, d)
+            )
             loaded.append((path, var.replace(array)))
         return nnx.from_flat_state(loaded)
     finally:
@@ -175,13 +185,19 @@ def _check_names(folder: str | Path, arch: Arch, mapping: dict, available: set[s
         raise CheckpointFormatError(
             f"{folder}: tensor {missing[0]} is missing from the safetensors files"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; check that config.json matches the weights")
-    extra = sorted(n for n in available - wanted if not n.endswith(_IGNORED_SUFFIXES)
-                   and not (arch.tie_word_embeddings and n == "lm_head.weight"))
+            + "; check that config.json matches the weights"
+        )
+    extra = sorted(
+        n
+        for n in available - wanted
+        if not n.endswith(_IGNORED_SUFFIXES) and not (arch.tie_word_embeddings and n == "lm_head.weight")
+    )
     if extra:
         raise CheckpointFormatError(
-            f"{folder}: unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-            + f"; config.json describes a {arch.model_type} model without it")
+            f"{folder}: unexpected tensor {extra[0]}"
+            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+            + f"; config.json describes a {arch.model_type} model without it"
+        )
 
 
 def _host_arrays(arch: Arch, state: nnx.State) -> Iterator[tuple[str, np.ndarray]]:
@@ -196,8 +212,14 @@ def _host_arrays(arch: Arch, state: nnx.State) -> Iterator[tuple[str, np.ndarray
         yield name, host.reshape(hf_shape(host.shape, merge))
 
 
-def save_pretrained(folder: str | Path, arch: Arch, state: nnx.State, tokenizer: Any = None,
-                    max_shard_bytes: int = 4 << 30, write: bool | None = None) -> Path:
+def save_pretrained(
+    folder: str | Path,
+    arch: Arch,
+    state: nnx.State,
+    tokenizer: Any = None,
+    max_shard_bytes: int = 4 << 30,
+    write: bool | None = None,
+) -> Path:
     """Write config.json + safetensors (+ index when sharded) + tokenizer that `transformers` loads.
 
     Every process must call it (the arrays are gathered); `write` (default: process 0 only) says which
@@ -217,15 +239,19 @@ def save_pretrained(folder: str | Path, arch: Arch, state: nnx.State, tokenizer:
             size = 0
         shards[-1][name] = array
         size += array.nbytes
-    files = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     cpu = jax.local_devices(backend="cpu")[0]  # this process's own (devices("cpu")[0] is process 0's)
     for file, shard in zip(files, shards):
-        save_file({n: jax.device_put(a, cpu) for n, a in shard.items()}, str(folder / file),
-                  metadata={"format": "pt"})
+        save_file({n: jax.device_put(a, cpu) for n, a in shard.items()}, str(folder / file), metadata={"format": "pt"})
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
-                 "weight_map": {n: f for f, s in zip(files, shards) for n in s}}
+        index = {
+            "metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+            "weight_map": {n: f for f, s in zip(files, shards) for n in s},
+        }
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config = arch.to_hf()
     config["dtype"] = str(jnp.dtype(next(iter(tensors.values())).dtype))

@@ -7,4 +7,4 @@ correct bool[N], timeouts, errors). Verifiers: math (math-verify), numeric, exac
 from rlvr_jax.rewards.pool import RewardPool, RewardResult
 from rlvr_jax.rewards.verifiers import VERIFIERS, last_boxed, last_number, toy_strategy_of
 
-__all__ = ["RewardPool", "RewardResult", "VERIFIERS", "last_boxed", "last_number", "toy_strategy_of"]
+__all__ = ["VERIFIERS", "RewardPool", "RewardResult", "last_boxed", "last_number", "toy_strategy_of"]

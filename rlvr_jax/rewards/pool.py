@@ -13,14 +13,15 @@ including a replacement after a kill, starts as a cheap fork of it instead of a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing as mp
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait as wait_any
-from typing import Sequence
 
 import numpy as np
 
@@ -47,8 +48,11 @@ class RewardResult:
     seconds: float  # wall time of the whole call
 
     def metrics(self) -> dict[str, float]:
-        return {"reward/timeouts": float(self.timeouts), "reward/errors": float(self.errors),
-                "time/reward_s": self.seconds}
+        return {
+            "reward/timeouts": float(self.timeouts),
+            "reward/errors": float(self.errors),
+            "time/reward_s": self.seconds,
+        }
 
 
 class _Worker:
@@ -158,15 +162,13 @@ class RewardPool:
         self._closed = True
         self._executor.shutdown(wait=True)
         for w in self._workers:
-            try:
+            with contextlib.suppress(OSError):  # already dead
                 w.conn.send(None)
-            except OSError:  # already dead
-                pass
         for w in self._workers:
             w.stop(kill=False)
         self._workers = []
 
-    def __enter__(self) -> "RewardPool":
+    def __enter__(self) -> RewardPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -189,8 +191,7 @@ class RewardPool:
                     w.stop(kill=True)
                     self._workers[k] = _Worker(self._ctx)
             raise
-        return RewardResult(batch.rewards, batch.correct, batch.timeouts, batch.errors,
-                            time.perf_counter() - start)
+        return RewardResult(batch.rewards, batch.correct, batch.timeouts, batch.errors, time.perf_counter() - start)
 
     def _await_ready(self) -> None:
         while not all(w.ready for w in self._workers):
@@ -258,6 +259,7 @@ class RewardPool:
             self._start_failures += 1
             if self._start_failures >= _START_FAILURES:
                 del self._workers[k]
-                raise RuntimeError(f"{self._start_failures} reward workers in a row died before starting; "
-                                   "see their tracebacks above")
+                raise RuntimeError(
+                    f"{self._start_failures} reward workers in a row died before starting; see their tracebacks above"
+                )
         self._workers[k] = _Worker(self._ctx)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 
 class Verifier(NamedTuple):
@@ -108,7 +109,7 @@ def _fraction(text: str) -> Fraction:
 def last_number(text: str) -> Fraction | None:
     """The last number in `text` as an exact fraction, or None (also for x/0 and absurdly long digits)."""
     last = None
-    for last in _NUMBER.finditer(text):
+    for last in _NUMBER.finditer(text):  # noqa: B007 - keep the final match
         pass
     if last is None:
         return None
@@ -158,7 +159,7 @@ _INT = re.compile(r"-?\d+")
 
 
 def toy_strategy_of(completion: str) -> str | None:
-    """"S1", "S2" or "S3" when the completion opens with that strategy token, else None."""
+    """ "S1", "S2" or "S3" when the completion opens with that strategy token, else None."""
     m = _STRATEGY.match(completion)
     return m.group(1) if m else None
 
