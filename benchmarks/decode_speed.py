@@ -32,7 +32,7 @@ from flax import nnx
 from rlvr_jax.config import MeshConfig
 from rlvr_jax.mesh import ROLLOUT_RULES, make_mesh
 from rlvr_jax.model import from_pretrained
-from rlvr_jax.rollout import SamplingParams, make_sampler, prefill
+from rlvr_jax.rollout import SamplingSpec, make_sampler, prefill
 from rlvr_jax.types import PromptBatch
 
 # Qwen2-style, GQA, tied embeddings. FULL is ~65M parameters (259 MB f32), far past the 32 MB L3,
@@ -90,7 +90,7 @@ def parse_args() -> argparse.Namespace:
 def prepare_ours(loaded: tuple, batch: int, args: argparse.Namespace):
     """(run the whole sampler, run its prefill alone, row of byte/FLOP costs), both compiled."""
     mesh, arch, graphdef, state = loaded
-    sp = SamplingParams(
+    sp = SamplingSpec(
         max_new_tokens=args.new_tokens, temperature=0.0 if args.greedy else 1.0, stop_on_eos=False, pad_id=1
     )
     sampler = make_sampler(arch, graphdef, state, mesh, ROLLOUT_RULES, sp)

@@ -33,7 +33,7 @@ from rlvr_jax.config import LoggingConfig, LossConfig, MeshConfig, OptimConfig
 from rlvr_jax.dynamics import class_probabilities
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh
 from rlvr_jax.model import Arch, init_params
-from rlvr_jax.rollout import SamplingParams, make_sampler
+from rlvr_jax.rollout import SamplingSpec, make_sampler
 from rlvr_jax.types import PromptBatch, TrainBatch
 
 SMALL = dict(
@@ -67,7 +67,7 @@ def main() -> int:
         mask=jnp.ones((PROMPTS, PROMPT_LEN), jnp.int32),
         index=jnp.arange(PROMPTS),
     )
-    sampling = SamplingParams(
+    sampling = SamplingSpec(
         max_new_tokens=NEW, group_size=GROUP, temperature=1.0, top_p=1.0, top_k=0, stop_ids=(), pad_id=1
     )
     sampler = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sampling)
@@ -84,7 +84,7 @@ def main() -> int:
     optim = OptimConfig(lr=1e-5)
     tx = update_lib.make_optimizer(optim, 100)
     spec = update_lib.UpdateSpec(LossConfig(), optim, NEW)
-    fresh = lambda: update_lib.init_train_state(params, tx, jax.random.key(2), mesh, TRAIN_RULES)  # noqa: E731
+    fresh = lambda: update_lib.init_train_state(params, tx, mesh, TRAIN_RULES)  # noqa: E731
 
     def update_timer(dynamics: bool, bare: bool = False):
         original = update_lib.sampled_token_stats

@@ -70,7 +70,7 @@ def main() -> int:
     graphdef, params = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0))
     optim = OptimConfig(lr=1e-5)
     tx = make_optimizer(optim, 100)
-    state = init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES)
+    state = init_train_state(params, tx, mesh, TRAIN_RULES)
     step = make_train_step(graphdef, tx, UpdateSpec(LossConfig(), optim, args.seq // 2), state, mesh, TRAIN_RULES)
     batch = make_batch(args.rows, args.seq // 2, args.seq - args.seq // 2, arch.vocab_size)
     holder = {"state": state}

@@ -19,7 +19,7 @@ node pool of the right type, Workload Identity access to the bucket, and the GCS
   --accelerator TYPE   v5litepod-16 | v5p-16 | v6e-16                                       [ACCELERATOR]
   --bucket NAME        GCS bucket for run directories (also mounted read-only at /mnt/gcs)  [BUCKET]
   --run-name NAME      run directory gs://BUCKET/runs/NAME, also the JobSet name            [RUN_NAME]
-  --config FILE        config path inside the image     default configs/toy_strategy.yaml
+  --config FILE        config path inside the image     default toy_strategy (packaged)
   --service-account SA Kubernetes service account with access to the bucket  default default
   --dry-run            print the manifest and the kubectl command, apply nothing
   -- key=value         config overrides
@@ -27,7 +27,7 @@ USAGE
 }
 
 IMAGE="${IMAGE:-}" ACCELERATOR="${ACCELERATOR:-}" BUCKET="${BUCKET:-}" RUN_NAME="${RUN_NAME:-}"
-CONFIG="configs/toy_strategy.yaml" SERVICE_ACCOUNT="default" OVERRIDES=()
+CONFIG="toy_strategy" SERVICE_ACCOUNT="default" OVERRIDES=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --image) IMAGE="${2:?}"; shift 2 ;;

@@ -37,7 +37,7 @@ if [[ ! -x "$BIN" && "$DRY_RUN" == 0 ]]; then
 fi
 CMD=("$BIN" train)
 if [[ -n "$CONFIG" ]]; then
-  [[ -f "$CONFIG" ]] || die "--config $CONFIG does not exist"
+  # a file, or the name of a packaged config (rlvr-jax resolves it and names the packaged ones if neither)
   CMD+=(--config "$CONFIG")
 fi
 if [[ -n "$RUN_DIR" ]]; then CMD+=(--run-dir "$RUN_DIR"); fi

@@ -16,7 +16,7 @@ Writes an sbatch script next to the run directory and submits it.
   --gpus-per-node G    GPUs per node                                 [GPUS]       required
   --partition P        SLURM partition                               [PARTITION]  required
   --run-dir DIR        run directory on a filesystem all nodes share [RUN_DIR]    required
-  --config FILE        YAML config                                   default configs/toy_strategy.yaml
+  --config FILE        YAML config                                   default toy_strategy (packaged)
   --time HH:MM:SS      wall-clock limit (the trainer saves and exits 0 on the SIGTERM that ends it)
   --account A          SLURM account                                 [ACCOUNT]
   --dry-run            print the sbatch script and the submit command, submit nothing
@@ -25,7 +25,7 @@ USAGE
 }
 
 NODES="${NODES:-}" GPUS="${GPUS:-}" PARTITION="${PARTITION:-}" RUN_DIR="${RUN_DIR:-}" ACCOUNT="${ACCOUNT:-}"
-CONFIG="configs/toy_strategy.yaml" TIME_LIMIT="" OVERRIDES=()
+CONFIG="toy_strategy" TIME_LIMIT="" OVERRIDES=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --nodes) NODES="${2:?}"; shift 2 ;;

@@ -31,7 +31,7 @@ options (or the environment variables in brackets):
   --bucket NAME       GCS bucket: run directories are written to gs://NAME/runs/ directly (Orbax
                       and the trainer write gs:// URLs); setup mounts it read-only at /mnt/gcs
                                                       [BUCKET]    required by setup and train
-  --config FILE       config path inside the checkout (train)          default configs/toy_strategy.yaml
+  --config FILE       config path inside the checkout (train)          default toy_strategy (packaged)
   --run-name NAME     run directory gs://BUCKET/runs/NAME (train, logs)   default the slice name
   --dry-run           print every command, run none
   -- key=value        config overrides passed to rlvr-jax train
@@ -49,7 +49,7 @@ esac
 
 PROJECT="${PROJECT:-}" ZONE="${ZONE:-}" TPU_NAME="${TPU_NAME:-}" ACCELERATOR="${ACCELERATOR:-}"
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}" BUCKET="${BUCKET:-}" SPOT=0
-CONFIG="configs/toy_strategy.yaml" RUN_NAME="" OVERRIDES=()
+CONFIG="toy_strategy" RUN_NAME="" OVERRIDES=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --project) PROJECT="${2:?}"; shift 2 ;;

@@ -1,4 +1,4 @@
-"""Advantages from group rewards: baseline x sign filter (ALGORITHMS.md section 2).
+"""Advantages from group rewards: baseline x sign filter (docs/algorithms.md section 2).
 
 Every function here is pure jnp over `rewards: f32[B, G]` (B prompts, G rollouts each) and jit-safe.
 The config is static: jit `advantages` with the config closed over (`functools.partial`) or marked

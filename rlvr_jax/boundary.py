@@ -6,7 +6,7 @@ pass@k of one problem with n samples of which c are correct (Chen et al., 2021):
 
 Binomials overflow long before n = 1024, so the product is taken directly: every factor lies in
 [0, 1] (clipped at 0 once i > n - c - 1, where pass@k is exactly 1), and a cumulative product gives
-every k at once. Boundary sets (ALGORITHMS.md section 5): problems solved at least once (c > 0) by
+every k at once. Boundary sets (docs/algorithms.md section 5): problems solved at least once (c > 0) by
 the current and the reference model; gained, lost, kept; and the pass@k difference per k.
 """
 
@@ -83,3 +83,23 @@ def boundary_sets(
         "never": len(ids) - len(solved_cur | solved_ref),
         "pass_at_k_delta": {str(k): pc[k] - pr[k] for k in ks},
     }
+
+
+def boundary_over_training(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per evaluated step: solved, gained, lost, kept against the step-0 evaluation."""
+    base = next((e for e in evals if e["step"] == 0), None)
+    if base is None:
+        return []
+    out = []
+    for e in evals:
+        b = boundary_sets(e["problems"], base["problems"], e["n"], base["n"])
+        out.append(
+            {
+                "step": e["step"],
+                "solved": b["solved"]["current"],
+                "gained": len(b["gained"]),
+                "lost": len(b["lost"]),
+                "kept": len(b["kept"]),
+            }
+        )
+    return out

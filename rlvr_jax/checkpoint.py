@@ -2,7 +2,7 @@
 
 A checkpoint at step k holds everything step k+1 reads:
   params/  the policy (sharded arrays)
-  train/   optimizer state, update counter, train key (raw key data), skipped-step counter
+  train/   optimizer state, update counter, skipped-step counter
   meta/    JSON: format, step, resolved config, data position, fingerprint of the reference
            (initial) policy, the base-policy evaluation, the architecture as HF config.json fields
 Nothing else feeds the maths: every random draw is keyed by (seed, purpose, step) and the data order
@@ -84,12 +84,7 @@ def fingerprint(params: Any) -> str:
 
 
 def _train_item(state: TrainState) -> dict[str, Any]:
-    return {
-        "opt_state": state.opt_state,
-        "step": state.step,
-        "skipped": state.skipped,
-        "key": jax.random.key_data(state.key),
-    }
+    return {"opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
 
 
 def _abstract(tree: Any) -> Any:
@@ -99,11 +94,7 @@ def _abstract(tree: Any) -> Any:
 
 def abstract_items(target: TrainState) -> tuple[Any, dict[str, Any]]:
     """(params, train) restore targets from an abstract TrainState whose leaves carry shardings."""
-    key = target.key
-    key_data = jax.eval_shape(jax.random.key_data, key)
-    key_data = jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=key.sharding)
-    train = {"opt_state": target.opt_state, "step": target.step, "skipped": target.skipped, "key": key_data}
-    return _abstract(target.params), _abstract(train)
+    return _abstract(target.params), _abstract(_train_item(target))
 
 
 # --- the manager --------------------------------------------------------------------------------
@@ -152,7 +143,7 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Start saving step `step` (returns once the arrays are copied off the device when async)."""
-        record = {"format": FORMAT, "step": step, "key_impl": str(jax.random.key_impl(state.key)), **meta}
+        record = {"format": FORMAT, "step": step, **meta}
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave(_train_item(state)),
@@ -186,6 +177,7 @@ class Checkpointer:
     def restore_state(self, step: int, target: TrainState, meta: dict[str, Any]) -> TrainState:
         """Arrays of `step` in the target's layout; read failures raise `_Unreadable`."""
         params_target, train_target = abstract_items(target)
+        train_target = self._with_legacy_key(step, train_target)
         self._check_shapes(step, "params", params_target)
         self._check_shapes(step, "train", train_target)
         args = ocp.args.Composite(
@@ -196,10 +188,18 @@ class Checkpointer:
         except Exception as err:  # - tensorstore / file errors: the checkpoint is unreadable
             raise _Unreadable(str(err)) from err
         train = out.train
-        key = jax.random.wrap_key_data(train["key"], impl=meta["key_impl"])
-        return TrainState(
-            params=out.params, opt_state=train["opt_state"], step=train["step"], key=key, skipped=train["skipped"]
-        )
+        return TrainState(params=out.params, opt_state=train["opt_state"], step=train["step"], skipped=train["skipped"])
+
+    def _with_legacy_key(self, step: int, train_target: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoints written before the unused train key left TrainState still hold it: read it, drop it."""
+        try:
+            saved = _shape_table(self.manager.item_metadata(step)["train"])
+        except Exception:  # unreadable metadata: _check_shapes reports it
+            return train_target
+        if "key" not in saved:
+            return train_target
+        shape, dtype = saved["key"]
+        return {**train_target, "key": jax.ShapeDtypeStruct(shape, dtype, sharding=train_target["step"].sharding)}
 
     def _check_shapes(self, step: int, item: str, target: Any) -> None:
         """A config that changed the state's shapes is a user error, not a corrupted checkpoint."""

@@ -148,6 +148,9 @@ class MeshConfig(_Section):
     """Parameter/optimizer-state sharding axis (-1: the devices left over)."""
     tensor: int = 1
     """Tensor-parallel axis (heads, MLP hidden, vocab)."""
+    strict_sharding: bool = False
+    """A parameter dimension that its mesh axes do not divide is replicated (and listed at startup);
+    true makes that an error instead (a mis-sized mesh otherwise shows up later as out-of-memory)."""
     distributed: DistributedConfig = DistributedConfig()
 
 
@@ -262,7 +265,6 @@ class CheckpointConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    every: int = Field(default=1, ge=1)
     tensorboard: bool = True
     dynamics_every: int = Field(default=20, ge=1)
     """Post-update probability-mass pass (two extra forwards) every N steps; the per-sign statistics of
@@ -312,10 +314,6 @@ class Config(_Section):
         """run.run_dir (a local folder or a gs:// URL), default runs/<run.name>; local ones made absolute."""
         return as_path(self.run.run_dir or f"runs/{self.run.name}")
 
-    @property
-    def rollouts_per_step(self) -> int:
-        return self.data.prompts_per_step * self.rollout.group_size
-
 
 # --- loading ------------------------------------------------------------------------------------
 
@@ -334,6 +332,31 @@ _Loader.yaml_implicit_resolvers = {
     k: sorted(v, key=lambda tag_re: tag_re[0] != "tag:yaml.org,2002:int")
     for k, v in _Loader.yaml_implicit_resolvers.items()
 }
+
+
+# The configs, recipes and probe files that ship with the package (package data).
+PACKAGED = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_names(folder: str = "") -> list[str]:
+    """Names of the packaged YAML files under `folder` ("" for the run configs, "recipes", "probes")."""
+    return sorted(p.stem for p in (PACKAGED / folder).glob("*.yaml"))
+
+
+def resolve_config(path: str | Path, folder: str = "") -> Path:
+    """A YAML file by path when it exists, else the packaged file of that name: `toy_strategy`,
+    `recipes/qwen2.5-math-1.5b_math_grpo`, or a repository path such as `configs/toy_strategy.yaml`
+    (configs moved into the package; old paths keep working from anywhere)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    name = given.as_posix().removeprefix("rlvr_jax/").removeprefix("configs/")
+    name = name.removeprefix(f"{folder}/") if folder else name
+    candidate = PACKAGED / folder / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(packaged_names(folder))
+    raise ConfigError(f"config file {path} does not exist (packaged {folder or 'configs'}: {known})")
 
 
 def parse_yaml_value(text: str) -> Any:
@@ -412,7 +435,21 @@ def _describe(err: dict[str, Any]) -> str:
     return f"config key {dotted!r}: {err['msg']} (got {err.get('input')!r})"
 
 
+# Keys that existed once: a config that still sets one gets this message instead of "unknown key".
+REMOVED_KEYS = {
+    "logging.every": "metrics.jsonl has a row every step; delete the key",
+}
+
+
+def _removed_keys(tree: Mapping[str, Any]) -> list[str]:
+    flat = flatten(tree)
+    return [f"config key {key!r} was removed: {why}" for key, why in REMOVED_KEYS.items() if key in flat]
+
+
 def validate(tree: dict[str, Any]) -> Config:
+    removed = _removed_keys(tree)
+    if removed:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(removed))
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
@@ -421,8 +458,9 @@ def validate(tree: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults), apply dotted overrides in order, validate."""
-    tree = _read_yaml(Path(path)) if path is not None else {}
+    """Load a YAML config (a file, or a packaged config by name: see `resolve_config`), apply dotted
+    overrides in order, validate. No path: the defaults of every field."""
+    tree = _read_yaml(resolve_config(path)) if path is not None else {}
     for override in overrides:
         tree = apply_override(tree, override)
     return validate(tree)

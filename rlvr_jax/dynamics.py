@@ -1,9 +1,9 @@
-"""On-device probability-mass statistics (ALGORITHMS.md section 4).
+"""On-device probability-mass statistics (docs/algorithms.md section 4).
 
 `class_probabilities` is the probe (see probe.py): at named decision positions of fixed prompts, the
 exact softmax mass of named token classes (e.g. the toy task's strategy tokens S1/S2/S3) and the rest.
 `sampled_token_stats` and `update_shift_stats` split the sampled tokens of an update by the sign of
-their rollout's advantage (section 4 of ALGORITHMS.md).
+their rollout's advantage (section 4 of docs/algorithms.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Token log-probs, the PPO / GSPO policy objectives, KL to a reference, entropy, aggregation.
 
-Formulas (ALGORITHMS.md section 3), per completion token t of rollout i, w = exp(logp - logp_old):
+Formulas (docs/algorithms.md section 3), per completion token t of rollout i, w = exp(logp - logp_old):
   PPO:   l = -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A); dual-clip for A < 0: min(l, -c A)
   GSPO:  s_i = exp(mean_t (logp - logp_old)); l_i = -min(s_i A_i, clip(s_i) A_i), on every token of i
   KL:    k1 = log(p/q), k2 = 0.5 log(p/q)^2, k3 = q/p - 1 - log(q/p), p = pi_theta, q = pi_ref
@@ -189,9 +189,22 @@ def _metric_terms(
     return terms
 
 
+# How a term combines, from its key's prefix: (pairwise op, reduction over a stacked axis).
+_TERM_OPS = {"sum": (jnp.add, jnp.sum), "min": (jnp.minimum, jnp.min), "max": (jnp.maximum, jnp.max)}
+
+
+def _term_ops(key: str) -> tuple:
+    return _TERM_OPS[key.split("/")[0]]
+
+
 def combine_terms(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    ops = {"sum": jnp.add, "min": jnp.minimum, "max": jnp.maximum}
-    return {k: ops[k.split("/")[0]](a[k], b[k]) for k in a}
+    """Two micro-batches' terms as one."""
+    return {k: _term_ops(k)[0](a[k], b[k]) for k in a}
+
+
+def reduce_terms(stacked: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Terms stacked along axis 0 (one row per optimizer step) as one."""
+    return {k: _term_ops(k)[1](v, axis=0) for k, v in stacked.items()}
 
 
 def finalize_metrics(terms: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -127,7 +127,7 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
 
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, nnx.Variable):
-            return NamedSharding(mesh, PartitionSpec())
+            return replicated(mesh)
         names = getattr(leaf, "logical_axes", None)
         if names is None:
             raise ValueError(f"parameter of shape {leaf.shape} has no logical_axes metadata")
@@ -154,3 +154,43 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def report_sharding(
+    params: Any, mesh: Mesh, rules: Rules, say: Any = print, strict: bool = False, shown: int = 8
+) -> list[str]:
+    """Say, once, which parameter dimensions are replicated because their mesh axes do not divide them
+    (`logical_to_spec` replicates those silently); every parameter's resolved spec goes to the debug log.
+
+    strict: raise instead (mesh.strict_sharding). Returns the replicated dimensions, one line each.
+    """
+    from flax import nnx
+
+    replicated_dims = []
+    leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    for path, leaf in leaves:
+        names = getattr(leaf, "logical_axes", None)
+        if names is None:
+            continue
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        wanted = logical_to_spec(names, rules)
+        resolved = logical_to_spec(names, rules, leaf.shape, mesh)
+        log.debug("sharding %s %s %s -> %s", name, tuple(leaf.shape), tuple(names), resolved)
+        for dim, (want, got) in enumerate(zip(wanted, resolved)):
+            if want is not None and got is None:
+                axes = (want,) if isinstance(want, str) else tuple(want)
+                size = int(np.prod([mesh.shape[a] for a in axes]))
+                if size > 1:
+                    replicated_dims.append(
+                        f"{name} dim {dim} ({names[dim]}={leaf.shape[dim]} over {'x'.join(axes)}={size})"
+                    )
+    if not replicated_dims:
+        return []
+    head = f"mesh {dict(mesh.shape)}: {len(replicated_dims)} parameter dimension(s) not divisible by their mesh axes"
+    listed = "; ".join(replicated_dims[:shown]) + (
+        f"; ... and {len(replicated_dims) - shown} more" if len(replicated_dims) > shown else ""
+    )
+    if strict:
+        raise ValueError(f"{head} (mesh.strict_sharding=true): {listed}. Choose mesh sizes that divide them.")
+    say(f"{head}, replicated there instead: {listed} (set mesh.strict_sharding=true to make this an error)")
+    return replicated_dims

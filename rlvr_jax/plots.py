@@ -10,14 +10,14 @@ figures/boundary.png   problems gained / lost / kept against the base policy (st
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rlvr_jax.boundary import boundary_sets
-from rlvr_jax.stages import detect_transition
+from rlvr_jax.boundary import boundary_over_training
+from rlvr_jax.evaluate import read_evals
+from rlvr_jax.stages import detect_transition, probe_series
 from rlvr_jax.storage import as_path
 from rlvr_jax.writers import read_jsonl
 
@@ -36,17 +36,6 @@ def _plt() -> Any:
 def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     pairs = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
     return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else ([], [])
-
-
-def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
-    """Steps with a probe reading and each named class's probability (rest excluded)."""
-    names = sorted({k[len("probe/pi_") :] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
-    probed = [r for r in rows if all(isinstance(r.get(f"probe/pi_{n}"), (int, float)) for n in names)] if names else []
-    return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
-
-
-def read_evals(run_dir: Path) -> list[dict[str, Any]]:
-    return sorted((json.loads(p.read_text()) for p in (run_dir / "evals").glob("step_*.json")), key=lambda e: e["step"])
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -178,26 +167,6 @@ def _pass_at_k(evals: list[dict[str, Any]], out_dir: Path) -> Path:
         ax.set_title(f"pass@k ({group})")
         ax.legend(fontsize=7)
     return _save(fig, out_dir / "pass_at_k.png")
-
-
-def boundary_over_training(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per evaluated step: solved, gained, lost, kept against the step-0 evaluation."""
-    base = next((e for e in evals if e["step"] == 0), None)
-    if base is None:
-        return []
-    out = []
-    for e in evals:
-        b = boundary_sets(e["problems"], base["problems"], e["n"], base["n"])
-        out.append(
-            {
-                "step": e["step"],
-                "solved": b["solved"]["current"],
-                "gained": len(b["gained"]),
-                "lost": len(b["lost"]),
-                "kept": len(b["kept"]),
-            }
-        )
-    return out
 
 
 def _boundary(evals: list[dict[str, Any]], out_dir: Path) -> Path | None:

@@ -14,8 +14,9 @@ YAML:
     # ... or held-out prompts of the run's task:  prompts: {from_split: test, count: 64}
 JSONL: one {"prompt", "response_prefix"?, "classes"} object per line.
 
-The toy task ships its probe (`toy_probe`, also written out as configs/probes/toy_strategy.yaml):
-pi(S1), pi(S2), pi(S3) and the rest at response position 0 of 64 held-out prompts.
+A task may ship its own probe (`Task.probe`), used when no probe file is given: the toy task's is
+pi(S1), pi(S2), pi(S3) and the rest at response position 0 of 64 held-out prompts (also written out
+as rlvr_jax/configs/probes/toy_strategy.yaml).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import jax
 import numpy as np
 import yaml
 
-from rlvr_jax.config import Config
-from rlvr_jax.data import STRATEGY_TOKENS, PromptPipeline
+from rlvr_jax.config import Config, ConfigError, packaged_names, resolve_config
+from rlvr_jax.data import PromptPipeline
 from rlvr_jax.dynamics import class_probabilities
 from rlvr_jax.tokenizer import encode_left_padded, render_prompt
 from rlvr_jax.types import PromptBatch
@@ -55,14 +56,12 @@ class ProbeSpec:
     from_split: tuple[str, int] | None = None  # (split, count): held-out prompts of the run's task
 
 
-def toy_probe() -> ProbeSpec:
-    return ProbeSpec(classes={t.strip("<>"): [t] for t in STRATEGY_TOKENS}, from_split=("test", 64))
-
-
 def load_probe_file(path: str | Path) -> ProbeSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ProbeError(f"probe file {path} does not exist (logging.probe_file)")
+    try:
+        path = resolve_config(path, "probes")  # a file, or a packaged probe by name
+    except ConfigError:
+        known = ", ".join(packaged_names("probes"))
+        raise ProbeError(f"probe file {path} does not exist (logging.probe_file; packaged probes: {known})") from None
     if path.suffix == ".jsonl":
         items = []
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -141,28 +140,32 @@ class Probe:
         return {f"probe/pi_{name}": float(v) for name, v in zip(self.names + ["rest"], values)}
 
 
-def make_probe(cfg: Config, tokenizer: Any, graphdef: Any) -> Probe:
-    """The run's probe: logging.probe_file, else the task's own (toy_strategy), else none."""
-    if cfg.logging.probe_file:
-        spec = load_probe_file(cfg.logging.probe_file)
-    elif cfg.data.task == "toy_strategy":
-        spec = toy_probe()
-    else:
+def probe_spec(cfg: Config, task: Any) -> ProbeSpec | None:
+    """The run's probe: logging.probe_file, else the task's own (`task.probe()`), else none."""
+    return load_probe_file(cfg.logging.probe_file) if cfg.logging.probe_file else task.probe()
+
+
+def make_probe(spec: ProbeSpec | None, cfg: Config, task: Any, tokenizer: Any, graphdef: Any) -> Probe:
+    """The probe as a jitted function of the params (`spec` from `probe_spec`, checked before any work)."""
+    if spec is None:
         return Probe(None, [])
-    prompts, names, member, applies = probe_arrays(spec, cfg, tokenizer)
+    prompts, names, member, applies = probe_arrays(spec, cfg, task, tokenizer)
     from flax import nnx
 
     fn = jax.jit(lambda p: class_probabilities(nnx.merge(graphdef, p), prompts, member, applies))
     return Probe(fn, names)
 
 
-def probe_arrays(spec: ProbeSpec, cfg: Config, tok: Any) -> tuple[PromptBatch, list[str], np.ndarray, np.ndarray]:
+def probe_arrays(
+    spec: ProbeSpec, cfg: Config, task: Any, tok: Any
+) -> tuple[PromptBatch, list[str], np.ndarray, np.ndarray]:
     """Prompts (left padded, decision position last), class names, membership f32[C, V], applies f32[B, C]."""
     items = spec.items
     if spec.from_split is not None:
         split, count = spec.from_split
         data = cfg.data.model_copy(update={"prompts_per_step": count})
-        _, examples = PromptPipeline(cfg.data.task, split, data, tok, cfg.run.seed + 1).batch(0)
+        source = task.source(split, cfg.data.data_dir, cfg.data.manual_dir)
+        _, examples = PromptPipeline(source, data, tok, cfg.run.seed + 1).batch(0)
         items = [ProbeItem(e["prompt"]) for e in examples]
     names = list(dict.fromkeys([*spec.classes] + [c for it in items for c in (it.classes or {})]))
     vocab = len(tok)

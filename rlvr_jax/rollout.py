@@ -13,17 +13,17 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from rlvr_jax.config import RolloutConfig
-from rlvr_jax.mesh import Rules, sharding_for
+from rlvr_jax.mesh import Rules, replicated, sharding_for
 from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, state_shardings
 from rlvr_jax.model.arch import Arch
 from rlvr_jax.types import PromptBatch, Rollout
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingParams:
+class SamplingSpec:
     max_new_tokens: int  # M
     group_size: int = 1  # G samples per prompt
     temperature: float = 1.0  # 0: greedy
@@ -34,7 +34,7 @@ class SamplingParams:
     stop_on_eos: bool = True  # False: always generate max_new_tokens (benchmarks)
 
     @classmethod
-    def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> SamplingParams:
+    def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> SamplingSpec:
         return cls(
             max_new_tokens=cfg.max_new_tokens,
             group_size=cfg.group_size,
@@ -55,7 +55,6 @@ class SamplerState:
     seq_keys: jax.Array  # key[B*G]
     tokens: jax.Array  # i32[B*G, M]
     logp: jax.Array  # f32[B*G, M]
-    logp_sample: jax.Array  # f32[B*G, M]
     done: jax.Array  # bool[B*G]
     eos: jax.Array  # bool[B*G]
     lengths: jax.Array  # i32[B*G]
@@ -69,51 +68,45 @@ def sequence_keys(key: jax.Array, prompt_index: jax.Array, group_size: int) -> j
     return per_sample.reshape(-1)
 
 
-def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+def filter_logits(logits: jax.Array, sampling: SamplingSpec) -> jax.Array:
     """Tempered logits [B, V] with everything outside the top-k / top-p set at -inf."""
-    scaled = logits / params.temperature
-    if params.top_k > 0:
-        kth = jax.lax.top_k(scaled, params.top_k)[0][:, -1:]
+    scaled = logits / sampling.temperature
+    if sampling.top_k > 0:
+        kth = jax.lax.top_k(scaled, sampling.top_k)[0][:, -1:]
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
-    if params.top_p < 1.0:
+    if sampling.top_p < 1.0:
         ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(ordered, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs
         # Smallest set whose mass reaches top_p: keep a token while the mass before it is < top_p.
-        threshold = jnp.min(jnp.where(mass_before < params.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
+        threshold = jnp.min(jnp.where(mass_before < sampling.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
         scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
     return scaled
 
 
 def sample_tokens(
-    logits: jax.Array, keys: jax.Array, step: jax.Array, params: SamplingParams
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(token i32[B], log pi(token) f32[B] un-tempered, log-prob under the sampling distribution)."""
-    logp_full = jax.nn.log_softmax(logits, axis=-1)
-    if params.temperature == 0.0:
+    logits: jax.Array, keys: jax.Array, step: jax.Array, sampling: SamplingSpec
+) -> tuple[jax.Array, jax.Array]:
+    """(token i32[B], log pi(token) f32[B] under the un-tempered policy: PPO's logp_old)."""
+    if sampling.temperature == 0.0:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        logp_sample = jnp.zeros(token.shape, jnp.float32)
     else:
-        filtered = filter_logits(logits, params)
+        filtered = filter_logits(logits, sampling)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
         token = jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
-        logp_sample = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1), token[:, None], axis=-1)[:, 0]
-    logp = jnp.take_along_axis(logp_full, token[:, None], axis=-1)[:, 0]
-    return token, logp, logp_sample
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token, logp
 
 
-def _record(
-    state: SamplerState, token: jax.Array, logp: jax.Array, logp_sample: jax.Array, params: SamplingParams
-) -> SamplerState:
+def _record(state: SamplerState, token: jax.Array, logp: jax.Array, sampling: SamplingSpec) -> SamplerState:
     """Write the step's token (pad once a sequence is done) and update the stop bookkeeping."""
     live = ~state.done
-    token = jnp.where(live, token, params.pad_id)
+    token = jnp.where(live, token, sampling.pad_id)
     col = state.step
-    hit_stop = live & jnp.isin(token, jnp.asarray(params.stop_ids or (-1,), jnp.int32)) & params.stop_on_eos
+    hit_stop = live & jnp.isin(token, jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)) & sampling.stop_on_eos
     return state.replace(
         tokens=state.tokens.at[:, col].set(token),
         logp=state.logp.at[:, col].set(jnp.where(live, logp, 0.0)),
-        logp_sample=state.logp_sample.at[:, col].set(jnp.where(live, logp_sample, 0.0)),
         lengths=state.lengths + live.astype(jnp.int32),
         eos=state.eos | hit_stop,
         done=state.done | hit_stop,
@@ -121,10 +114,10 @@ def _record(
     )
 
 
-def prefill(model: nnx.Module, prompts: PromptBatch, key: jax.Array, params: SamplingParams) -> SamplerState:
+def prefill(model: nnx.Module, prompts: PromptBatch, key: jax.Array, sampling: SamplingSpec) -> SamplerState:
     """Run the prompts once, copy the cache G times, and sample the first token of every sequence."""
     b, p = prompts.tokens.shape
-    g, m = params.group_size, params.max_new_tokens
+    g, m = sampling.group_size, sampling.max_new_tokens
     cache = init_cache(model.arch, b, p + m, model.dtype)
     key_mask = jnp.concatenate([prompts.mask, jnp.ones((b, m), prompts.mask.dtype)], axis=1)
     positions = positions_from_mask(prompts.mask)
@@ -136,38 +129,37 @@ def prefill(model: nnx.Module, prompts: PromptBatch, key: jax.Array, params: Sam
         key_mask=repeat(key_mask),
         prompt_lens=repeat(prompts.mask.sum(axis=1).astype(jnp.int32)),
         seq_keys=sequence_keys(key, prompts.index, g),
-        tokens=jnp.full((n, m), params.pad_id, jnp.int32),
+        tokens=jnp.full((n, m), sampling.pad_id, jnp.int32),
         logp=jnp.zeros((n, m), jnp.float32),
-        logp_sample=jnp.zeros((n, m), jnp.float32),
         done=jnp.zeros((n,), bool),
         eos=jnp.zeros((n,), bool),
         lengths=jnp.zeros((n,), jnp.int32),
         step=jnp.zeros((), jnp.int32),
     )
-    token, logp, logp_sample = sample_tokens(repeat(logits[:, -1]), state.seq_keys, state.step, params)
-    return _record(state, token, logp, logp_sample, params)
+    token, logp = sample_tokens(repeat(logits[:, -1]), state.seq_keys, state.step, sampling)
+    return _record(state, token, logp, sampling)
 
 
-def decode(model: nnx.Module, state: SamplerState, params: SamplingParams) -> SamplerState:
+def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec) -> SamplerState:
     """Generate until every sequence stopped or max_new_tokens; exits early when all are done."""
-    prompt_len = state.key_mask.shape[1] - params.max_new_tokens
+    prompt_len = state.key_mask.shape[1] - sampling.max_new_tokens
 
     def cond(s: SamplerState) -> jax.Array:
-        return (s.step < params.max_new_tokens) & ~jnp.all(s.done)
+        return (s.step < sampling.max_new_tokens) & ~jnp.all(s.done)
 
     def body(s: SamplerState) -> SamplerState:
         prev = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)  # [B*G, 1]
         positions = (s.prompt_lens + s.step - 1)[:, None]
         logits, cache = model(prev, positions, s.key_mask, s.cache, prompt_len + s.step - 1)
         s = s.replace(cache=cache)
-        token, logp, logp_sample = sample_tokens(logits[:, 0], s.seq_keys, s.step, params)
-        return _record(s, token, logp, logp_sample, params)
+        token, logp = sample_tokens(logits[:, 0], s.seq_keys, s.step, sampling)
+        return _record(s, token, logp, sampling)
 
     return jax.lax.while_loop(cond, body, state)
 
 
-def finish(prompts: PromptBatch, state: SamplerState, params: SamplingParams) -> Rollout:
-    g, m = params.group_size, params.max_new_tokens
+def finish(prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec) -> Rollout:
+    g, m = sampling.group_size, sampling.max_new_tokens
     mask = (jnp.arange(m)[None, :] < state.lengths[:, None]).astype(jnp.int32)
     return Rollout(
         prompt_tokens=jnp.repeat(prompts.tokens, g, axis=0),
@@ -177,7 +169,6 @@ def finish(prompts: PromptBatch, state: SamplerState, params: SamplingParams) ->
         lengths=state.lengths,
         eos=state.eos,
         logp=state.logp,
-        logp_sample=state.logp_sample,
     )
 
 
@@ -193,11 +184,10 @@ def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int) -
         seq_keys=batch(),
         tokens=batch(None),
         logp=batch(None),
-        logp_sample=batch(None),
         done=batch(),
         eos=batch(),
         lengths=batch(),
-        step=NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        step=replicated(mesh),
     )
 
 
@@ -205,9 +195,9 @@ Sampler = Callable[[nnx.State, PromptBatch, jax.Array], Rollout]
 
 
 def make_sampler(
-    arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State, mesh: Mesh, rules: Rules, params: SamplingParams
+    arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State, mesh: Mesh, rules: Rules, sampling: SamplingSpec
 ) -> Sampler:
-    """Compile-once sampler: `sampler(param_state, prompts, key) -> Rollout`.
+    """Compile-once sampler: `sampler(params, prompts, key) -> Rollout`.
 
     Parameters are resharded to the rollout rule table on entry (weights unsharded over fsdp, heads
     over tensor); sequences are split over data x fsdp. Prefill and decode are two jits; decode
@@ -215,18 +205,18 @@ def make_sampler(
     """
     param_sh = state_shardings(abstract_params, mesh, rules)
 
-    def prefill_fn(param_state, prompts, key):
-        return prefill(nnx.merge(graphdef, param_state), prompts, key, params)
+    def prefill_fn(params, prompts, key):
+        return prefill(nnx.merge(graphdef, params), prompts, key, sampling)
 
-    def decode_fn(param_state, state):
-        return decode(nnx.merge(graphdef, param_state), state, params)
+    def decode_fn(params, state):
+        return decode(nnx.merge(graphdef, params), state, sampling)
 
     jitted: dict[tuple[int, int], tuple[Callable, Callable]] = {}
-    finish_jit = jax.jit(lambda prompts, state: finish(prompts, state, params))
+    finish_jit = jax.jit(lambda prompts, state: finish(prompts, state, sampling))
 
     def compiled(b: int, p: int) -> tuple[Callable, Callable]:
         if (b, p) not in jitted:
-            n, m = b * params.group_size, params.max_new_tokens
+            n, m = b * sampling.group_size, sampling.max_new_tokens
             st_sh = _state_shardings(arch, mesh, rules, n, p + m)
             pb = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (b,) + (1,) * len(rest))  # noqa: E731
             prompt_sh = PromptBatch(tokens=pb(None), mask=pb(None), index=pb())
@@ -236,13 +226,13 @@ def make_sampler(
             )
         return jitted[(b, p)]
 
-    def sampler(param_state: nnx.State, prompts: PromptBatch, key: jax.Array) -> Rollout:
+    def sampler(params: nnx.State, prompts: PromptBatch, key: jax.Array) -> Rollout:
         b, p = prompts.tokens.shape
         prefill_jit, decode_jit = compiled(b, p)
         # Training-layout params are resharded once per rollout (a no-op when already in layout).
-        param_state = jax.device_put(param_state, param_sh)
+        params = jax.device_put(params, param_sh)
         with jax.set_mesh(mesh):
-            state = decode_jit(param_state, prefill_jit(param_state, prompts, key))
+            state = decode_jit(params, prefill_jit(params, prompts, key))
             return finish_jit(prompts, state)
 
     return sampler

@@ -1,6 +1,6 @@
 """The exploitation -> exploration stage detector, on the probe's class probabilities over steps.
 
-RLVR's two-stage dynamic (ALGORITHMS.md section 1): first the mass of already-likely rewarded
+RLVR's two-stage dynamic (docs/algorithms.md section 1): first the mass of already-likely rewarded
 tokens saturates (exploitation), then a token that was rare under the base policy takes over
 (exploration). The rule, stated so a reader can check it against the figure:
 
@@ -21,6 +21,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+
+def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
+    """Steps with a probe reading and each named class's probability (rest excluded)."""
+    names = sorted({k[len("probe/pi_") :] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
+    probed = [r for r in rows if all(isinstance(r.get(f"probe/pi_{n}"), (int, float)) for n in names)] if names else []
+    return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
 
 
 def detect_transition(

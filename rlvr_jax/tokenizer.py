@@ -165,3 +165,15 @@ def build_bpe_tokenizer_with_special_tokens(
     if out_dir is not None:
         tok.save_pretrained(str(out_dir))
     return tok
+
+
+def decode_completions(tok: Any, tokens: Any, lengths: Any, stop_ids: tuple[int, ...]) -> list[str]:
+    """Completion text per row (`tokens[row][:lengths[row]]`), without the stop token; special tokens
+    are kept (a task's answer format may use them, e.g. the toy's strategy tokens)."""
+    out = []
+    for row, length in zip(tokens, lengths):
+        ids = [int(t) for t in row[:length]]
+        if ids and ids[-1] in stop_ids:
+            ids = ids[:-1]
+        out.append(tok.decode(ids, skip_special_tokens=False))
+    return out

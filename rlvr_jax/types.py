@@ -27,7 +27,6 @@ class Rollout:
     lengths: jax.Array  # i32[B*G], generated tokens per sequence
     eos: jax.Array  # bool[B*G], True: stopped on a stop id; False: hit max_new_tokens
     logp: jax.Array  # f32[B*G, M], log pi(y_t) under the un-tempered policy (PPO's logp_old)
-    logp_sample: jax.Array  # f32[B*G, M], log-prob under the sampling distribution (T, top-p, top-k)
 
     @property
     def finish_reasons(self) -> list[str]:
@@ -56,5 +55,4 @@ class TrainState:
     params: Any  # nnx.State of the policy
     opt_state: Any  # optax state
     step: jax.Array  # i32[]: update calls done (one per rollout batch)
-    key: jax.Array  # the train-purpose key; folded with step, never split in place
     skipped: jax.Array  # i32[]: optimizer steps skipped for non-finite gradients

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from rlvr_jax.config import LossConfig, OptimConfig, Schedule
 from rlvr_jax.dynamics import sampled_token_stats, update_shift_stats
@@ -28,8 +28,9 @@ from rlvr_jax.loss import (
     finalize_metrics,
     normaliser,
     policy_loss,
+    reduce_terms,
 )
-from rlvr_jax.mesh import Rules, sharding_for, tree_shardings
+from rlvr_jax.mesh import Rules, replicated, sharding_for, tree_shardings
 from rlvr_jax.types import TrainBatch, TrainState
 
 
@@ -164,9 +165,7 @@ def train_step(
     carry = (state.params, state.opt_state, state.skipped)
     (params, opt_state, skipped), (per_step, terms) = jax.lax.scan(opt_step, carry, schedule)
     terms = (
-        jax.tree.map(lambda x: x[0], terms)
-        if spec.optim.epochs * spec.optim.mini_batches == 1
-        else _reduce_terms(terms)
+        jax.tree.map(lambda x: x[0], terms) if spec.optim.epochs * spec.optim.mini_batches == 1 else reduce_terms(terms)
     )
     metrics = {
         **finalize_metrics(terms),
@@ -184,39 +183,26 @@ def train_step(
     return new_state, metrics
 
 
-def _reduce_terms(stacked: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    ops = {"sum": jnp.sum, "min": jnp.min, "max": jnp.max}
-    return {k: ops[k.split("/")[0]](v, axis=0) for k, v in stacked.items()}
-
-
-def _fresh_state(tx: optax.GradientTransformation) -> Callable[[Any, jax.Array], TrainState]:
-    def make(params: Any, key: jax.Array) -> TrainState:
+def _fresh_state(tx: optax.GradientTransformation) -> Callable[[Any], TrainState]:
+    def make(params: Any) -> TrainState:
         return TrainState(
-            params=params,
-            opt_state=tx.init(params),
-            step=jnp.zeros((), jnp.int32),
-            key=key,
-            skipped=jnp.zeros((), jnp.int32),
+            params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32)
         )
 
     return make
 
 
-def init_train_state(
-    params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh, rules: Rules
-) -> TrainState:
+def init_train_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules) -> TrainState:
     """The whole train state, created under jit directly in its sharded layout."""
     make = _fresh_state(tx)
-    abstract = jax.eval_shape(make, params, key)
+    abstract = jax.eval_shape(make, params)
     with jax.set_mesh(mesh):
-        return jax.jit(make, out_shardings=tree_shardings(abstract, mesh, rules))(params, key)
+        return jax.jit(make, out_shardings=tree_shardings(abstract, mesh, rules))(params)
 
 
-def abstract_train_state(
-    params: Any, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh, rules: Rules
-) -> TrainState:
+def abstract_train_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules) -> TrainState:
     """Shapes, dtypes and target shardings of the train state, allocating nothing (a restore target)."""
-    abstract = jax.eval_shape(_fresh_state(tx), params, key)
+    abstract = jax.eval_shape(_fresh_state(tx), params)
     shardings = tree_shardings(abstract, mesh, rules)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
@@ -237,7 +223,6 @@ def jit_step(
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Jit `fn(state, batch)` once per batch shape with explicit in/out shardings, donating the state."""
     state_sh = tree_shardings(state, mesh, rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
     compiled: dict[str, Callable] = {}
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
@@ -246,7 +231,9 @@ def jit_step(
             batch_sh = batch_shardings(batch, mesh, rules)
             compiled[key] = (
                 batch_sh,
-                jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0),
+                jax.jit(
+                    fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated(mesh)), donate_argnums=0
+                ),
             )
         batch_sh, fn_jit = compiled[key]
         # Rollout outputs (or host arrays) arrive in whatever layout produced them: put rows on the batch axes.

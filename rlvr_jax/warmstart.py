@@ -1,4 +1,4 @@
-"""The toy task's base policy: a tiny decoder warm-started by SFT on strategy traces, saved HF-style.
+"""The toy task's base policy (rlvr_jax/tasks/toy_strategy.py): a tiny decoder warm-started by SFT on strategy traces, saved HF-style.
 
 Cached: the folder is written to a temporary name and renamed when complete, and a second run with
 the same warm-start settings reuses it (a different setting rebuilds).
@@ -17,10 +17,11 @@ import numpy as np
 import optax
 
 from rlvr_jax.config import Config
-from rlvr_jax.data import toy_tokenizer, warmstart_examples
+from rlvr_jax.data.toy_strategy import toy_tokenizer, warmstart_examples
 from rlvr_jax.distributed import allgather_objects, folder_is_shared, sync
 from rlvr_jax.mesh import TRAIN_RULES
 from rlvr_jax.model import Arch, init_params, save_pretrained
+from rlvr_jax.rng import purpose_key
 from rlvr_jax.sft import SFTSpec, batch_rows, encode_traces, sft_step
 from rlvr_jax.tokenizer import load_tokenizer, render_prompt, stop_token_ids
 from rlvr_jax.types import TrainBatch
@@ -61,13 +62,13 @@ def build_base_policy(
     sync("rlvr_jax_warmstart_tokenizer")
     tok = load_tokenizer(tmp)
     arch = _toy_arch(cfg, tok)
-    graphdef, params = init_params(arch, mesh, TRAIN_RULES, jax.random.fold_in(jax.random.key(cfg.run.seed), 0))
+    graphdef, params = init_params(arch, mesh, TRAIN_RULES, purpose_key(cfg.run.seed, "init"))
     data = _training_data(cfg, tok, data_dir)
     traces = data.tokens
     spec = SFTSpec(steps=cfg.warmstart.steps, batch_size=cfg.warmstart.batch_size, lr=cfg.warmstart.lr)
     warmup = max(spec.steps // 10, 1)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, spec.lr, warmup, spec.steps + 1), weight_decay=0.0)
-    state = init_train_state(params, tx, jax.random.key(0), mesh, TRAIN_RULES)
+    state = init_train_state(params, tx, mesh, TRAIN_RULES)
     step = jit_step(lambda s, b: sft_step(s, b, graphdef, tx), state, mesh, TRAIN_RULES)
     losses = []
     for k in range(spec.steps):

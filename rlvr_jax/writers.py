@@ -156,17 +156,15 @@ def _step_of(line: str) -> int:
 
 
 class RolloutLog:
-    """rollouts.jsonl: every N-th step's completions (prompt index, token ids, text, reward), one line per
-    step. Each process passes its own rollouts; process 0 writes them all, in process order."""
+    """rollouts.jsonl: sampled completions (prompt index, token ids, text, reward), one line per logged
+    step (the loop's rollout hook decides which). Each process passes its own rollouts; process 0 writes
+    them all, in process order."""
 
-    def __init__(self, run_dir: str | Path, every: int, append: bool = False):
-        self.every = every
+    def __init__(self, run_dir: str | Path, enabled: bool, append: bool = False):
         first = jax.process_index() == 0
-        self._sink = JsonlSink(as_path(run_dir) / "rollouts.jsonl", append) if every > 0 and first else None
+        self._sink = JsonlSink(as_path(run_dir) / "rollouts.jsonl", append) if enabled and first else None
 
     def write(self, step: int, prompt_index: np.ndarray, rollout: Any, texts: list[str], rewards: np.ndarray) -> None:
-        if self.every <= 0 or step % self.every:
-            return
         tokens = [np.asarray(row[:n]).tolist() for row, n in zip(rollout.tokens, rollout.lengths)]
         row = {
             "prompt_index": np.asarray(prompt_index).tolist(),
@@ -210,7 +208,16 @@ class LateWriter:
         self.last = {"step": step, **row}
         self.writer.write(step, row)
 
+    def write_now(self, step: int, host_metrics: Mapping[str, Any]) -> None:
+        """Write a row of host values at once (the base evaluation of step 0)."""
+        self.flush()
+        self.writer.write(step, to_host(host_metrics))
+
     def persist(self) -> None:
         """Write the pending row and make every row so far durable in the run directory."""
         self.flush()
         self.writer.persist()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()

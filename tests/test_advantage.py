@@ -1,4 +1,4 @@
-"""Advantages (ALGORITHMS.md section 2) against hand-computed tables.
+"""Advantages (docs/algorithms.md section 2) against hand-computed tables.
 
 Expected numbers are written out literally; the comment above each table shows the arithmetic.
 eps = 0 where a table checks the bare formula (eps only shifts the 6th digit).

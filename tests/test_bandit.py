@@ -33,7 +33,7 @@ def _parser():
 
 @pytest.fixture(scope="module")
 def full_grpo():
-    """The ALGORITHMS.md section 6 setup: grpo, full, 4000 steps, lr 0.1, G=8, 16 groups."""
+    """The docs/algorithms.md section 6 setup: grpo, full, 4000 steps, lr 0.1, G=8, 16 groups."""
     return simulate(BanditSpec(), SEEDS)
 
 
@@ -101,7 +101,7 @@ def test_vmapped_seeds_equal_individual_runs(full_grpo):
 
 
 def test_negative_only_grpo_never_crosses_and_starves_a2():
-    """ALGORITHMS.md: negative-only never crosses in 4000 steps. Measured: it also drives pi(a2)
+    """docs/algorithms.md: negative-only never crosses in 4000 steps. Measured: it also drives pi(a2)
     from 0.01 down to ~5e-4 while pi(a1) -> 0.999 (a negative step on y raises every other logit by
     |A| pi_v, so the freed mass goes mostly to the already-likely a1)."""
     probs, ent = simulate(BanditSpec(adv=AdvantageConfig(sign="negative_only")), SEEDS)

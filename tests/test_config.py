@@ -6,6 +6,7 @@ import pydantic
 import pytest
 
 from rlvr_jax.config import (
+    PACKAGED,
     Aggregation,
     Config,
     ConfigError,
@@ -21,13 +22,15 @@ from rlvr_jax.config import (
     StdMode,
     apply_override,
     load_config,
+    packaged_names,
     parse_yaml_value,
+    resolve_config,
     save_config,
     validate,
 )
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-# Run configs; configs/probes/ holds probe files (tested in test_probe.py).
+CONFIGS_DIR = PACKAGED  # package data: rlvr_jax/configs
+# Run configs; probes/ holds probe files (tested in test_probe.py).
 CONFIG_FILES = sorted(p for ext in ("*.yaml", "*.yml") for p in CONFIGS_DIR.rglob(ext) if "probes" not in p.parts)
 
 
@@ -53,7 +56,6 @@ def test_defaults_validate():
     assert cfg.advantage.sign is SignFilter.full
     assert cfg.mesh.distributed.init is DistributedInit.auto
     assert cfg.run_dir == Path("runs/run").absolute()
-    assert cfg.rollouts_per_step == cfg.data.prompts_per_step * cfg.rollout.group_size == 16 * 8
 
 
 def test_yaml_file_and_dotted_overrides(tmp_path):
@@ -95,7 +97,6 @@ advantage:
     assert cfg.mesh.data == 2 and cfg.mesh.fsdp == -1
     assert cfg.data.long_prompt is LongPrompt.truncate
     assert cfg.run_dir == Path("runs/exp1").absolute()
-    assert cfg.rollouts_per_step == 16 * 4
 
 
 def test_yaml_exponent_floats_from_file(tmp_path):
@@ -313,14 +314,12 @@ def test_configs_are_frozen():
     assert changed.rollout.temperature == 0.5 and cfg.rollout.temperature == 1.0
 
 
-_NO_CONFIGS = [pytest.param(None, marks=pytest.mark.skip(reason="no configs/*.yaml yet"))]
+def test_packaged_configs_exist():
+    assert {"toy_strategy", "toy_strategy_negative_only"} <= set(packaged_names())
+    assert len(CONFIG_FILES) >= 12  # the two toy runs and ten recipes
 
 
-@pytest.mark.parametrize(
-    "path",
-    CONFIG_FILES or _NO_CONFIGS,
-    ids=lambda p: str(p.relative_to(CONFIGS_DIR)) if isinstance(p, Path) else "none",
-)
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIGS_DIR)))
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
@@ -331,3 +330,25 @@ def test_shipped_configs_validate(path):
 
         # vocab_size may be left to the warm start (the toy tokenizer's size)
         Arch.from_hf({"vocab_size": 512, **cfg.model.arch}, source=f"{path}: model.arch")
+
+
+def test_packaged_configs_resolve_by_name_and_by_their_old_repository_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the repository: only package data can answer
+    toy = PACKAGED / "toy_strategy.yaml"
+    assert resolve_config("toy_strategy") == toy
+    assert resolve_config("configs/toy_strategy.yaml") == toy  # paths from before configs became package data
+    assert (
+        resolve_config("recipes/qwen2.5-math-1.5b_math_grpo")
+        == PACKAGED / "recipes" / "qwen2.5-math-1.5b_math_grpo.yaml"
+    )
+    assert resolve_config("configs/probes/toy_strategy.yaml", "probes") == PACKAGED / "probes" / "toy_strategy.yaml"
+    assert load_config("toy_strategy_negative_only").advantage.sign == SignFilter.negative_only
+    (tmp_path / "toy_strategy.yaml").write_text("run: {steps: 7}\n")
+    assert load_config("toy_strategy.yaml").run.steps == 7  # an existing file wins over the packaged name
+    with pytest.raises(ConfigError, match=r"does not exist \(packaged configs: toy_strategy, toy_strategy_neg"):
+        load_config("toy_stratgy")
+
+
+def test_a_removed_key_names_what_replaced_it():
+    with pytest.raises(ConfigError, match="'logging.every' was removed: metrics.jsonl has a row every step"):
+        load_config(None, ["logging.every=5"])

@@ -15,17 +15,10 @@ import numpy as np
 import pytest
 
 from rlvr_jax.config import DataConfig
-from rlvr_jax.data import (
-    STRATEGY_TOKENS,
-    DataError,
-    PromptPipeline,
-    decode_record,
-    load_task_source,
-    toy_tokenizer,
-    warmstart_examples,
-)
+from rlvr_jax.data import DataError, PromptPipeline, decode_record
 from rlvr_jax.data.official import last_boxed
-from rlvr_jax.data.toy_strategy import exact_counts, execute
+from rlvr_jax.data.toy_strategy import STRATEGY_TOKENS, exact_counts, execute, toy_tokenizer, warmstart_examples
+from rlvr_jax.tasks import get_task
 from rlvr_jax.tokenizer import load_tokenizer, render_prompt
 
 TOY = dict(train_size=1000, test_size=200, warmstart_size=4000)  # warmstart big enough to see a 2% prior
@@ -42,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def toy_train(data_dir) -> list[dict]:
-    return rows(load_task_source("toy_strategy", "train", data_dir, **TOY))
+    return rows(get_task("toy_strategy").source("train", data_dir, **TOY))
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +48,9 @@ def tok(tmp_path_factory):
 
 def test_toy_builds_the_same_dataset_from_the_same_seed(tmp_path):
     small = dict(train_size=64, test_size=16, warmstart_size=64)
-    a = rows(load_task_source("toy_strategy", "warmstart", tmp_path / "a", seed=3, **small))
-    b = rows(load_task_source("toy_strategy", "warmstart", tmp_path / "b", seed=3, **small))
-    c = rows(load_task_source("toy_strategy", "warmstart", tmp_path / "a", seed=4, **small))
+    a = rows(get_task("toy_strategy").source("warmstart", tmp_path / "a", seed=3, **small))
+    b = rows(get_task("toy_strategy").source("warmstart", tmp_path / "b", seed=3, **small))
+    c = rows(get_task("toy_strategy").source("warmstart", tmp_path / "a", seed=4, **small))
     assert a == b
     assert [r["prompt"] for r in a] != [r["prompt"] for r in c]
 
@@ -94,8 +87,8 @@ def test_warmstart_follows_the_prior_and_executes_faithfully(data_dir):
 
 def test_toy_parameters_change_the_dataset(tmp_path):
     params = dict(train_size=100, test_size=10, warmstart_size=100, hard_fraction=0.5, prior=(0.5, 0.5, 0.0))
-    train = rows(load_task_source("toy_strategy", "train", tmp_path, **params))
-    warm = rows(load_task_source("toy_strategy", "warmstart", tmp_path, **params))
+    train = rows(get_task("toy_strategy").source("train", tmp_path, **params))
+    warm = rows(get_task("toy_strategy").source("warmstart", tmp_path, **params))
     assert sum(r["subset"] == "hard" for r in train) == 50
     assert sorted(r["response"].split()[0] for r in warm) == ["<S1>"] * 50 + ["<S2>"] * 50
     assert exact_counts(7, (0.3, 0.02, 0.68)).tolist() == [2, 0, 5]
@@ -111,14 +104,14 @@ def test_toy_parameters_change_the_dataset(tmp_path):
 )
 def test_toy_bad_parameters(tmp_path, kwargs, match):
     with pytest.raises(DataError, match=match):
-        load_task_source("toy_strategy", "train", tmp_path, **kwargs)
+        get_task("toy_strategy").source("train", tmp_path, **kwargs)
 
 
 def test_unknown_task_and_split_list_the_valid_ones(data_dir):
-    with pytest.raises(DataError, match=r"unknown task 'gsm9k'; valid tasks: \['arithmetic', 'gsm8k', 'math', "):
-        load_task_source("gsm9k", "train", data_dir)
+    with pytest.raises(DataError, match=r"unknown task 'gsm9k'; registered tasks: arithmetic, gsm8k, math, toy_"):
+        get_task("gsm9k")
     with pytest.raises(DataError, match=r"no split 'dev'; valid splits: \['test', 'train', 'warmstart'\]"):
-        load_task_source("toy_strategy", "dev", data_dir, **TOY)
+        get_task("toy_strategy").source("dev", data_dir, **TOY)
 
 
 def test_toy_tokenizer_strategy_tokens_and_chat_template(tok, tmp_path):
@@ -151,14 +144,14 @@ def safe_eval(expr: str) -> int:
 
 
 def test_arithmetic_gold_answers_are_the_expression_values(data_dir):
-    data = rows(load_task_source("arithmetic", "train", data_dir, train_size=300, test_size=10))
+    data = rows(get_task("arithmetic").source("train", data_dir, train_size=300, test_size=10))
     for r in data:
         expr = re.fullmatch(r"Compute (.+)\. Put the final answer in \\boxed\{\}\.", r["prompt"]).group(1)
         assert safe_eval(expr) == int(r["answer"]), r
         assert r["subset"] == f"ops{len(re.findall(r' [-+*] ', expr))}"
     assert {r["subset"] for r in data} == {"ops1", "ops2", "ops3", "ops4"}
     assert any("(" in r["prompt"] for r in data)
-    again = rows(load_task_source("arithmetic", "train", data_dir, train_size=300, test_size=10))
+    again = rows(get_task("arithmetic").source("train", data_dir, train_size=300, test_size=10))
     assert again == data
 
 
@@ -188,12 +181,12 @@ GSM_ROWS = [
 def test_gsm8k_from_official_files(tmp_path):
     _write_jsonl(tmp_path / "manual" / "gsm8k" / "train.jsonl", GSM_ROWS)
     _write_jsonl(tmp_path / "manual" / "gsm8k" / "test.jsonl", GSM_ROWS[:1])
-    data = rows(load_task_source("gsm8k", "train", tmp_path / "tfds", tmp_path / "manual"))
+    data = rows(get_task("gsm8k").source("train", tmp_path / "tfds", tmp_path / "manual"))
     assert [r["answer"] for r in data] == ["7", "1234"]
     assert data[0]["id"] == "gsm8k/train/1" and data[0]["subset"] == ""
     assert data[0]["prompt"].startswith(GSM_ROWS[0]["question"]) and "\\boxed{}" in data[0]["prompt"]
     # Built once: reading again needs no manual files.
-    assert len(load_task_source("gsm8k", "test", tmp_path / "tfds")) == 1
+    assert len(get_task("gsm8k").source("test", tmp_path / "tfds")) == 1
 
 
 @pytest.mark.parametrize(
@@ -212,12 +205,12 @@ def test_gsm8k_bad_input(tmp_path, train, match):
     if train is not None:
         _write_jsonl(manual / "test.jsonl", GSM_ROWS)
     with pytest.raises(DataError, match=match):
-        load_task_source("gsm8k", "train", tmp_path / "tfds", manual)
+        get_task("gsm8k").source("train", tmp_path / "tfds", manual)
 
 
 def test_gsm8k_without_manual_dir_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match=r"set data.manual_dir and put the official GSM8K files"):
-        load_task_source("gsm8k", "train", tmp_path)
+        get_task("gsm8k").source("train", tmp_path)
 
 
 def _math(problem: str, solution: str, level: str = "Level 2") -> dict:
@@ -241,7 +234,7 @@ MATH_FILES = {
 
 def test_math_from_the_official_tree(tmp_path):
     _write_math(tmp_path / "manual" / "math", MATH_FILES)
-    data = rows(load_task_source("math", "train", tmp_path / "tfds", tmp_path / "manual", instruction=""))
+    data = rows(get_task("math").source("train", tmp_path / "tfds", tmp_path / "manual", instruction=""))
     assert [r["id"] for r in data] == ["math/train/algebra/2", "math/train/algebra/10", "math/train/geometry/1"]
     assert [r["answer"] for r in data] == ["4", r"\frac{1}{\sqrt{2}}", r"\{1, 2\}"]
     assert [r["subset"] for r in data] == ["Level 2", "Level 5", "Level 2"]
@@ -262,13 +255,13 @@ def test_math_from_the_official_tree(tmp_path):
 def test_math_bad_input(tmp_path, bad, match):
     _write_math(tmp_path / "manual", {**MATH_FILES, **bad})
     with pytest.raises(DataError, match=match):
-        load_task_source("math", "train", tmp_path / "tfds", tmp_path / "manual")
+        get_task("math").source("train", tmp_path / "tfds", tmp_path / "manual")
 
 
 def test_math_missing_split_folder(tmp_path):
     _write_math(tmp_path / "manual", {k: v for k, v in MATH_FILES.items() if k.startswith("train")})
     with pytest.raises(DataError, match=r"MATH folder .*test not found .*put the official MATH folders"):
-        load_task_source("math", "train", tmp_path / "tfds", tmp_path / "manual")
+        get_task("math").source("train", tmp_path / "tfds", tmp_path / "manual")
 
 
 # --- pipeline -------------------------------------------------------------------------------------
@@ -276,7 +269,8 @@ def test_math_missing_split_folder(tmp_path):
 
 def _pipe(data_dir, tok, seed=0, split="train[:96]", process_index=0, process_count=1, **cfg):
     cfg = DataConfig(**{"data_dir": str(data_dir), "prompts_per_step": 8, "max_prompt_len": 16, **cfg})
-    return PromptPipeline("toy_strategy", split, cfg, tok, seed, process_index, process_count, **TOY)
+    source = get_task("toy_strategy").source(split, data_dir, **TOY)
+    return PromptPipeline(source, cfg, tok, seed, process_index, process_count)
 
 
 def _same(x, y) -> None:
@@ -366,8 +360,9 @@ def test_a_fresh_process_reads_the_built_dataset(data_dir, toy_train):
     built_at = info.stat().st_mtime_ns
     script = (
         "import json, sys, tensorflow_datasets as tfds\n"
-        "from rlvr_jax.data import load_task_source, decode_record\n"
-        f"src = load_task_source('toy_strategy', 'train[:3]', sys.argv[1], **{TOY!r})\n"
+        "from rlvr_jax.data import decode_record\n"
+        "from rlvr_jax.tasks import get_task\n"
+        f"src = get_task('toy_strategy').source('train[:3]', sys.argv[1], **{TOY!r})\n"
         "raw = tfds.builder_from_directory(sys.argv[2]).as_data_source(split='train')\n"
         "print(json.dumps([[decode_record(src[i]) for i in range(3)], decode_record(raw[999])]))\n"
     )

@@ -65,7 +65,7 @@ def test_post_update_pass_measures_without_changing_the_update(setup):
     # logp_old from the trainer itself: the sampler/trainer mismatch must then be ~0
     logp, top1 = jax.jit(lambda p: completion_logp_top1(__import__("flax").nnx.merge(graphdef, p), batch))(params)
     batch = batch.replace(logp_old=logp)
-    fresh = lambda: init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES)  # noqa: E731
+    fresh = lambda: init_train_state(params, tx, mesh, TRAIN_RULES)  # noqa: E731
     step = make_train_step(graphdef, tx, spec, fresh(), mesh, TRAIN_RULES)
     plain_state, plain = step(fresh(), batch)
     measured_state, measured = step(fresh(), batch, True)
@@ -112,10 +112,8 @@ def test_statistics_split_by_the_unfiltered_advantage(setup):
     mesh, graphdef, params, tx, spec = setup
     batch = make_batch(0)
     filtered = batch.replace(adv=jnp.minimum(batch.adv, 0.0), adv_unfiltered=batch.adv)
-    step = make_train_step(
-        graphdef, tx, spec, init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES), mesh, TRAIN_RULES
-    )
-    _, m = step(init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES), filtered, True)
+    step = make_train_step(graphdef, tx, spec, init_train_state(params, tx, mesh, TRAIN_RULES), mesh, TRAIN_RULES)
+    _, m = step(init_train_state(params, tx, mesh, TRAIN_RULES), filtered, True)
     m = jax.device_get(m)
     positive_tokens = float(np.sum(np.asarray(batch.mask)[np.asarray(batch.adv) > 0]))
     assert m["dyn/tokens/pos"] == positive_tokens > 0 and m["dyn/tokens/zero"] == 0

@@ -57,9 +57,7 @@ def test_tpu_vm_lifecycle_dry_run():
     assert "--worker=all" in setup[2] and "gcsfuse\\ -o\\ ro\\ --implicit-dirs\\ my-bucket\\ /mnt/gcs" in setup[2]
     train = commands(sh("tpu_vm.sh", "train", *TPU, "--bucket", "my-bucket", "--", "run.steps=50").stdout)
     assert len(train) == 1 and "--worker=all" in train[0]
-    assert (
-        "rlvr-jax\\ train\\ --config\\ configs/toy_strategy.yaml\\ --run-dir\\ gs://my-bucket/runs/slice1" in train[0]
-    )
+    assert "rlvr-jax\\ train\\ --config\\ toy_strategy\\ --run-dir\\ gs://my-bucket/runs/slice1" in train[0]
     assert "run.steps=50" in train[0]
     assert "pkill\\ -TERM" in commands(sh("tpu_vm.sh", "stop", *TPU).stdout)[0]
     assert commands(sh("tpu_vm.sh", "delete", *TPU).stdout) == [
@@ -101,7 +99,7 @@ def test_slurm_dry_run(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --nodes=2" in done.stdout and "#SBATCH --gpus-per-node=8" in done.stdout
     assert "#SBATCH --signal=TERM@120" in done.stdout and "#SBATCH --time=04:00:00" in done.stdout
-    assert f"srun .venv/bin/rlvr-jax train --config configs/toy_strategy.yaml --run-dir {tmp_path / 'a'}" in done.stdout
+    assert f"srun .venv/bin/rlvr-jax train --config toy_strategy --run-dir {tmp_path / 'a'}" in done.stdout
     assert commands(done.stdout) == [f"sbatch {tmp_path / 'a'}.sbatch"]
     assert not (tmp_path / "a.sbatch").exists()  # dry run: nothing written
     missing = sh("slurm.sh", "--nodes", "2", "--dry-run")
@@ -136,7 +134,7 @@ def test_gke_manifest_is_a_valid_jobset():
     assert container["args"] == [
         "train",
         "--config",
-        "configs/toy_strategy.yaml",
+        "toy_strategy",
         "--run-dir",
         "gs://b/runs/run-1",
         "logging.progress_bar=false",

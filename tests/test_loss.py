@@ -45,7 +45,7 @@ def _loss_from_logits(logits, batch, cfg, max_len=None):
 
 
 def test_one_position_gradient_is_analytic():
-    """At ratio 1 with token_mean: dL/dz_v = -A (1[v=y] - pi_v), the update of ALGORITHMS.md section 1."""
+    """At ratio 1 with token_mean: dL/dz_v = -A (1[v=y] - pi_v), the update of docs/algorithms.md section 1."""
     z = jnp.array([[[0.3, -1.2, 2.0, 0.5, 0.0]]])
     pi = np.asarray(jax.nn.softmax(z[0, 0]))
     for y, a in [(2, 1.5), (1, -0.7)]:

@@ -18,6 +18,7 @@ from rlvr_jax.mesh import (
     make_mesh,
     maybe_initialize_distributed,
     replicated,
+    report_sharding,
     resolve_axis_sizes,
     sharding_for,
     tree_shardings,
@@ -248,6 +249,20 @@ def test_tree_shardings_requires_logical_axes(mesh222):
     state = nnx.State({"w": nnx.Param(jnp.zeros((4, 4)))})
     with pytest.raises(ValueError, match="logical_axes"):
         tree_shardings(state, mesh222, TRAIN_RULES)
+
+
+def test_replicated_dimensions_are_reported_once_or_refused():
+    _, abstract = abstract_model(Arch.from_hf(ARCH_CONFIGS["qwen2"]))  # 2 KV heads
+    lines = []
+    found = report_sharding(abstract, make_mesh(MeshConfig(data=1, fsdp=2, tensor=4)), TRAIN_RULES, lines.append)
+    assert found and all("kv_heads=2 over tensor=4" in f for f in found)
+    assert {f.split(" dim")[0] for f in found} >= {"layers.0.attn.k", "layers.1.attn.v"}
+    assert len(lines) == 1 and "mesh.strict_sharding=true" in lines[0] and f"{len(found)} parameter" in lines[0]
+    with pytest.raises(ValueError, match=r"mesh.strict_sharding=true.*kv_heads=2 over tensor=4"):
+        report_sharding(abstract, make_mesh(MeshConfig(data=1, fsdp=2, tensor=4)), TRAIN_RULES, strict=True)
+    quiet = []
+    assert report_sharding(abstract, make_mesh(MeshConfig(data=1, fsdp=8, tensor=1)), TRAIN_RULES, quiet.append) == []
+    assert quiet == []
 
 
 def test_replicated(mesh222):

@@ -32,7 +32,7 @@ def test_params_and_optimizer_bytes_are_exact_on_the_sharded_mesh():
     arch = Arch.from_hf(cfg.model.arch)
     mesh = make_mesh(cfg.mesh)
     _, params = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0))
-    state = init_train_state(params, make_optimizer(cfg.optim, 10), jax.random.key(1), mesh, TRAIN_RULES)
+    state = init_train_state(params, make_optimizer(cfg.optim, 10), mesh, TRAIN_RULES)
     plan = plan_memory(cfg, arch, 8)
     assert plan.params == device0_bytes(state.params)
     assert abs(plan.optimizer - device0_bytes(state.opt_state)) <= 64  # + Adam's step counters
@@ -49,7 +49,7 @@ def test_update_estimate_against_compiled_memory_analysis(overrides):
     mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1])
     graphdef, params = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0), remat=cfg.model.remat)
     tx = make_optimizer(cfg.optim, 10)
-    state = init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES)
+    state = init_train_state(params, tx, mesh, TRAIN_RULES)
     n, p, m = 16, 32, 96
     batch = TrainBatch(
         prompt_tokens=jnp.ones((n, p), jnp.int32),

@@ -7,11 +7,20 @@ import pytest
 
 from rlvr_jax import cli
 from rlvr_jax.config import load_config
-from rlvr_jax.probe import ProbeError, load_probe_file, probe_arrays, toy_probe
+from rlvr_jax.probe import ProbeError, load_probe_file, probe_arrays
+from rlvr_jax.tasks import get_task
+
+TOY = get_task("toy_strategy")
 
 
 def test_shipped_toy_probe_file_equals_the_builtin():
-    assert load_probe_file(cli.DEFAULT_CONFIG.parent / "probes" / "toy_strategy.yaml") == toy_probe()
+    assert load_probe_file(cli.DEFAULT_CONFIG.parent / "probes" / "toy_strategy.yaml") == TOY.probe()
+    assert load_probe_file("toy_strategy") == TOY.probe()  # a packaged probe by name
+
+
+def test_a_missing_probe_file_lists_the_packaged_ones(tmp_path):
+    with pytest.raises(ProbeError, match=r"probe file .*nope.yaml does not exist .*packaged probes: math_answer_start"):
+        load_probe_file(tmp_path / "nope.yaml")
 
 
 def test_items_and_per_item_classes(tmp_path, tiny_tokenizer_dir):
@@ -25,7 +34,7 @@ def test_items_and_per_item_classes(tmp_path, tiny_tokenizer_dir):
         "  - {prompt: 'is 3 even?', classes: {second: ['c']}}\n"
     )
     spec = load_probe_file(path)
-    prompts, names, member, applies = probe_arrays(spec, load_config(None), tok)
+    prompts, names, member, applies = probe_arrays(spec, load_config(None), TOY, tok)
     assert names == ["first", "second"]
     np.testing.assert_array_equal(np.asarray(applies), [[1, 1], [0, 1]])
     ids = tok.get_vocab()
@@ -73,7 +82,7 @@ def test_multi_token_class_entry_is_an_error(tmp_path, tiny_tokenizer_dir):
     path = tmp_path / "p.yaml"
     path.write_text("classes: {x: ['a very long multi token string']}\nprompts: [{prompt: a}]")
     with pytest.raises(ProbeError, match="probe class x: 'a very long multi token string' is [0-9]+ tokens"):
-        probe_arrays(load_probe_file(path), load_config(None), load_tokenizer(tiny_tokenizer_dir))
+        probe_arrays(load_probe_file(path), load_config(None), TOY, load_tokenizer(tiny_tokenizer_dir))
 
 
 def test_every_shipped_probe_file_parses():
@@ -84,7 +93,7 @@ def test_every_shipped_probe_file_parses():
 
 
 def test_a_missing_probe_file_is_a_clear_cli_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"probe file .*nope.yaml does not exist \(logging.probe_file\)"):
+    with pytest.raises(SystemExit, match=r"probe file .*nope.yaml does not exist \(logging.probe_file"):
         cli.main(
             [
                 "train",

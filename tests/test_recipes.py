@@ -1,17 +1,13 @@
 """Every shipped config builds its abstract (shape-only) train state, so none rots."""
 
-from pathlib import Path
-
 import jax
 import pytest
 
-from rlvr_jax.config import load_config
+from rlvr_jax.config import PACKAGED, load_config
 from rlvr_jax.model import Arch, abstract_model
 from rlvr_jax.update import make_optimizer, total_optimizer_steps
 
-CONFIGS = sorted(
-    p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "probes" not in p.parts
-)
+CONFIGS = sorted(p for p in PACKAGED.rglob("*.yaml") if "probes" not in p.parts)
 # Parameter counts of the published checkpoints (embeddings included).
 EXPECTED_PARAMS = {1536: 1.54e9, 3584: 7.62e9}
 

@@ -47,7 +47,7 @@ def run(mesh_cfg: MeshConfig, optim: OptimConfig, steps: int = 3, batches=None, 
     mesh = make_mesh(mesh_cfg, devices=devices)
     graphdef, params = init_params(ARCH, mesh, TRAIN_RULES, jax.random.key(0))
     tx = make_optimizer(optim, 10)
-    state = init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES)
+    state = init_train_state(params, tx, mesh, TRAIN_RULES)
     step = make_train_step(graphdef, tx, UpdateSpec(LossConfig(), optim, M), state, mesh, TRAIN_RULES)
     metrics = []
     for i in range(steps):
@@ -94,7 +94,7 @@ def test_output_shardings_equal_input_shardings():
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     graphdef, params = init_params(ARCH, mesh, TRAIN_RULES, jax.random.key(0))
     tx = make_optimizer(OPTIM, 10)
-    state = init_train_state(params, tx, jax.random.key(1), mesh, TRAIN_RULES)
+    state = init_train_state(params, tx, mesh, TRAIN_RULES)
     before = jax.tree.map(lambda x: x.sharding, state)
     step = make_train_step(graphdef, tx, UpdateSpec(LossConfig(), OPTIM, M), state, mesh, TRAIN_RULES)
     new_state, _ = step(state, make_batch(0))

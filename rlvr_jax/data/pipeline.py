@@ -1,4 +1,4 @@
-"""The prompt pipeline: a grain `MapDataset` over a task's TFDS source, random access by step.
+"""The prompt pipeline: a grain `MapDataset` over a random-access prompt source, random access by step.
 
 Order: grain's keyed shuffle of the whole split, reshuffled each epoch (per-epoch seed derived from
 the data seed), repeated forever. The global stream position of row r of step k is k * B + r, so
@@ -22,7 +22,7 @@ import grain
 import numpy as np
 
 from rlvr_jax.config import DataConfig, LongPrompt
-from rlvr_jax.data import common, sources
+from rlvr_jax.data import common
 from rlvr_jax.tokenizer import render_prompt
 
 
@@ -115,20 +115,18 @@ def prompt_dataset(
 
 
 class PromptPipeline:
-    """Prompts of one task split for one process, addressed by step (no iterator state)."""
+    """Prompts of one split for one process, addressed by step (no iterator state)."""
 
     def __init__(
         self,
-        task: str,
-        split: str,
+        source: Sequence[Any],
         data_cfg: DataConfig,
         tokenizer: Any,
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
-        **builder_kwargs: Any,
     ):
-        self.source = sources.load_task_source(task, split, data_cfg.data_dir, data_cfg.manual_dir, **builder_kwargs)
+        self.source = source
         self.data_cfg = data_cfg
         self.dataset = prompt_dataset(self.source, tokenizer, data_cfg, seed, process_index, process_count)
 

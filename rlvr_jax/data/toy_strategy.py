@@ -1,4 +1,4 @@
-"""The toy strategy task (ALGORITHMS.md section 6): three strategy tokens, one rare optimal one.
+"""The toy strategy task (docs/algorithms.md section 6): three strategy tokens, one rare optimal one.
 
 Each instance is three 2-digit numbers `a b c`; the prompt text is exactly `"47 52 13"` and the gold
 answer is `b`. A response is a strategy token, a space, then the number it copies:
@@ -144,3 +144,11 @@ def toy_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
         _tokenizer_corpus(), vocab_size, STRATEGY_TOKENS, out_dir, chat_template=CHATML_TEMPLATE
     )
     return Path(out_dir)
+
+
+def warmstart_examples(data_dir: str | Path | None = None, **params: Any) -> list[dict[str, str]]:
+    """All warm-start traces in file order: dicts with id, prompt, answer, subset, response."""
+    from rlvr_jax.data import sources
+
+    source = sources.load_split(ToyStrategy, "warmstart", data_dir, **params)
+    return [common.decode_record(source[i]) for i in range(len(source))]

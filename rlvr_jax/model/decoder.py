@@ -5,7 +5,7 @@ heads, K kv heads, R = N/K query heads per kv head, H head dim, F MLP hidden, V 
 
 Weights keep the Hugging Face `[out, in]` layout (q: [N, H, D], gate: [F, D], ...): loading is a
 reshape, never a transpose, and decode-shaped matmuls read `[out, in]` weights faster on CPU
-(PLATFORM.md). Every parameter carries `logical_axes` metadata that `mesh.py` maps to mesh axes.
+(docs/platform.md). Every parameter carries `logical_axes` metadata that `mesh.py` maps to mesh axes.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _canonical_int(text: str) -> str:
     return "-" + digits if text.startswith("-") and digits != "0" else digits
 
 
-# Which strategies can solve an instance of each subset (ALGORITHMS.md section 6): S2 always, S1 only
+# Which strategies can solve an instance of each subset (docs/algorithms.md section 6): S2 always, S1 only
 # off the hard subset, S3 never.
 _SOLVES = {"easy": {"S1", "S2"}, "hard": {"S2"}}
 
