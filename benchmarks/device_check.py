@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, short sequences (CI); about a minute")
     ap.add_argument("--out", default=None, help="JSON-lines file (default $OUT/device_check.jsonl when $OUT is set)")
-    ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 400; dry-run 120)")
+    ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 400; dry-run 300)")
     ap.add_argument(
         "--figures",
         default=None,
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.budget_s is None:
-        args.budget_s = 120.0 if args.dry_run else 400.0
+        args.budget_s = 300.0 if args.dry_run else 400.0
     if args.out is None and os.environ.get("OUT"):
         args.out = str(Path(os.environ["OUT"]) / "device_check.jsonl")
     if args.figures is None:
