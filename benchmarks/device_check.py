@@ -391,7 +391,7 @@ def xla_update_flops(arch, rows: int, prompt: int, completion: int, param_dtype:
     graphdef, params = abstract_model(arch, param_dtype, jnp.bfloat16)
     optim = OptimConfig(lr=1e-5)
     tx = make_optimizer(optim, 100)
-    state = abstract_train_state(params, tx, jax.random.key(0), mesh, TRAIN_RULES)
+    state = abstract_train_state(params, tx, mesh, TRAIN_RULES)
     spec = UpdateSpec(LossConfig(), optim, completion)
     i32 = lambda n: jax.ShapeDtypeStruct((rows, n), jnp.int32)  # noqa: E731
     batch = TrainBatch(
@@ -414,11 +414,11 @@ def xla_decode_flops(arch, batch: int, prompt: int, new: int, param_dtype: Any) 
     from flax import nnx
 
     from rlvr_jax.model import abstract_model
-    from rlvr_jax.rollout import SamplingParams, decode, prefill
+    from rlvr_jax.rollout import SamplingSpec, decode, prefill
     from rlvr_jax.types import PromptBatch
 
     graphdef, params = abstract_model(arch, param_dtype, jnp.bfloat16)
-    sp = SamplingParams(max_new_tokens=new, temperature=1.0, stop_on_eos=False, pad_id=1)
+    sp = SamplingSpec(max_new_tokens=new, temperature=1.0, stop_on_eos=False, pad_id=1)
     tokens = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
     prompts = PromptBatch(tokens=tokens, mask=tokens, index=jax.ShapeDtypeStruct((batch,), jnp.int32))
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -591,7 +591,7 @@ class Check:
         tx = make_optimizer(optim, 100)
         spec = UpdateSpec(LossConfig(), optim, completion)
         xla = xla_update_flops(arch, rows, prompt, completion, pdt) if args.xla_flops else None
-        state = init_train_state(params, tx, jax.random.key(1), self.mesh, TRAIN_RULES)
+        state = init_train_state(params, tx, self.mesh, TRAIN_RULES)
         del params
         step = make_train_step(graphdef, tx, spec, state, self.mesh, TRAIN_RULES)
         rng = np.random.default_rng(0)
@@ -675,14 +675,14 @@ class Check:
         from flax import nnx
 
         from rlvr_jax.mesh import ROLLOUT_RULES
-        from rlvr_jax.rollout import SamplingParams, make_sampler, prefill
+        from rlvr_jax.rollout import SamplingSpec, make_sampler, prefill
         from rlvr_jax.types import PromptBatch
 
         self._need_anchor()
         args = self.args
         arch, graphdef, params = self.decode_model()
         p, m = args.decode_prompt, args.decode_new
-        sp = SamplingParams(max_new_tokens=m, temperature=1.0, stop_on_eos=False, pad_id=1)
+        sp = SamplingSpec(max_new_tokens=m, temperature=1.0, stop_on_eos=False, pad_id=1)
         sampler = make_sampler(arch, graphdef, params, self.mesh, ROLLOUT_RULES, sp)
         tokens = jax.random.randint(jax.random.key(batch), (batch, p), 2, arch.vocab_size, jnp.int32)
         prompts = PromptBatch(tokens=tokens, mask=jnp.ones_like(tokens), index=jnp.arange(batch, dtype=jnp.int32))
@@ -756,7 +756,7 @@ class Check:
         from rlvr_jax.config import AdvantageConfig, LossConfig, OptimConfig
         from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES
         from rlvr_jax.model import init_params
-        from rlvr_jax.rollout import SamplingParams, make_sampler
+        from rlvr_jax.rollout import SamplingSpec, make_sampler
         from rlvr_jax.types import PromptBatch, TrainBatch
         from rlvr_jax.update import UpdateSpec, init_train_state, make_optimizer, make_train_step
 
@@ -767,13 +767,13 @@ class Check:
         steps = args.small_steps
         dtype = jnp.float32 if compute == "f32" else jnp.bfloat16
         graphdef, params = init_params(arch, self.mesh, TRAIN_RULES, jax.random.key(4), jnp.float32, dtype)
-        sp = SamplingParams(
+        sp = SamplingSpec(
             max_new_tokens=m, group_size=g, temperature=1.0, stop_ids=(eos,), pad_id=pad, stop_on_eos=False
         )
         sampler = make_sampler(arch, graphdef, params, self.mesh, ROLLOUT_RULES, sp)
         optim = OptimConfig(lr=1e-5, max_grad_norm=1.0)  # AdamW b 0.9/0.999, eps 1e-8, no decay, constant
         tx = make_optimizer(optim, steps)
-        state = init_train_state(params, tx, jax.random.key(5), self.mesh, TRAIN_RULES)
+        state = init_train_state(params, tx, self.mesh, TRAIN_RULES)
         del params
         train_step = make_train_step(graphdef, tx, UpdateSpec(LossConfig(), optim, m), state, self.mesh, TRAIN_RULES)
         adv_cfg = AdvantageConfig()  # GRPO: (r - mean) / (population std + 1e-6)
