@@ -11,6 +11,7 @@ figures/boundary.png   problems gained / lost / kept against the base policy (st
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from rlvr_jax.boundary import boundary_sets
 from rlvr_jax.stages import detect_transition
 from rlvr_jax.storage import as_path
 from rlvr_jax.writers import read_jsonl
+
+log = logging.getLogger(__name__)
 
 SIGN_COLORS = {"pos": "tab:green", "neg": "tab:red", "zero": "tab:gray"}
 
@@ -46,7 +49,32 @@ def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[
 
 
 def read_evals(run_dir: Path) -> list[dict[str, Any]]:
-    return sorted((json.loads(p.read_text()) for p in (run_dir / "evals").glob("step_*.json")), key=lambda e: e["step"])
+    """The evaluations in evals/step_*.json, by step; a damaged file is skipped with a warning."""
+    evals = []
+    for path in sorted((run_dir / "evals").glob("step_*.json")):
+        try:
+            report = json.loads(path.read_bytes())
+        except ValueError as err:  # JSON and UTF-8 errors alike
+            log.warning("%s: not valid JSON (%s); skipped", path, err)
+            continue
+        missing = [key for key, kind in EVAL_FIELDS.items() if not isinstance(_get(report, key), kind)]
+        if missing:
+            log.warning("%s: not an evaluation report (missing or wrong %s); skipped", path, ", ".join(missing))
+            continue
+        evals.append(report)
+    return sorted(evals, key=lambda e: e["step"])
+
+
+# What the figures and the run summary read from each evaluation report.
+EVAL_FIELDS = {"step": int, "n": int, "pass_at_k": dict, "subsets": dict, "problems": list}
+
+
+def _get(report: Any, key: str) -> Any:
+    return report.get(key) if isinstance(report, dict) else None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value > 0
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -129,7 +157,7 @@ def _dynamics(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
     for ax, (pattern, title) in zip(axes, panels):
         for sign, color in SIGN_COLORS.items():
             # a step without tokens of this sign logs 0 for its means: leave those steps out
-            signed = [r for r in rows if r.get(f"dyn/tokens/{sign}", 0) > 0]
+            signed = [r for r in rows if _positive(r.get(f"dyn/tokens/{sign}"))]
             _smoothed(ax, series(signed, pattern.format(sign)), color, sign)
             if pattern.startswith("dyn/saturated"):
                 _smoothed(ax, series(signed, f"dyn/rare/{sign}"), color, None, ls="--")
