@@ -134,7 +134,13 @@ def _leaf_checks(x: jax.Array) -> jax.Array:
         position = position + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * step
         stride *= words.shape[axis]
     mixed = _mix32(words + position * jnp.uint32(_GOLDEN))
-    return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(mixed, dtype=jnp.uint32)])
+    # Both sums in one variadic reduction: one pass over the leaf (on XLA:CPU about 8x faster than
+    # two jnp.sum calls, which it runs as unvectorised integer loops).
+    zero = jnp.uint32(0)
+    plain, mixed = jax.lax.reduce(
+        (words, mixed), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), tuple(range(words.ndim))
+    )
+    return jnp.stack([plain, mixed])
 
 
 @jax.jit
