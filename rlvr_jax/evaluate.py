@@ -4,6 +4,7 @@ evals/step_<k>.json records it writes."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from rlvr_jax.storage import write_text_atomic
 from rlvr_jax.tasks import Task
 from rlvr_jax.tokenizer import decode_completions, stop_token_ids
 from rlvr_jax.types import PromptBatch
+
+log = logging.getLogger(__name__)
 
 
 class Evaluator:
@@ -126,5 +129,25 @@ def eval_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def read_evals(run_dir: Path) -> list[dict[str, Any]]:
-    """Every evals/step_<k>.json of a run, by step."""
-    return sorted((json.loads(p.read_text()) for p in (run_dir / "evals").glob("step_*.json")), key=lambda e: e["step"])
+    """The evaluations in evals/step_*.json, by step; a damaged file is skipped with a warning."""
+    evals = []
+    for path in sorted((run_dir / "evals").glob("step_*.json")):
+        try:
+            report = json.loads(path.read_bytes())
+        except ValueError as err:  # JSON and UTF-8 errors alike
+            log.warning("%s: not valid JSON (%s); skipped", path, err)
+            continue
+        missing = [key for key, kind in EVAL_FIELDS.items() if not isinstance(_get(report, key), kind)]
+        if missing:
+            log.warning("%s: not an evaluation report (missing or wrong %s); skipped", path, ", ".join(missing))
+            continue
+        evals.append(report)
+    return sorted(evals, key=lambda e: e["step"])
+
+
+# What the figures and the run summary read from each evaluation report.
+EVAL_FIELDS = {"step": int, "n": int, "pass_at_k": dict, "subsets": dict, "problems": list}
+
+
+def _get(report: Any, key: str) -> Any:
+    return report.get(key) if isinstance(report, dict) else None

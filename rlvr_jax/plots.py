@@ -38,6 +38,10 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
     return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else ([], [])
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = as_path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -118,7 +122,7 @@ def _dynamics(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
     for ax, (pattern, title) in zip(axes, panels):
         for sign, color in SIGN_COLORS.items():
             # a step without tokens of this sign logs 0 for its means: leave those steps out
-            signed = [r for r in rows if r.get(f"dyn/tokens/{sign}", 0) > 0]
+            signed = [r for r in rows if _positive(r.get(f"dyn/tokens/{sign}"))]
             _smoothed(ax, series(signed, pattern.format(sign)), color, sign)
             if pattern.startswith("dyn/saturated"):
                 _smoothed(ax, series(signed, f"dyn/rare/{sign}"), color, None, ls="--")

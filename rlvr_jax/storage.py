@@ -40,27 +40,30 @@ class StorageError(OSError):
     """A run directory that cannot be written; the message names it and what to check."""
 
 
-def ensure_writable(folder: epath.Path) -> None:
-    """Create `folder` and write + delete a probe file in it, so a missing bucket or missing
-    credentials stop a run before any work, with the fix in the message."""
+def ensure_writable(folder: epath.Path, what: str = "run directory") -> None:
+    """Create `folder` and write + delete a probe file in it, so a missing bucket, missing
+    credentials or a read-only folder stop a run before any work, with the fix in the message."""
     probe = folder / f".rlvr-jax-write-check-{socket.gethostname()}-{os.getpid()}"  # one per process of a slice
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except Exception as err:  # - gcsfs / google-auth / OS errors all mean "cannot write here"
-        hint = (
-            (
-                "check that the bucket exists and that this machine's credentials may write to it "
-                "(`gcloud auth application-default login`, or the VM / pod service account)"
-            )
-            if is_remote(folder)
-            else "check the path and its permissions"
-        )
         raise StorageError(
-            f"cannot write to the run directory {folder} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}): {hint}"
+            f"cannot write to the {what} {folder} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}): {write_hint(folder)}"
         ) from err
+
+
+def write_hint(folder: PathLike, *more: PathLike) -> str:
+    """What to check when `folder` (and `more`) cannot be written: the fix part of a one-line error."""
+    if is_remote(folder):
+        return (
+            "check that the bucket exists and that this machine's credentials may write to it "
+            "(`gcloud auth application-default login`, or the VM / pod service account)"
+        )
+    names = " and ".join(os.fspath(f) for f in (folder, *more))
+    return f"check that this user may write to {names} (permissions, owner, a read-only mount)"
 
 
 def write_text_atomic(path: epath.Path, text: str) -> None:

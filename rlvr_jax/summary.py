@@ -29,7 +29,7 @@ def format_eval(name: str, values: dict[str, float], task: Task) -> str:
 
 def make_summary(cfg: Config, first: dict, final: dict, seconds: float, last: dict) -> dict:
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
-    history = [r["reward/mean"] for r in rows if r.get("reward/mean") is not None]
+    history = [r["reward/mean"] for r in rows if isinstance(r.get("reward/mean"), (int, float))]
     evals = read_evals(cfg.run_dir)
     stage = detect_transition(*probe_series(rows))
     return {

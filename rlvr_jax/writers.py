@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,30 +129,108 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+# Bad lines reported one by one per read; past this many, one line says how many more were skipped.
+MAX_LINE_WARNINGS = 5
+
+
+def read_jsonl(path: str | Path, step_log: bool = True) -> list[dict[str, Any]]:
+    """The rows of a JSONL file ([] when it does not exist). A line that is not a JSON object (torn by
+    a kill, damaged on disk) or, in a step log (metrics.jsonl, rollouts.jsonl), has no integer
+    `step` is skipped with a warning naming the file and line: plots and the run summary go on."""
     path = as_path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    rows = []
+    with _LineWarnings(path, "skipped") as warn:
+        for number, _, row, problem in _parse_lines(path.read_bytes(), step_log):
+            if problem:
+                warn(number, problem)
+            else:
+                rows.append(row)
+    return rows
 
 
 def trim_jsonl(path: str | Path, last_step: int) -> None:
-    """Drop rows after `last_step` (written after the checkpoint a run resumes from; the resumed run
-    writes them again). Atomic replace, so a crash here leaves the old file intact."""
+    """Make a step log continue from `last_step`, the step a run resumes from: keep only rows with
+    step <= last_step in increasing step order. Rows after it (written after the checkpoint; the
+    resumed run writes them again) are dropped quietly; unreadable lines, repeated steps and steps
+    out of order are dropped with a warning naming the file, line and reason. Atomic replace, so a
+    crash here leaves the old file intact."""
     path = as_path(path)
     if jax.process_index() != 0 or not path.is_file():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and _step_of(line) <= last_step]
-    if len(kept) == len(lines):
+    data = path.read_bytes()
+    kept: list[str] = []
+    seen: dict[int, int] = {}  # step -> line it was kept from
+    last: tuple[int, int] | None = None  # (step, line) of the last kept row
+    later = 0
+    with _LineWarnings(path, "dropped") as warn:
+        for number, text, row, problem in _parse_lines(data, step_log=True):
+            if problem:
+                warn(number, problem)
+                continue
+            step = row["step"]
+            if step > last_step:
+                later += 1
+            elif step in seen:
+                warn(number, f"step {step} again (first on line {seen[step]})")
+            elif last is not None and step < last[0]:
+                warn(number, f"step {step} out of order (after step {last[0]} on line {last[1]})")
+            else:
+                kept.append(text)
+                seen[step] = number
+                last = (step, number)
+    text = "".join(line + "\n" for line in kept)
+    if text.encode() == data:
         return
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
-    log.info("%s: dropped %d rows after step %d", path, len(lines) - len(kept), last_step)
+    write_text_atomic(path, text)  # also ends the file with a newline, so appended rows stay lines
+    if later:
+        log.info("%s: dropped %d rows after step %d", path, later, last_step)
 
 
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn last line from a killed run: drop it
+def _parse_lines(data: bytes, step_log: bool) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
+    """(line number, text, row or None, why it is unusable or None) per non-blank line."""
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            yield number, "", None, "not UTF-8 text"
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError as err:
+            yield number, text, None, f"not valid JSON ({err})"
+            continue
+        if not isinstance(row, dict):
+            yield number, text, None, f"not a JSON object ({_JSON_KINDS.get(type(row), 'a number')})"
+        elif step_log and (type(row.get("step")) is not int):  # bool is an int subclass: not a step
+            yield number, text, None, f"no integer step (step = {row.get('step')!r:.40})"
+        else:
+            yield number, text, row, None
+
+
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+class _LineWarnings:
+    """One warning per bad line of `path`, up to MAX_LINE_WARNINGS, then one with the count of the rest."""
+
+    def __init__(self, path: Any, action: str):
+        self.path, self.action, self.count = path, action, 0
+
+    def __enter__(self) -> Callable[[int, str], None]:
+        return self.warn
+
+    def warn(self, number: int, problem: str) -> None:
+        self.count += 1
+        if self.count <= MAX_LINE_WARNINGS:
+            log.warning("%s line %d: %s; %s", self.path, number, problem, self.action)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.count > MAX_LINE_WARNINGS:
+            log.warning("%s: %d more bad lines %s", self.path, self.count - MAX_LINE_WARNINGS, self.action)
 
 
 class RolloutLog:
