@@ -161,6 +161,31 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_gguf_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-gguf",
+        help="convert a llama.cpp GGUF file (Llama, Qwen2, Qwen3) into a Hugging Face folder",
+        description="Dequantized safetensors + config.json + tokenizer (with its chat template), loadable by "
+        "transformers, `rlvr-jax generate --model` and `model.path`.",
+    )
+    p.add_argument("file", type=Path, help="the .gguf file")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or be empty)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the written weights")
+
+
+def run_import_gguf(args: argparse.Namespace) -> int:
+    from rlvr_jax.model.gguf_io import GGUFError, import_gguf
+
+    try:
+        arch = import_gguf(args.file, args.out, args.dtype)
+    except GGUFError as err:
+        raise SystemExit(f"rlvr-jax import-gguf: {err}") from None
+    print(
+        f"imported {args.file} ({arch.model_type}, {arch.num_params / 1e6:.1f}M parameters, {args.dtype}) to {args.out}"
+    )
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from rlvr_jax.config import ConfigError, load_config
 
@@ -276,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_eval_parser(sub)
     _plot_parser(sub)
     _plan_parser(sub)
+    _import_gguf_parser(sub)
     args = parser.parse_args(argv)
     commands = {
         "generate": run_generate,
@@ -285,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _run_eval,
         "plot": run_plot,
         "plan": run_plan,
+        "import-gguf": run_import_gguf,
     }
     return commands[args.command](args)
 
