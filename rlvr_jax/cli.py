@@ -18,7 +18,9 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         help="sample completions from a Hugging Face-format model folder",
         description="Print one JSON object per sample: prompt, completion, token_ids, finish_reason.",
     )
-    p.add_argument("--model", required=True, help="folder with config.json, safetensors and the tokenizer")
+    p.add_argument(
+        "--model", required=True, help="folder with config.json, safetensors and the tokenizer, or a Hub model id"
+    )
     p.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--max-new-tokens", type=int, default=64)

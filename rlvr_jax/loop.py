@@ -26,7 +26,7 @@ from rlvr_jax.data import PromptPipeline, verification_target
 from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.evaluate import Evaluator, decode_completions
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed
-from rlvr_jax.model import Arch, load_policy
+from rlvr_jax.model import Arch, load_policy, model_dir
 from rlvr_jax.plots import boundary_over_training, plot_run, probe_series, read_evals
 from rlvr_jax.preemption import StopRequest
 from rlvr_jax.probe import make_probe
@@ -34,7 +34,7 @@ from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rollout import SamplingParams, make_sampler
 from rlvr_jax.stages import describe as describe_stages
 from rlvr_jax.stages import detect_transition
-from rlvr_jax.storage import as_path, ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
+from rlvr_jax.storage import ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch
 from rlvr_jax.update import (
@@ -66,7 +66,7 @@ class Policy:
 
 
 def prepare_policy(cfg: Config, run_dir: Any, mesh: Any, log: Callable[[str], None]) -> tuple[Policy, Any]:
-    folder = as_path(cfg.model.path) if cfg.model.path else None
+    folder = model_dir(cfg.model.path) if cfg.model.path else None  # a Hub model id: its HF cache folder
     if folder is None and cfg.warmstart.enabled:
         folder = build_base_policy(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
     # The warm-started folder's own config.json is the architecture (model.arch only described how to build it).
