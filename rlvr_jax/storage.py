@@ -132,42 +132,47 @@ def resolve_model_path(path: PathLike) -> PathLike:
 
 @functools.cache  # one download check per process and model, however many loaders ask
 def _hub_snapshot(repo_id: str) -> str:
-    """Process 0 downloads; the others wait for its outcome (a collective), then read the cache (or,
-    on a host of their own, download too), so one failure is everyone's same one-line error."""
+    """Process 0 downloads while the others wait at a barrier; then they read the cache (or, on a host
+    with a disk of its own, download too). Process 0 reaches the barrier even when it fails, so the
+    others are never left waiting: they try in turn and, offline, meet the same one-line error."""
     import jax
 
     several = jax.distributed.is_initialized() and jax.process_count() > 1
-    first = not several or jax.process_index() == 0
-    folder, error = _download(repo_id) if first else (None, None)
-    if several:
-        from rlvr_jax.distributed import allgather_objects
-
-        error = allgather_objects(error)[0]
-        if error is None and not first:
-            folder, error = _download(repo_id)
-    if error is not None:
-        raise ModelSourceError(error)
-    return folder
+    if several and jax.process_index() != 0:
+        _barrier(repo_id)
+        return _download(repo_id)
+    try:
+        return _download(repo_id)
+    finally:
+        if several:
+            _barrier(repo_id)
 
 
-def _download(repo_id: str) -> tuple[str | None, str | None]:
-    """(folder, None), or (None, the one-line reason)."""
+def _barrier(repo_id: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"rlvr_jax_hub_download_{repo_id}")
+
+
+def _download(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return snapshot_download(repo_id, allow_patterns=_HUB_FILES, ignore_patterns=["*/*"]), None
+        return snapshot_download(repo_id, allow_patterns=_HUB_FILES, ignore_patterns=["*/*"])
     except LocalEntryNotFoundError:
-        return None, (
+        raise ModelSourceError(
             f"{repo_id}: no such folder, and the Hugging Face Hub cannot be reached (or HF_HUB_OFFLINE=1) with "
             "no cached copy; download or import the model and pass its folder (a GGUF file: "
             "rlvr-jax import-gguf FILE.gguf --out DIR)"
-        )
+        ) from None
     except RepositoryNotFoundError:
-        return None, (
+        raise ModelSourceError(
             f"{repo_id}: no such folder, and no Hugging Face Hub model of that name "
             "(private or gated models need `hf auth login`)"
-        )
+        ) from None
     except HfHubHTTPError as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return None, f"{repo_id}: no such folder, and downloading it from the Hugging Face Hub failed ({reason})"
+        raise ModelSourceError(
+            f"{repo_id}: no such folder, and downloading it from the Hugging Face Hub failed ({reason})"
+        ) from None

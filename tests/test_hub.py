@@ -121,26 +121,31 @@ def test_paths_that_look_local_keep_their_error_and_never_reach_the_hub(monkeypa
     assert resolve_model_path("owner/name") == "owner/name"
 
 
-def test_other_processes_wait_for_process_0_and_share_its_outcome(monkeypatch, fake_hub):
-    """Seen from process 1 of 2: it downloads only after process 0's outcome arrives, and raises
-    process 0's error without downloading when there is one."""
-    from rlvr_jax import distributed
+@pytest.mark.parametrize("process", [0, 1])
+def test_process_0_downloads_first_and_everyone_meets_its_error(monkeypatch, fake_hub, process):
+    """Seen from each of 2 processes: process 0 downloads before the barrier (and reaches it even when
+    the download fails); process 1 only after it, from the cache process 0 filled."""
+    from jax.experimental import multihost_utils
 
-    gathered = []
-    outcome_of_0 = [None]
-
-    def allgather_objects(obj):
-        gathered.append((obj, len(fake_hub)))  # what process 1 sent, and how many downloads it had made
-        return [outcome_of_0[0], obj]
-
+    events = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(jax, "process_index", lambda: 1)
-    monkeypatch.setattr(distributed, "allgather_objects", allgather_objects)
-    assert Path(resolve_model_path(REPO)).is_dir()
-    assert gathered == [(None, 0)] and len(fake_hub) == 1
+    monkeypatch.setattr(jax, "process_index", lambda: process)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: events.append(("barrier", name)))
+    download = huggingface_hub.snapshot_download  # the fake, seen in order with the barrier
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda r, **kw: events.append(("download", r)) or download(r, **kw)
+    )
+    assert Path(resolve_model_path(REPO)).is_dir() and len(fake_hub) == 1
+    barrier = ("barrier", f"rlvr_jax_hub_download_{REPO}")
+    assert events == ([barrier, ("download", REPO)] if process else [("download", REPO), barrier])
+
+    def offline(repo_id, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     storage._hub_snapshot.cache_clear()
-    outcome_of_0[0] = "tiny-org/tiny-qwen2: no such folder, and ..."
-    with pytest.raises(ModelSourceError, match="no such folder, and ...") as info:
+    events.clear()
+    with pytest.raises(ModelSourceError, match=f"{REPO}: no such folder, and the Hugging Face Hub cannot be reached"):
         resolve_model_path(REPO)
-    assert str(info.value) == outcome_of_0[0] and len(fake_hub) == 1
+    assert events == [barrier]  # process 0 released the others before raising; process 1 waited first
