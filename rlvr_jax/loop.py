@@ -25,7 +25,7 @@ from rlvr_jax.data import PromptPipeline
 from rlvr_jax.evaluate import Evaluator
 from rlvr_jax.hooks import Hooks
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed, report_sharding
-from rlvr_jax.model import Arch, load_policy
+from rlvr_jax.model import Arch, load_policy, model_dir
 from rlvr_jax.plots import plot_run
 from rlvr_jax.preemption import StopRequest
 from rlvr_jax.probe import Probe, make_probe, probe_spec
@@ -33,7 +33,7 @@ from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rng import purpose_key
 from rlvr_jax.rollout import SamplingSpec, make_sampler
 from rlvr_jax.step import StepContext, StepRecord, make_advantages, make_reference, rl_step
-from rlvr_jax.storage import as_path, ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
+from rlvr_jax.storage import ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.summary import format_eval, make_summary
 from rlvr_jax.tasks import Task, get_task
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
@@ -198,7 +198,7 @@ def step_context(
 
 
 def prepare_policy(cfg: Config, task: Task, run_dir: Any, mesh: Any, log: Callable[[str], None]) -> tuple[Policy, Any]:
-    folder = as_path(cfg.model.path) if cfg.model.path else None
+    folder = model_dir(cfg.model.path) if cfg.model.path else None  # a Hub model id: its HF cache folder
     if folder is None and cfg.warmstart.enabled:
         folder = task.warm_start(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
     # The warm-started folder's own config.json is the architecture (model.arch only described how to build it).

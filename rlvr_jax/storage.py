@@ -6,14 +6,17 @@ the trainer writes `run_dir / "name"` whatever the run directory is:
 - `as_path` keeps `gs://bucket/x` intact (pathlib would fold it into `gs:/bucket/x`);
 - `write_text_atomic`: temp file + rename on a disk; a single object upload, atomic by itself, in a bucket;
 - `local_copy` / `upload_dir`: a folder moved between a bucket and a local temp folder;
-- `local_cache`: where a remote run keeps what must sit on a local disk and can be rebuilt.
+- `local_cache`: where a remote run keeps what must sit on a local disk and can be rebuilt;
+- `resolve_model_path`: a Hugging Face Hub model id (`owner/name`) as its folder in the HF cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -108,3 +111,71 @@ def local_cache(run_dir: epath.Path, name: str) -> Path:
     root = Path(os.environ.get(LOCAL_CACHE_ENV) or Path.home() / ".cache" / "rlvr-jax")
     key = hashlib.sha256(os.fspath(run_dir).encode()).hexdigest()[:12]
     return root / f"{epath.Path(run_dir).name}-{key}" / name
+
+
+# A Hub model id: owner/name, one slash, no leading '.', '/' or '~' (those are local paths).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# What a model folder needs (config, weights, tokenizer, chat template), at the repository's top level:
+# not the other formats' copies (pytorch_model.bin, onnx/, gguf) many model repositories also hold.
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer.model"]
+
+
+class ModelSourceError(ValueError):
+    """A model path that is neither a folder nor a downloadable Hub model; the message says what to do."""
+
+
+def resolve_model_path(path: PathLike) -> PathLike:
+    """`path` itself, unless it is a Hugging Face Hub model id (`owner/name`, and no local path of
+    that name exists): then its snapshot folder in the HF cache, downloaded there once."""
+    text = os.fspath(path)
+    if is_remote(text) or Path(text).exists() or not _HUB_ID.fullmatch(text):
+        return path
+    return _hub_snapshot(text)
+
+
+@functools.cache  # one download check per process and model, however many loaders ask
+def _hub_snapshot(repo_id: str) -> str:
+    """Process 0 downloads while the others wait at a barrier; then they read the cache (or, on a host
+    with a disk of its own, download too). Process 0 reaches the barrier even when it fails, so the
+    others are never left waiting: they try in turn and, offline, meet the same one-line error."""
+    import jax
+
+    several = jax.distributed.is_initialized() and jax.process_count() > 1
+    if several and jax.process_index() != 0:
+        _barrier(repo_id)
+        return _download(repo_id)
+    try:
+        return _download(repo_id)
+    finally:
+        if several:
+            _barrier(repo_id)
+
+
+def _barrier(repo_id: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"rlvr_jax_hub_download_{repo_id}")
+
+
+def _download(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=_HUB_FILES, ignore_patterns=["*/*"])
+    except LocalEntryNotFoundError:
+        raise ModelSourceError(
+            f"{repo_id}: no such folder, and the Hugging Face Hub cannot be reached (or HF_HUB_OFFLINE=1) with "
+            "no cached copy; download or import the model and pass its folder (a GGUF file: "
+            "rlvr-jax import-gguf FILE.gguf --out DIR)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelSourceError(
+            f"{repo_id}: no such folder, and no Hugging Face Hub model of that name "
+            "(private or gated models need `hf auth login`)"
+        ) from None
+    except HfHubHTTPError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelSourceError(
+            f"{repo_id}: no such folder, and downloading it from the Hugging Face Hub failed ({reason})"
+        ) from None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rlvr_jax.storage import is_remote, local_copy
+from rlvr_jax.storage import ModelSourceError, is_remote, local_copy, resolve_model_path
 
 # ChatML, the template of the Qwen family; used for locally built tokenizers.
 CHATML_TEMPLATE = (
@@ -28,7 +28,11 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(folder: str | Path) -> Any:
-    """A Hugging Face tokenizer folder (local or gs://), padding on the left for generation."""
+    """A Hugging Face tokenizer folder (local, gs:// or a Hub model id), padding on the left for generation."""
+    try:
+        folder = resolve_model_path(folder)
+    except ModelSourceError as err:
+        raise TokenizerError(str(err)) from None
     if is_remote(folder):
         try:
             with local_copy(folder) as local:

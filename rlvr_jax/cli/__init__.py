@@ -23,6 +23,7 @@ COMMANDS = {
     "export": (run.add_export_parser, run.run_export),
     "plot": (run.add_plot_parser, run.run_plot),
     "plan": (run.add_plan_parser, run.run_plan),
+    "import-gguf": (model.add_import_gguf_parser, model.run_import_gguf),
     "bandit": (bandit.add_bandit_parser, bandit.run_bandit),
 }
 

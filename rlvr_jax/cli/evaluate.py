@@ -36,7 +36,7 @@ def add_eval_parser(sub: Any) -> None:
     source.add_argument(
         "--run-dir", type=as_path, help="a training run directory, local or gs:// (its checkpoint and settings)"
     )
-    source.add_argument("--model", type=as_path, help="a Hugging Face model folder (local or gs://)")
+    source.add_argument("--model", help="a Hugging Face model folder (local or gs://) or Hub model id (owner/name)")
     p.add_argument("--step", type=int, help="with --run-dir: checkpoint step (default: the latest)")
     p.add_argument("--config", help="with --model: a YAML config (file or packaged name) for the data/reward settings")
     p.add_argument("--task", help="task name (default: the run's / config's)")

@@ -1,9 +1,10 @@
-"""`rlvr-jax generate`: sample from a Hugging Face-format model folder."""
+"""`rlvr-jax generate` (sample from a Hugging Face-format model) and `import-gguf` (a llama.cpp file -> one)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +13,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         help="sample completions from a Hugging Face-format model folder",
         description="Print one JSON object per sample: prompt, completion, token_ids, finish_reason.",
     )
-    p.add_argument("--model", required=True, help="folder with config.json, safetensors and the tokenizer")
+    p.add_argument(
+        "--model", required=True, help="folder with config.json, safetensors and the tokenizer, or a Hub model id"
+    )
     p.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -85,4 +88,29 @@ def run_generate(args: argparse.Namespace) -> int:
                 }
             )
         )
+    return 0
+
+
+def add_import_gguf_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-gguf",
+        help="convert a llama.cpp GGUF file (Llama, Qwen2, Qwen3) into a Hugging Face folder",
+        description="Dequantized safetensors + config.json + tokenizer (with its chat template), loadable by "
+        "transformers, `rlvr-jax generate --model` and `model.path`.",
+    )
+    p.add_argument("file", type=Path, help="the .gguf file")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not exist, or be empty)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the written weights")
+
+
+def run_import_gguf(args: argparse.Namespace) -> int:
+    from rlvr_jax.model.gguf_io import GGUFError, import_gguf
+
+    try:
+        arch = import_gguf(args.file, args.out, args.dtype)
+    except GGUFError as err:
+        raise SystemExit(f"rlvr-jax import-gguf: {err}") from None
+    print(
+        f"imported {args.file} ({arch.model_type}, {arch.num_params / 1e6:.1f}M parameters, {args.dtype}) to {args.out}"
+    )
     return 0

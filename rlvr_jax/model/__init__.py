@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from rlvr_jax.config import ModelConfig
 from rlvr_jax.mesh import Rules, tree_shardings
-from rlvr_jax.model.arch import Arch, ArchError, RopeScaling
+from rlvr_jax.model.arch import Arch, ArchError, RopeScaling, model_dir
 from rlvr_jax.model.decoder import Decoder, KVCache, LayerCache, init_cache, positions_from_mask
 from rlvr_jax.model.hf_io import CheckpointFormatError, load_state, save_pretrained
 from rlvr_jax.storage import local_copy
@@ -36,6 +36,7 @@ __all__ = [
     "init_cache",
     "init_params",
     "load_policy",
+    "model_dir",
     "positions_from_mask",
     "save_pretrained",
     "state_shardings",
@@ -88,10 +89,12 @@ def from_pretrained(
     dtype: Any = jnp.float32,
     remat: bool = False,
 ) -> tuple[Arch, nnx.GraphDef, nnx.State]:
-    """Load an HF folder (config.json + safetensors; local or gs://) straight into the sharded layout."""
+    """Load an HF folder (config.json + safetensors; local, gs:// or a Hub model id) straight into the
+    sharded layout."""
     arch = Arch.from_dir(folder)
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
-    with local_copy(folder) as local:  # a bucket folder is downloaded: safetensors are memory-mapped from local files
+    # A bucket folder is downloaded (safetensors are memory-mapped from local files); a Hub id is in the HF cache.
+    with local_copy(model_dir(folder)) as local:
         state = load_state(local, arch, abstract, state_shardings(abstract, mesh, rules))
     return arch, graphdef, state
 

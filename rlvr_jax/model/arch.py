@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlvr_jax.storage import as_path
+from etils import epath
+
+from rlvr_jax.storage import ModelSourceError, as_path, resolve_model_path
 
 SUPPORTED = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -120,8 +122,8 @@ class Arch:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Arch:
-        """The config.json of a model folder, local or in a bucket (gs://)."""
-        file = as_path(path) / "config.json"
+        """The config.json of a model folder: local, in a bucket (gs://), or a Hub model id."""
+        file = model_dir(path) / "config.json"
         if not file.is_file():
             raise ArchError(f"{file} not found: a model folder needs config.json (Hugging Face format)")
         try:
@@ -163,6 +165,15 @@ class Arch:
         if self.model_type == "qwen2":
             out.update(use_sliding_window=False)
         return out
+
+
+def model_dir(path: str | Path) -> epath.Path:
+    """A model folder as a path: local, in a bucket (gs://), or for a Hugging Face Hub model id
+    (`owner/name`) its snapshot in the HF cache, downloaded once."""
+    try:
+        return as_path(resolve_model_path(path))
+    except ModelSourceError as err:
+        raise ArchError(str(err)) from None
 
 
 def _read_rope(cfg: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
