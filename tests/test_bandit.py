@@ -11,15 +11,14 @@ import pytest
 from rlvr_jax.bandit import (
     BanditSpec,
     RewardNoise,
-    add_bandit_parser,
     entropy,
-    run_bandit,
     sample_rewards,
     simulate,
     simulate_one,
     summarize,
     surrogate,
 )
+from rlvr_jax.cli.bandit import add_bandit_parser, run_bandit
 from rlvr_jax.config import AdvantageConfig
 
 SEEDS = (0, 1, 2)
