@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import yaml
 from etils import epath
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from rlvr_jax.storage import as_path, write_text_atomic
 
@@ -154,8 +154,35 @@ class MeshConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
 
 
+class DataSource(str, enum.Enum):
+    task = "task"  # a registered task (data.task): its own builder
+    jsonl = "jsonl"  # JSON lines files (data.path: a file, a glob, or a gs:// URL)
+    parquet = "parquet"  # Parquet files (verl's layout works as is)
+    hf = "hf"  # a `datasets` folder written by save_to_disk, or a Hub dataset id
+    python = "python"  # rows handed to rlvr_jax.Trainer in Python (train_dataset / eval_dataset)
+
+
 class DataConfig(_Section):
+    source: _mode(DataSource) = DataSource.task
+    """Where prompts come from: a registered task (`data.task`), or files (`data.path`)."""
     task: str = "toy_strategy"
+    """The registered task (source: task); with files, the name the run's records use."""
+    path: str | None = None
+    """Files of the train split (source jsonl/parquet: a file, a glob, a gs:// URL; hf: a folder or Hub id)."""
+    prompt_key: str = "prompt"
+    """Column with the prompt: a string, or chat messages [{role, content}, ...] (verl, TRL conversational)."""
+    answer_key: str | None = None
+    """Column with the gold answer (dotted for nested fields, e.g. reward_model.ground_truth); default: the
+    first of answer, reward_model.ground_truth, ground_truth, solution that the files have."""
+    id_key: str | None = None
+    """Column with a row id (default: <file stem>/<row>); names the row in errors and evaluation records."""
+    subset_key: str | None = None
+    """Column whose values name subsets for per-subset pass@k (e.g. data_source, level); default none."""
+    system_prompt: str | None = None
+    """A system message put before each prompt (when the prompt has none)."""
+    template: str | None = None
+    """For string prompts: the user message, formatted with the row's columns, e.g.
+    "{question}\nPut the final answer in \\boxed{}." (default: the prompt column as is)."""
     split: str = "train"
     data_dir: str | None = None
     """TFDS data directory (built datasets); default under the run directory."""
@@ -282,6 +309,10 @@ class EvalConfig(_Section):
     every: int = Field(default=0, ge=0)
     """Evaluate every N steps (0: only at the start and the end)."""
     split: str = "test"
+    """The evaluation split (a registered task's split, or a split of an hf datasets folder)."""
+    path: str | None = None
+    """With file sources: the held-out files, read with the data.* column settings (else eval.split of an
+    hf datasets folder)."""
     n: int = Field(default=64, ge=1)
     """Samples per problem for pass@k."""
     temperature: float = Field(default=0.6, ge=0.0)
@@ -308,6 +339,17 @@ class Config(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _data_source_fits(self) -> Config:
+        files = self.data.source != DataSource.task
+        if files and self.data.source != DataSource.python and not self.data.path:
+            raise ValueError(f"data.source={self.data.source.value} reads files: set data.path (a file, glob or URL)")
+        if not files and self.data.path:
+            raise ValueError("data.path is set but data.source is task: set data.source=jsonl|parquet|hf")
+        if not files and self.eval.path:
+            raise ValueError("eval.path is for file sources: set data.source=jsonl|parquet|hf, or drop eval.path")
+        return self
 
     @property
     def run_dir(self) -> epath.Path:
@@ -432,6 +474,9 @@ def _describe(err: dict[str, Any]) -> str:
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f" (did you mean {'.'.join(loc[:-1] + close)!r}?)" if close else ""
         return f"unknown config key {dotted!r}{hint}; valid keys here: {', '.join(valid)}"
+    if err["type"] == "value_error":  # a cross-field check: its message names the keys and the fix
+        where = f"{dotted}: " if dotted else ""
+        return where + str(err["msg"]).removeprefix("Value error, ")
     return f"config key {dotted!r}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -519,7 +564,11 @@ class ConfigChanges:
 
     @staticmethod
     def between(saved: Mapping[str, Any], cfg: Config) -> ConfigChanges:
-        old, new = flatten(saved), flatten(cfg.model_dump(mode="json"))
+        # A key added since the checkpoint was written counts as its default there: a newer rlvr-jax
+        # resumes an older run unless the new key is set to something else.
+        defaults = flatten(Config().model_dump(mode="json"))
+        old = {**{k: v for k, v in defaults.items() if k not in flatten(saved)}, **flatten(saved)}
+        new = flatten(cfg.model_dump(mode="json"))
         lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
         for key in sorted(old.keys() | new.keys()):
             if old.get(key, "<unset>") == new.get(key, "<unset>"):

@@ -46,17 +46,20 @@ class Evaluator:
         abstract_params: Any,
         mesh: Any,
         pool: RewardPool,
+        source: Any = None,
     ):
         ev = cfg.eval
         self.group = min(ev.samples_per_pass, ev.n)
         if ev.n % self.group:
             raise ValueError(f"eval.n={ev.n} must be a multiple of eval.samples_per_pass={ev.samples_per_pass}")
         self.passes = ev.n // self.group
-        source = task.source(ev.split, cfg.data.data_dir, cfg.data.manual_dir)
+        if source is None:
+            source = task.source(ev.split, cfg.data.data_dir, cfg.data.manual_dir)
         batch_problems = min(ev.batch_problems, len(source), ev.max_problems or len(source))
         batch_problems = max(jax.process_count(), batch_problems - batch_problems % jax.process_count())
+        index, count = jax.process_index(), jax.process_count()
         self.batches = evaluation_batches(
-            source, tokenizer, cfg.data, batch_problems, ev.max_problems, jax.process_index(), jax.process_count()
+            source, tokenizer, cfg.data, batch_problems, ev.max_problems, index, count, task.example
         )
         self.stop = stop_token_ids(tokenizer, arch.eos_token_ids)
         sampling = SamplingSpec.from_config(

@@ -22,6 +22,7 @@ import jax
 from rlvr_jax.checkpoint import Checkpointer, CheckpointError, fingerprint, move_aside
 from rlvr_jax.config import Config, ConfigChanges, save_config
 from rlvr_jax.data import PromptPipeline
+from rlvr_jax.data.pipeline import scan_prompts
 from rlvr_jax.evaluate import Evaluator
 from rlvr_jax.hooks import Hooks
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed, report_sharding
@@ -35,7 +36,7 @@ from rlvr_jax.rollout import SamplingSpec, make_sampler
 from rlvr_jax.step import StepContext, StepRecord, make_advantages, make_reference, rl_step
 from rlvr_jax.storage import ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.summary import format_eval, make_summary
-from rlvr_jax.tasks import Task, get_task
+from rlvr_jax.tasks import FileTask, Task, task_for
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
 from rlvr_jax.types import TrainState
 from rlvr_jax.update import (
@@ -56,16 +57,19 @@ def train(
     restart: bool = False,
     stop_at: int | None = None,
     allow_config_change: bool = False,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) RL training as configured; returns the summary (also written to the run dir).
 
     restart: move existing checkpoints aside and start at step 0 (default: resume from the latest).
     stop_at: save a checkpoint and return after this step (a time-boxed slice of a longer run).
     allow_config_change: resume even if settings that change the maths differ from the checkpoint's.
+    task: the run's task (default `task_for(cfg)`: data.task, or the files of data.path); the Python API
+        passes one holding in-memory rows.
     """
     clock = time.perf_counter()
     with contextlib.ExitStack() as closing:
-        run = setup(cfg, log, closing, restart=restart, allow_config_change=allow_config_change)
+        run = setup(cfg, log, closing, restart=restart, allow_config_change=allow_config_change, task=task)
         hooks = cadence_hooks(run)
         record = None
         for step in range(run.start, run.cfg.run.steps):
@@ -120,21 +124,29 @@ class Run:
 
 
 def setup(
-    cfg: Config, log: Callable[[str], None], closing: contextlib.ExitStack, *, restart: bool, allow_config_change: bool
+    cfg: Config,
+    log: Callable[[str], None],
+    closing: contextlib.ExitStack,
+    *,
+    restart: bool,
+    allow_config_change: bool,
+    task: Task | None = None,
 ) -> Run:
     """Everything before the first step: mesh, policy, data, compiled stages, state, sinks, base evaluation."""
     maybe_initialize_distributed(cfg.mesh)
     run_dir = cfg.run_dir
     cfg = with_data_dir(cfg, run_dir)
     ensure_writable(run_dir)  # a missing bucket or credentials: stop now, with the fix
-    task = get_task(cfg.data.task)
-    probe_set = probe_spec(cfg, task)  # a bad probe file stops the run before any expensive work
+    task = task or task_for(cfg)
+    # Bad data or a bad probe file stops the run here, before any expensive work.
+    sources = open_sources(cfg, task)
+    probe_set = probe_spec(cfg, task)
     mesh = make_mesh(cfg.mesh)
     if restart and (moved := move_aside(run_dir / "checkpoints")):
         log(f"--restart: previous checkpoints moved to {moved}")
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
     closing.callback(ckpt.close)
-    policy, params = prepare_policy(cfg, task, run_dir, mesh, log)
+    policy, params = prepare_policy(cfg, task, run_dir, mesh, log, sources)
     report_sharding(params, mesh, TRAIN_RULES, log, strict=cfg.mesh.strict_sharding)
     tx = make_optimizer(cfg.optim, total_optimizer_steps(cfg.optim, cfg.run.steps))
     reference_id = {
@@ -149,9 +161,11 @@ def setup(
     closing.callback(writer.close)
     stop = closing.enter_context(StopRequest(log))
     pool = closing.enter_context(RewardPool(cfg.reward))
-    ctx = step_context(cfg, task, policy, params, state, tx, mesh, pool)
+    ctx = step_context(cfg, task, policy, params, state, tx, mesh, pool, sources["train"])
     del params  # the state (fresh or restored) owns the policy from here on
-    evaluate = Evaluator(cfg, task, policy.tokenizer, policy.arch, policy.graphdef, state.params, mesh, pool)
+    evaluate = Evaluator(
+        cfg, task, policy.tokenizer, policy.arch, policy.graphdef, state.params, mesh, pool, sources["eval"]
+    )
     probe = make_probe(probe_set, cfg, task, policy.tokenizer, policy.graphdef)
     if base_eval is None:  # step 0: every run carries its own base-policy record
         base_eval = {**evaluate(state.params, 0), **probe(state.params)}
@@ -169,13 +183,22 @@ def setup(
 
 
 def step_context(
-    cfg: Config, task: Task, policy: Policy, params: Any, state: TrainState, tx: Any, mesh: Any, pool: RewardPool
+    cfg: Config,
+    task: Task,
+    policy: Policy,
+    params: Any,
+    state: TrainState,
+    tx: Any,
+    mesh: Any,
+    pool: RewardPool,
+    source: Any = None,
 ) -> StepContext:
-    """The compiled stages of one step, and what they read."""
+    """The compiled stages of one step, and what they read (`source`: the train split, opened by setup)."""
     tok = policy.tokenizer
     stop_ids = stop_token_ids(tok, policy.arch.eos_token_ids)
-    source = task.source(cfg.data.split, cfg.data.data_dir, cfg.data.manual_dir)
-    prompts = PromptPipeline(source, cfg.data, tok, cfg.run.seed, jax.process_index(), jax.process_count())
+    source = source if source is not None else task.source(cfg.data.split, cfg.data.data_dir, cfg.data.manual_dir)
+    index, count = jax.process_index(), jax.process_count()
+    prompts = PromptPipeline(source, cfg.data, tok, cfg.run.seed, index, count, task.example)
     sampling = SamplingSpec.from_config(cfg.rollout, stop_ids, int(tok.pad_token_id))
     sampler = make_sampler(policy.arch, policy.graphdef, params, mesh, ROLLOUT_RULES, sampling)
     spec = UpdateSpec(cfg.loss, cfg.optim, cfg.loss.max_len_norm or cfg.rollout.max_new_tokens)
@@ -197,19 +220,45 @@ def step_context(
     )
 
 
-def prepare_policy(cfg: Config, task: Task, run_dir: Any, mesh: Any, log: Callable[[str], None]) -> tuple[Policy, Any]:
+def open_sources(cfg: Config, task: Task) -> dict[str, Any]:
+    """The train and evaluation splits, opened once (a registered task builds its dataset here), with
+    the cheap checks of file rows (columns, templates) done before any expensive work."""
+    data = cfg.data
+    sources = {
+        "train": task.source(data.split, data.data_dir, data.manual_dir),
+        "eval": task.source(cfg.eval.split, data.data_dir, data.manual_dir),
+    }
+    if isinstance(task, FileTask):
+        task.check(sources["train"], f"the {data.split} rows ({data.path or 'Python'})")
+        task.check(sources["eval"], f"the {cfg.eval.split} rows ({cfg.eval.path or data.path or 'Python'})")
+    return sources
+
+
+def prepare_policy(
+    cfg: Config, task: Task, run_dir: Any, mesh: Any, log: Callable[[str], None], sources: dict[str, Any] | None = None
+) -> tuple[Policy, Any]:
+    """The policy's folder (a model path, or the task's warm start), its tokenizer, then its weights;
+    between the two, every prompt is rendered and measured once (`sources`), so a bad row stops the run
+    before the weights load."""
     folder = model_dir(cfg.model.path) if cfg.model.path else None  # a Hub model id: its HF cache folder
     if folder is None and cfg.warmstart.enabled:
         folder = task.warm_start(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
+    tok_dir = cfg.model.tokenizer or folder
+    if tok_dir is None:
+        raise ValueError("config: a random model (model.arch) needs model.tokenizer, or warmstart.enabled=true")
+    tok = load_tokenizer(tok_dir)
+    for split, source in (sources or {}).items():
+        limit = cfg.eval.max_problems if split == "eval" else None
+        rows = source if limit is None else [source[i] for i in range(min(limit, len(source)))]
+        cut = scan_prompts(rows, tok, cfg.data, task.example, f"the {split} split")
+        if cut:
+            log(f"data: {cut} {split} prompts are longer than data.max_prompt_len and will be truncated")
     # The warm-started folder's own config.json is the architecture (model.arch only described how to build it).
     model_cfg = (
         cfg.model.model_copy(update={"path": str(folder), "arch": {}}) if folder and not cfg.model.path else cfg.model
     )
     arch, graphdef, params = load_policy(model_cfg, mesh, TRAIN_RULES, purpose_key(cfg.run.seed, "init"))
-    tok_dir = cfg.model.tokenizer or folder
-    if tok_dir is None:
-        raise ValueError("config: a random model (model.arch) needs model.tokenizer, or warmstart.enabled=true")
-    return Policy(arch, graphdef, load_tokenizer(tok_dir), folder), params
+    return Policy(arch, graphdef, tok, folder), params
 
 
 def restore_or_init(

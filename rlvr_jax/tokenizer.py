@@ -78,11 +78,19 @@ def _generic_class(folder: Path) -> Any:
     return PreTrainedTokenizerFast if declared in _GENERIC_CLASSES else AutoTokenizer
 
 
-def render_prompt(tok: Any, text: str, use_chat_template: bool = True, plain_template: str = "{prompt}") -> str:
-    """The string the policy sees: chat template with a generation prompt when present."""
+def render_messages(
+    tok: Any, messages: Sequence[dict[str, str]], use_chat_template: bool = True, plain_template: str = "{prompt}"
+) -> str:
+    """The string the policy sees for chat messages: the chat template with a generation prompt when
+    the tokenizer has one; else the messages' contents, joined by blank lines, in the plain template."""
     if use_chat_template and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    return plain_template.replace("{prompt}", text)
+        return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return plain_template.replace("{prompt}", "\n\n".join(m["content"] for m in messages))
+
+
+def render_prompt(tok: Any, text: str, use_chat_template: bool = True, plain_template: str = "{prompt}") -> str:
+    """The string the policy sees for a problem text: one user message."""
+    return render_messages(tok, [{"role": "user", "content": text}], use_chat_template, plain_template)
 
 
 def encode_left_padded(

@@ -22,17 +22,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def single(toy_base, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("single")
-    done = subprocess.run(
-        command(run_dir, run_args(toy_base, *MESH)), env=subprocess_env(8), capture_output=True, text=True, timeout=600
-    )
+def run_single(toy_base, run_dir, *extra):
+    """One process, 8 devices, the (2, 2, 2) mesh."""
+    args = run_args(toy_base, *MESH, *extra)
+    done = subprocess.run(command(run_dir, args), env=subprocess_env(8), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
 
-def start_two(toy_base, run_dir):
+@pytest.fixture(scope="module")
+def single(toy_base, tmp_path_factory):
+    return run_single(toy_base, tmp_path_factory.mktemp("single"))
+
+
+def start_two(toy_base, run_dir, *extra):
     port = free_port()
     return [
         subprocess.Popen(
@@ -44,6 +47,7 @@ def start_two(toy_base, run_dir):
                     f"mesh.distributed.coordinator_address=localhost:{port}",
                     "mesh.distributed.num_processes=2",
                     f"mesh.distributed.process_id={i}",
+                    *extra,
                 ),
             ),
             env=subprocess_env(4),
@@ -56,8 +60,12 @@ def start_two(toy_base, run_dir):
 
 
 def test_two_processes_equal_one_process(toy_base, single, tmp_path):
-    multi = tmp_path / "multi"
-    procs = start_two(toy_base, multi)
+    assert_two_equal_one(toy_base, single, tmp_path / "multi")
+
+
+def assert_two_equal_one(toy_base, single, multi, *extra):
+    """Two processes x 4 devices (each reads, samples and scores half the prompts) equal `single`."""
+    procs = start_two(toy_base, multi, *extra)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "summary written" in outs[0]

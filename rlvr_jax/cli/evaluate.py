@@ -15,11 +15,12 @@ from rlvr_jax.rewards import RewardPool
 from rlvr_jax.storage import as_path
 
 
-def _task(name: str) -> Any:
-    from rlvr_jax.tasks import TaskError, get_task
+def _task(name: str, cfg: Config | None = None) -> Any:
+    """The registered task `name`, or (given the run's config) the task of its files."""
+    from rlvr_jax.tasks import TaskError, get_task, task_for
 
     try:
-        return get_task(name)
+        return task_for(cfg) if cfg is not None else get_task(name)
     except TaskError as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None
 
@@ -80,8 +81,9 @@ def eval_config(args: Any) -> Config:
     ev, data = tree["eval"], tree["data"]
     if args.config is None and args.run_dir is None:
         ev.update(n=256, temperature=0.6, top_p=0.95)  # docs/algorithms.md section 5 defaults
-    if args.task and args.task != data["task"]:
-        data["task"] = args.task
+    if args.task and args.task != data["task"]:  # a registered task instead of the run's own data
+        data.update(task=args.task, source="task", path=None)
+        ev["path"] = None
         tree["reward"]["verifier"] = _task(args.task).verifier
     settings = {
         ("eval", "split"): args.split,
@@ -130,7 +132,7 @@ def run_eval_command(args: Any) -> int:
 
     with RewardPool(cfg.reward) as pool:
         try:
-            evaluator = Evaluator(cfg, _task(cfg.data.task), tok, arch, graphdef, params, mesh, pool)
+            evaluator = Evaluator(cfg, _task(cfg.data.task, cfg), tok, arch, graphdef, params, mesh, pool)
         except (DataError, ValueError) as err:
             raise SystemExit(f"rlvr-jax eval: {err}") from None
         report = {**model, **evaluator.run(params)}

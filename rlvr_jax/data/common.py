@@ -84,3 +84,18 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
 def decode_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """A stored record with text features as str (TFDS hands text back as bytes)."""
     return {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in record.items()}
+
+
+def builtin_example(record: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """A built-in task's record as the pipeline and the rewards see it (see Task.example): its text
+    fields, no chat messages of its own (the prompt is rendered as one user message), every field as
+    a column."""
+    ex = decode_record(record)
+    return {
+        "id": ex["id"],
+        "prompt": ex["prompt"],
+        "messages": None,
+        "answer": ex["answer"],
+        "subset": ex["subset"],
+        "columns": ex,
+    }

@@ -15,7 +15,7 @@ e + 1), which is harmless for RL sampling.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import grain
@@ -23,14 +23,14 @@ import numpy as np
 
 from rlvr_jax.config import DataConfig, LongPrompt
 from rlvr_jax.data import common
-from rlvr_jax.tokenizer import render_prompt
+from rlvr_jax.tokenizer import render_messages, render_prompt
 
 
 class StepBatch(NamedTuple):
     """One process's share of a step: `arrays` fits `PromptBatch(**arrays)`; `examples` are host-side."""
 
     arrays: dict[str, np.ndarray]  # tokens i32[B, P] (left padded), mask i32[B, P], index i32[B] (global)
-    examples: list[dict[str, Any]]  # id, prompt (problem text), answer, subset, truncated
+    examples: list[dict[str, Any]]  # id, prompt (text), messages, answer, subset, columns, truncated
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -48,39 +48,50 @@ def _with_index(index: int, record: Any) -> tuple[int, Any]:
     return index, record
 
 
+Normalize = Callable[[Any, int], dict[str, Any]]  # (record, row index) -> example (Task.example)
+
+
 class _Encode:
     """Record -> one padded row; a module-level class, not a closure, so the dataset pickles (grain's
     multiprocessing needs that)."""
 
-    def __init__(self, tokenizer: Any, cfg: DataConfig, length: int):
-        self.tokenizer, self.cfg, self.length = tokenizer, cfg, length
+    def __init__(self, tokenizer: Any, cfg: DataConfig, length: int, normalize: Normalize = common.builtin_example):
+        self.tokenizer, self.cfg, self.length, self.normalize = tokenizer, cfg, length, normalize
 
     def __call__(self, item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
         index, record = item
-        ex = common.decode_record(record)
+        # The source repeats modulo its length; `index` arrives as epoch * length + i.
+        ex = self.normalize(record, index % self.length)
+        ids = self.tokenizer.encode(render(self.tokenizer, ex, self.cfg), add_special_tokens=False)
+        truncated = check_length(ex["id"], len(ids), self.cfg)
         width = self.cfg.max_prompt_len
-        text = render_prompt(self.tokenizer, ex["prompt"], self.cfg.chat_template, self.cfg.plain_template)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        truncated = len(ids) > width
-        if truncated and self.cfg.long_prompt == LongPrompt.error:
-            raise common.DataError(
-                f"example {ex['id']} has a {len(ids)}-token prompt, more than "
-                f"data.max_prompt_len={width}; raise the limit or set data.long_prompt=truncate"
-            )
         ids = ids[-width:]  # keep the end: the generation prompt must survive truncation
         tokens = np.full(width, self.tokenizer.pad_token_id, np.int32)
         mask = np.zeros(width, np.int32)
         tokens[width - len(ids) :] = ids
         mask[width - len(ids) :] = 1
-        example = {
-            "id": ex["id"],
-            "prompt": ex["prompt"],
-            "answer": ex["answer"],
-            "subset": ex["subset"],
-            "truncated": truncated,
-        }
-        # The source repeats modulo its length; `index` arrives as epoch * length + i.
+        example = {**ex, "truncated": truncated}
         return {"tokens": tokens, "mask": mask, "index": index % self.length, "example": example}
+
+
+def render(tokenizer: Any, example: dict[str, Any], cfg: DataConfig) -> str:
+    """The text the policy sees for an example: its chat messages, or its prompt as one user message."""
+    if example.get("messages"):
+        return render_messages(tokenizer, example["messages"], cfg.chat_template, cfg.plain_template)
+    return render_prompt(tokenizer, example["prompt"], cfg.chat_template, cfg.plain_template)
+
+
+def check_length(example_id: str, tokens: int, cfg: DataConfig) -> bool:
+    """Whether the prompt is cut to max_prompt_len; an empty or (with long_prompt=error) too long one is an error."""
+    if tokens == 0:
+        raise common.DataError(f"example {example_id}: the rendered prompt is empty (no tokens)")
+    truncated = tokens > cfg.max_prompt_len
+    if truncated and cfg.long_prompt == LongPrompt.error:
+        raise common.DataError(
+            f"example {example_id} has a {tokens}-token prompt, more than "
+            f"data.max_prompt_len={cfg.max_prompt_len}; raise the limit or set data.long_prompt=truncate"
+        )
+    return truncated
 
 
 def _stack(rows: Sequence[dict[str, Any]]) -> StepBatch:
@@ -93,7 +104,13 @@ def _stack(rows: Sequence[dict[str, Any]]) -> StepBatch:
 
 
 def prompt_dataset(
-    source: Sequence[Any], tokenizer: Any, cfg: DataConfig, seed: int, process_index: int = 0, process_count: int = 1
+    source: Sequence[Any],
+    tokenizer: Any,
+    cfg: DataConfig,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    normalize: Normalize = common.builtin_example,
 ) -> grain.MapDataset:
     """Infinite grain dataset whose element k is this process's `StepBatch` of step k."""
     if cfg.prompts_per_step % process_count:
@@ -108,7 +125,7 @@ def prompt_dataset(
     ds = grain.MapDataset.source(source)
     ds = ds.map_with_index(_with_index)  # before the shuffle: the index is the global example index
     ds = ds.shuffle(seed=shuffle_seed(seed)).repeat()
-    ds = ds.map(_Encode(tokenizer, cfg, len(source)))
+    ds = ds.map(_Encode(tokenizer, cfg, len(source), normalize))
     # Local batch j covers stream rows [j * local, (j + 1) * local); process p of step k takes
     # batch k * P + p, i.e. rows k * B + p * local onwards.
     return ds.batch(local, batch_fn=_stack)[process_index::process_count]
@@ -125,10 +142,11 @@ class PromptPipeline:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
+        normalize: Normalize = common.builtin_example,
     ):
         self.source = source
         self.data_cfg = data_cfg
-        self.dataset = prompt_dataset(self.source, tokenizer, data_cfg, seed, process_index, process_count)
+        self.dataset = prompt_dataset(self.source, tokenizer, data_cfg, seed, process_index, process_count, normalize)
 
     def __len__(self) -> int:
         """Examples in the split."""
@@ -162,6 +180,7 @@ def evaluation_batches(
     max_problems: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    normalize: Normalize = common.builtin_example,
 ) -> list[tuple[StepBatch, int]]:
     """The first `max_problems` problems of a split in source order (no shuffle), as (batch, valid rows).
 
@@ -176,7 +195,7 @@ def evaluation_batches(
     total = len(source) if max_problems is None else min(max_problems, len(source))
     if total == 0:
         raise common.DataError("the evaluation split is empty")
-    encode = _Encode(tokenizer, cfg, len(source))
+    encode = _Encode(tokenizer, cfg, len(source), normalize)
     local = problems_per_batch // process_count
     out = []
     for start in range(0, total, problems_per_batch):
@@ -186,3 +205,27 @@ def evaluation_batches(
         mine = (mine or rows[-1:]) + [(mine or rows)[-1]] * (local - max(valid, 1))
         out.append((_stack([encode((i, source[i])) for i in mine]), valid))
     return out
+
+
+def scan_prompts(
+    source: Sequence[Any],
+    tokenizer: Any,
+    cfg: DataConfig,
+    normalize: Normalize = common.builtin_example,
+    what: str = "",
+) -> int:
+    """Render and tokenize every row once, before any expensive work: the first bad row (not a valid
+    example, an empty prompt, too long with long_prompt=error) is an error naming it. Returns the number
+    of prompts that data.long_prompt=truncate will cut."""
+    truncated = 0
+    for start in range(0, len(source), 512):
+        rows = range(start, min(start + 512, len(source)))
+        examples = [normalize(source[i], i) for i in rows]
+        texts = [render(tokenizer, ex, cfg) for ex in examples]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        for ex, length in zip(examples, lengths):
+            try:
+                truncated += check_length(ex["id"], length, cfg)
+            except common.DataError as err:
+                raise common.DataError(f"{what}: {err}" if what else str(err)) from None
+    return truncated

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr_jax.data import DataError, sources
+from rlvr_jax.data.common import builtin_example
 from rlvr_jax.probe import ProbeSpec
 
 
@@ -44,6 +45,11 @@ class Task:
     ) -> Sequence[Mapping[str, Any]]:
         """Random-access records of one split (`params`: the task's own dataset parameters)."""
         raise NotImplementedError(f"task {self.name!r} defines no source")
+
+    def example(self, record: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """Row `index` of a source as the pipeline and the rewards see it: id, prompt (text), messages
+        (chat messages to render, or None: the prompt as one user message), answer, subset, columns."""
+        return builtin_example(record, index)
 
     def target(self, example: Mapping[str, Any]) -> str:
         """The gold string the verifier scores a completion of `example` against."""
