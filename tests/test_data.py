@@ -108,7 +108,9 @@ def test_toy_bad_parameters(tmp_path, kwargs, match):
 
 
 def test_unknown_task_and_split_list_the_valid_ones(data_dir):
-    with pytest.raises(DataError, match=r"unknown task 'gsm9k'; registered tasks: arithmetic, (.*, )?gsm8k, math, (.*, )?toy_strategy"):
+    with pytest.raises(
+        DataError, match=r"unknown task 'gsm9k'; registered tasks: arithmetic, (.*, )?gsm8k, math, (.*, )?toy_strategy"
+    ):
         get_task("gsm9k")
     with pytest.raises(DataError, match=r"no split 'dev'; valid splits: \['test', 'train', 'warmstart'\]"):
         get_task("toy_strategy").source("dev", data_dir, **TOY)
