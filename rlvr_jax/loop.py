@@ -71,10 +71,13 @@ def train(
     with contextlib.ExitStack() as closing:
         run = setup(cfg, log, closing, restart=restart, allow_config_change=allow_config_change, task=task)
         hooks = cadence_hooks(run)
-        record = None
+        record, last = None, time.perf_counter()
         for step in range(run.start, run.cfg.run.steps):
             run.state, record = rl_step(run.ctx, run.state, step)
             record.stopping = run.stop.should_stop(record.step) or (stop_at is not None and record.step >= stop_at)
+            # Wall time since the previous step ended: the update is dispatched asynchronously, so this,
+            # not the step's own time/step_s, is what a step costs in steady state.
+            record.host_metrics["time/interval_s"], last = time.perf_counter() - last, time.perf_counter()
             hooks.run(record)
             if record.stopping:
                 break

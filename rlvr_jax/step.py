@@ -73,25 +73,27 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     prompts = PromptBatch(**global_tree(batch.arrays, ctx.mesh, ROLLOUT_RULES))
     rollout = ctx.sampler(state.params, prompts, jax.random.fold_in(ctx.rollout_key, step))
     logp_ref = ctx.reference(rollout) if ctx.reference else None  # dispatched now: runs while the host scores
-    host, texts, scored = score(ctx, rollout, batch)
+    host = local_tree(rollout)  # this process's rollouts on the host (waits for the sampler)
+    sampled = time.perf_counter() - start
+    texts, scored = score(ctx, host, batch)
     rewards = global_rows(scored.rewards.reshape(-1, ctx.cfg.rollout.group_size), ctx.mesh, TRAIN_RULES)
     adv, weight, adv_unfiltered = ctx.advantages(rewards)
     train_batch = to_train_batch(rollout, adv, weight, logp_ref, adv_unfiltered)
     state, device_metrics = ctx.update(state, train_batch, dynamics_due(ctx.cfg, step))
     device_metrics = {**device_metrics, **adv_lib.group_stats(rewards, ctx.cfg.advantage.correct_threshold)}
     host_metrics = rollout_metrics(ctx.task, host, scored, batch, texts, time.perf_counter() - start)
+    host_metrics["time/rollout_s"] = sampled
     index = np.repeat(batch.arrays["index"], ctx.cfg.rollout.group_size)
     return state, StepRecord(step + 1, device_metrics, host_metrics, index, host, texts, scored.rewards)
 
 
-def score(ctx: StepContext, rollout: Rollout, batch: StepBatch) -> tuple[Rollout, list[str], RewardResult]:
-    """The reward stage: this process decodes and scores only the rollouts it holds."""
-    host = local_tree(rollout)
+def score(ctx: StepContext, host: Rollout, batch: StepBatch) -> tuple[list[str], RewardResult]:
+    """The reward stage: this process decodes and scores only the rollouts it holds (`host`)."""
     texts = decode_completions(ctx.tokenizer, host.tokens, host.lengths, ctx.stop_ids)
     golds = [ctx.task.target(e) for e in batch.examples for _ in range(ctx.cfg.rollout.group_size)]
     result = ctx.pool.score(texts, golds, ctx.cfg.reward.verifier)
     adv_lib.check_rewards(result.rewards.reshape(-1, ctx.cfg.rollout.group_size))
-    return host, texts, result
+    return texts, result
 
 
 def to_train_batch(

@@ -57,27 +57,17 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import shutil
+    from rlvr_jax.api import export_checkpoint
+    from rlvr_jax.checkpoint import CheckpointError
+    from rlvr_jax.tokenizer import TokenizerError
 
-    from rlvr_jax.checkpoint import CheckpointError, restore_policy
-    from rlvr_jax.mesh import TRAIN_RULES, make_mesh
-    from rlvr_jax.model import save_pretrained
-    from rlvr_jax.tokenizer import TokenizerError, load_tokenizer
-
-    if args.out.exists() and any(args.out.iterdir()):
-        raise SystemExit(f"rlvr-jax export: --out {args.out} is not empty; choose a new folder")
     try:
-        tok = load_tokenizer(args.run_dir / "tokenizer")
-        arch, _, params, meta = restore_policy(args.run_dir, args.step, make_mesh(), TRAIN_RULES)
+        step = export_checkpoint(args.run_dir, args.out, args.step)
+    except FileExistsError as err:
+        raise SystemExit(f"rlvr-jax export: --out {err}") from None
     except (CheckpointError, TokenizerError) as err:
         raise SystemExit(f"rlvr-jax export: {err}") from None
-    tmp = args.out.with_name(args.out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(tmp, arch, params, tok)
-    if args.out.exists():
-        args.out.rmdir()
-    tmp.rename(args.out)  # a failed export never leaves a half-written folder under the requested name
-    print(f"exported step {meta['step']} of {args.run_dir} to {args.out}")
+    print(f"exported step {step} of {args.run_dir} to {args.out}")
     return 0
 
 
