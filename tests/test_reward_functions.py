@@ -141,11 +141,11 @@ def test_verl_compute_score_float_and_dict_returns(tmp_path):
     assert result.correct.tolist() == [True, False, False, True]
 
 
-def test_a_closure_is_shipped_by_cloudpickle_and_correct_from_names_a_function():
+def test_a_closure_is_shipped_by_cloudpickle_and_correct_from_names_a_function_or_the_total():
     offset = 0.75
 
     def near(completions, **kwargs):  # defined here: only cloudpickle can send it, by value
-        return [offset if c == "7" else 0.0 for c in completions]
+        return [offset if c == "7" else 0.25 for c in completions]
 
     def always(completions, **kwargs):
         return [0.5]
@@ -153,12 +153,11 @@ def test_a_closure_is_shipped_by_cloudpickle_and_correct_from_names_a_function()
     cfg = RewardConfig(workers=1, correct_from="near")
     with RewardPool(cfg, functions=[near, always], correct_threshold=0.75) as pool:
         result = pool.score(["7", "8"], ["7", "7"])  # plain gold strings still work
-    assert result.rewards.tolist() == [1.25, 0.5]
-    assert result.correct.tolist() == [True, False]  # near >= 0.75; the total (1.25, 0.5) would say the same
-    with RewardPool(
-        cfg.model_copy(update={"correct_from": "total"}), functions=[near, always], correct_threshold=0.5
-    ) as pool:
-        assert pool.score(["7", "8"], ["7", "7"]).correct.tolist() == [True, True]  # totals 1.25, 0.5 >= 0.5
+    assert result.rewards.tolist() == [1.25, 0.75]
+    assert result.correct.tolist() == [True, False]  # near: 0.75, 0.25 against 0.75 (the totals both pass)
+    by_total = cfg.model_copy(update={"correct_from": "total"})
+    with RewardPool(by_total, functions=[near, always], correct_threshold=0.75) as pool:
+        assert pool.score(["7", "8"], ["7", "7"]).correct.tolist() == [True, True]  # totals 1.25, 0.75
 
 
 def test_an_unpicklable_callable_is_one_clear_error():
