@@ -15,11 +15,13 @@ from rlvr_jax.rewards import (
     VERIFIERS,
     RewardFunctionError,
     RewardPool,
+    RewardResult,
     RewardSpecError,
     Sample,
     check_columns,
     exact_correct,
     exact_format,
+    function_metrics,
     load_reward_functions,
     numeric_correct,
     numeric_format,
@@ -380,3 +382,16 @@ def _no_leftover_reward_modules():
     yield
     for name in [n for n in sys.modules if n.startswith("rlvr_reward_")]:
         del sys.modules[name]
+
+
+def test_function_metrics_from_sums_added_over_processes():
+    """step.py sums RewardResult.sums() over processes, then turns them into means."""
+
+    def part(a, b):
+        values = {"a": np.float32(a), "b": np.float32(b)}
+        return RewardResult(np.zeros(len(a), np.float32), np.zeros(len(a), bool), 0, 0, 0.0, values, {"a": 1, "b": 0})
+
+    one, two = part([1.0, np.nan], [np.nan, np.nan]), part([0.5, 0.0], [np.nan, np.nan])
+    total = {k: one.sums()[k] + two.sums()[k] for k in one.sums()}
+    total["reward/errors"] = 7.0  # the step's own keys pass through untouched
+    assert function_metrics(total) == {"reward/a/mean": 0.5, "reward/a/errors": 2.0, "reward/b/errors": 0.0}

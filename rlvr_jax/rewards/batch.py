@@ -46,7 +46,9 @@ class Plan:
         return Plan(key, names, weights, names, 0, 1.0, None)
 
     @staticmethod
-    def of_functions(functions: Sequence[RewardFunction], correct_from: str, threshold: float, on_error: OnError):
+    def of_functions(
+        functions: Sequence[RewardFunction], correct_from: str, threshold: float, on_error: OnError
+    ) -> Plan:
         names = tuple(f.name for f in functions)
         term = None if correct_from == "total" else names.index(correct_from)
         weights, origins = tuple(f.weight for f in functions), tuple(f.origin for f in functions)
@@ -86,11 +88,15 @@ def function_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """reward/<name>/mean over the samples where the term applied (left out when none did, so that no
     NaN is logged) and, with on_error=zero, reward/<name>/errors; `sums` may hold other keys too."""
     out: dict[str, float] = {}
-    for key, count in sums.items():
-        if key.startswith("reward/") and key.endswith("/applicable") and count > 0:
-            prefix = key.removesuffix("/applicable")
-            out[f"{prefix}/mean"] = sums[f"{prefix}/sum"] / count
-    out.update({k: v for k, v in sums.items() if k.startswith("reward/") and k.endswith("/errors")})
+    for key, value in sums.items():
+        section, _, rest = key.partition("/")
+        name, _, kind = rest.partition("/")
+        if section != "reward" or not name or "/" in kind:
+            continue
+        if kind == "applicable" and value > 0:
+            out[f"reward/{name}/mean"] = sums[f"reward/{name}/sum"] / value
+        elif kind == "errors":
+            out[key] = value
     return out
 
 

@@ -104,10 +104,14 @@ def _import_module(name: str, where: str) -> ModuleType:
         raise RewardSpecError(f"{where}: module {name!r} does not import: {describe(err)}; fix the module") from None
 
 
+def _absolute(text: str) -> Path:
+    path = Path(text).expanduser()
+    return (path if path.is_absolute() else Path.cwd() / path).resolve()
+
+
 def _import_file(text: str, where: str) -> ModuleType:
     """A .py file as a module, once per process (its functions share it), named after its absolute path."""
-    path = Path(text).expanduser()
-    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    path = _absolute(text)
     if not path.is_file():
         raise RewardSpecError(
             f"{where}: file {text} does not exist (looked for {path}; a relative path is relative to the "
@@ -143,10 +147,7 @@ def import_target(target: str, where: str) -> Any:
 def absolute_target(target: str) -> str:
     """A file target with its path made absolute (workers must not depend on the working directory)."""
     module_part, _, attr = target.rpartition(":")
-    if not _is_file(module_part):
-        return target
-    path = Path(module_part).expanduser()
-    return f"{(path if path.is_absolute() else Path.cwd() / path).resolve()}:{attr}"
+    return f"{_absolute(module_part)}:{attr}" if _is_file(module_part) else target
 
 
 # --- inspecting ---------------------------------------------------------------------------------
