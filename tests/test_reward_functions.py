@@ -171,7 +171,9 @@ def test_an_unpicklable_callable_is_one_clear_error():
 
     with pytest.raises(RewardSpecError) as err:
         RewardPool(RewardConfig(workers=1), functions=[locked])
-    assert "reward function 'locked' passed in Python cannot be sent to the reward workers" in _one_line(err)
+    line = _one_line(err)
+    assert "reward function 'locked' passed in Python cannot be sent to the reward workers (TypeError: cannot " in line
+    assert "pickle '_thread.lock' object)" in line
     assert "define it at module level in an importable file" in str(err.value)
 
 

@@ -78,11 +78,11 @@ class RewardFunction:
 # --- importing ----------------------------------------------------------------------------------
 
 
-def describe(err: BaseException) -> str:
+def describe(err: BaseException, located: bool = True) -> str:
     """`Type: first line of the message (at file.py:12)`: one line, wherever the error came from."""
     lines = str(err).strip().splitlines()
     text = f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
-    frames = traceback.extract_tb(err.__traceback__)
+    frames = traceback.extract_tb(err.__traceback__) if located else []
     return f"{text} (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else text
 
 
@@ -193,7 +193,8 @@ def _pickled(fn: Any, where: str) -> bytes:
         return cloudpickle.dumps(fn)
     except Exception as err:
         raise RewardSpecError(
-            f"{where} cannot be sent to the reward workers ({describe(err)}); define it at module level in an "
+            f"{where} cannot be sent to the reward workers ({describe(err, located=False)}); define it at module "
+            "level in an "
             'importable file, or name it as "module:attr" in reward.functions'
         ) from None
 
