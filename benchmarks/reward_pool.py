@@ -71,12 +71,14 @@ def time_calls(fn, n: int, repeats: int) -> dict:
 
 
 def direct(completions: list[str], golds: list[str]) -> None:
-    from rlvr_jax.rewards.worker import score_sample  # math-verify then loads in this process
+    from rlvr_jax.rewards import Sample
+    from rlvr_jax.rewards.worker import VerifierProgram, VerifierSpec  # math-verify then loads in this process
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # as in the workers: no timeout warning
 
+    program = VerifierProgram(VerifierSpec("math", 0.0))
     for c, g in zip(completions, golds):
-        score_sample("math", 0.0, c, g)
+        program(c, Sample("", g))
 
 
 def main() -> None:

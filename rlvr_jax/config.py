@@ -221,13 +221,74 @@ class RolloutConfig(_Section):
     stop_on_eos: bool = True
 
 
+class OnError(str, enum.Enum):
+    stop = "raise"  # stop with one line naming the function, the row and the problem
+    zero = "zero"  # score the function 0 on that row and count it in reward/<name>/errors
+
+
+# A metric-key-safe name: reward/<name>/mean must stay one path segment.
+FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+class RewardFunctionConfig(_Section):
+    fn: str
+    """"pkg.module:attr", or "path/to/file.py:attr" (relative to the working directory, or absolute).
+    Signature as TRL's, fn(prompts, completions, **columns) -> list[float | None], or verl's
+    compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float | dict."""
+    weight: float = 1.0
+    """Its weight in the total reward (sum of weight * value; a None value adds 0)."""
+    name: str | None = None
+    """Metric name (reward/<name>/mean) and what correct_from refers to; default the attribute name."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.fn.rpartition(":")[2]
+
+
 class RewardConfig(_Section):
     verifier: str = "toy_strategy"
-    """math | numeric | exact | toy_strategy."""
+    """math | numeric | exact | toy_strategy. Not used when `functions` is set."""
     timeout_s: float = Field(default=2.0, gt=0.0)
+    """Hard limit per sample (all of its reward functions together); past it the worker is killed."""
     workers: int = Field(default=2, ge=1)
     format_weight: float = 0.0
-    """Weight of an optional format reward added to the verifier's score."""
+    """Weight of an optional format reward added to the verifier's score. Not used when `functions` is set."""
+    functions: list[RewardFunctionConfig] = Field(default_factory=list)
+    """Reward functions replacing the verifier, e.g. [{fn: "my_pkg.rewards:correct"}, {fn: "rewards.py:fmt",
+    weight: 0.1}]; built-ins: rlvr_jax.rewards:math_correct, numeric_correct, exact_correct, toy_strategy_correct
+    and the *_format checks."""
+    on_error: _mode(OnError) = OnError.stop
+    """A function that raises or returns a non-number / wrong-length list: raise (stop with the row) or zero."""
+    correct_from: str = "total"
+    """What "correct" means (pass@k, boundary sets, sign filters): total (the weighted total >=
+    advantage.correct_threshold) or a function's name (its value >= the threshold). The verifier path
+    keeps its own rule: correct iff the verifier scores 1."""
+
+    @model_validator(mode="after")
+    def _functions_fit(self) -> RewardConfig:
+        if not self.functions:
+            return self
+        default = RewardConfig.model_fields["verifier"].default
+        for key, value, unset in (("verifier", self.verifier, default), ("format_weight", self.format_weight, 0.0)):
+            if value != unset:
+                raise ValueError(
+                    f"reward.{key}={value!r} and reward.functions are both set: functions replace the verifier; "
+                    f"drop reward.{key} (or set it to {unset!r}), or use e.g. rlvr_jax.rewards:math_correct "
+                    "and rlvr_jax.rewards:math_format in reward.functions"
+                )
+        for i, f in enumerate(self.functions):
+            if not all(f.fn.rpartition(":")[::2]):
+                raise ValueError(
+                    f"reward.functions[{i}].fn={f.fn!r} must look like 'pkg.module:attr' or 'file.py:attr'"
+                )
+            if not FUNCTION_NAME.fullmatch(f.label):
+                raise ValueError(f"reward.functions[{i}]: name {f.label!r} must be letters, digits, _ . - (set name:)")
+        labels = [f.label for f in self.functions]
+        if twice := sorted({n for n in labels if labels.count(n) > 1}):
+            raise ValueError(
+                f"reward.functions: name(s) {', '.join(twice)} used twice; give all but one of them a distinct `name:`"
+            )
+        return self
 
 
 class AdvantageConfig(_Section):

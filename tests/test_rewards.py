@@ -51,7 +51,8 @@ def test_pathological_answer_is_cut_at_the_timeout_and_the_pool_recovers(pool):
     assert len(before - set(pool.pids)) == 1  # the stuck worker was replaced
     after = pool.score(["\\boxed{\\frac12}"], ["0.5"])
     assert after.rewards.tolist() == [1.0] and after.timeouts == 0
-    assert after.metrics() == {"reward/timeouts": 0.0, "reward/errors": 0.0, "time/reward_s": after.seconds}
+    want = {"reward/timeouts": 0.0, "reward/errors": 0.0, "time/reward_s": after.seconds, "reward/math/mean": 1.0}
+    assert after.metrics() == want
 
 
 # --- verifier tables --------------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""The worker process: scores chunks of samples sent by the pool, one reply per sample.
+"""The worker process: runs the reward program on chunks of samples sent by the pool, one reply per sample.
 
 Protocol over one duplex pipe (parent <-> worker):
-  worker -> parent  READY, once warmed up
-  parent -> worker  (verifier, format_weight, timeout_s, [(index, completion, gold), ...]) | None (exit)
-  worker -> parent  (index, status, reward, correct) per sample, in chunk order
+  at start          the pool's program (a VerifierSpec, or a tuple of RewardFunction) as a process
+                    argument; the worker loads it once (imports user modules, unpickles callables)
+  worker -> parent  READY once loaded and warmed up, or (FAILED, one-line message) if loading failed
+  parent -> worker  (program key, timeout_s, [(index, completion, Sample), ...]) | None (exit);
+                    key None is the pool's program, a VerifierSpec a verifier named per call
+  worker -> parent  (index, status, values, problems) per sample, in chunk order: values one float
+                    or None per term, problems one line or None per term (a misbehaving function)
 Replies in chunk order let the parent know which sample is running (the one after the last
 reply) and so give each sample its own deadline without a "started" message.
 """
@@ -14,11 +18,15 @@ import logging
 import os
 import resource
 import signal
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+from rlvr_jax.rewards.calling import Problem, make_call
+from rlvr_jax.rewards.functions import RewardFunction, RewardSpecError
+from rlvr_jax.rewards.sample import Sample
 from rlvr_jax.rewards.verifiers import VERIFIERS, Verifier
 
-READY = "ready"
+READY, FAILED = "ready", "failed"
 OK, ERROR = 0, 1
 
 # Cap on each worker's address space: a verification that builds a giant integer then fails with
@@ -46,15 +54,55 @@ def lookup(name: str) -> Verifier:
     return VERIFIERS[name] if name in VERIFIERS else HOOKS[name]
 
 
-def score_sample(verifier: str, format_weight: float, completion: str, gold: str) -> tuple[int, float, bool]:
-    """(status, reward, correct) of one sample; any exception scores 0 with status ERROR."""
-    try:
-        v = lookup(verifier)
-        score = float(v.score(completion, gold))
-        bonus = format_weight * float(v.has_format(completion)) if format_weight else 0.0
-        return OK, score + bonus, score >= 1.0
-    except Exception:  # - a bad sample must never stop the run
-        return ERROR, 0.0, False
+class VerifierSpec(NamedTuple):
+    verifier: str
+    format_weight: float
+
+
+Reply = tuple[int, tuple[float | None, ...], tuple[str | None, ...]]  # (status, values, problems)
+
+
+class VerifierProgram:
+    """A built-in verifier (and its format check when weighted): terms (score,) or (score, has_format).
+
+    Any exception scores the whole sample 0 with status ERROR: it runs on untrusted model output, where
+    a verifier raising on garbage is normal, and a bad sample must never stop the run.
+    """
+
+    def __init__(self, spec: VerifierSpec):
+        self.verifier, self.with_format = lookup(spec.verifier), bool(spec.format_weight)
+
+    def __call__(self, completion: str, sample: Sample) -> Reply:
+        try:
+            score = float(self.verifier.score(completion, sample.gold))
+            if not self.with_format:
+                return OK, (score,), ()
+            return OK, (score, float(self.verifier.has_format(completion))), ()
+        except Exception:
+            return ERROR, (), ()
+
+
+class FunctionProgram:
+    """Reward functions, each called on every sample; one that misbehaves is reported, not fatal here."""
+
+    def __init__(self, functions: Sequence[RewardFunction]):
+        self.calls = [make_call(f) for f in functions]  # imports / unpickles each once
+
+    def __call__(self, completion: str, sample: Sample) -> Reply:
+        values: list[float | None] = []
+        problems: list[str | None] = []
+        for call in self.calls:
+            try:
+                values.append(call(completion, sample))
+                problems.append(None)
+            except Problem as problem:
+                values.append(None)
+                problems.append(str(problem))
+        return OK, tuple(values), tuple(problems)
+
+
+def build_program(spec: VerifierSpec | Sequence[RewardFunction]) -> VerifierProgram | FunctionProgram:
+    return VerifierProgram(spec) if isinstance(spec, VerifierSpec) else FunctionProgram(spec)
 
 
 def _cap_cpu(timeout_s: float) -> None:
@@ -82,17 +130,24 @@ def _setup() -> None:
         pass
     # Warm up: the first math-verify call builds its parsers (~0.1 s); do it before READY so the
     # first training step does not pay it.
-    score_sample("math", 0.0, "\\boxed{\\frac{1}{2}}", "0.5")
+    VerifierProgram(VerifierSpec("math", 0.0))("\\boxed{\\frac{1}{2}}", Sample("", "0.5"))
 
 
-def main(conn: Any) -> None:
+def main(conn: Any, program: VerifierSpec | Sequence[RewardFunction]) -> None:
     _setup()
     try:
+        try:
+            programs: dict[Any, Any] = {None: build_program(program)}
+        except RewardSpecError as err:
+            conn.send((FAILED, str(err)))
+            return
         conn.send(READY)
         while (msg := conn.recv()) is not None:
-            verifier, format_weight, timeout_s, items = msg
-            for index, completion, gold in items:
+            key, timeout_s, items = msg
+            if key not in programs:
+                programs[key] = build_program(key)
+            for index, completion, sample in items:
                 _cap_cpu(timeout_s)
-                conn.send((index, *score_sample(verifier, format_weight, completion, gold)))
+                conn.send((index, *programs[key](completion, sample)))
     except (EOFError, OSError):  # the parent is gone: exit instead of lingering as an orphan
         return
