@@ -93,30 +93,36 @@ def is_correct(rewards: Array, threshold: float) -> Array:
     return rewards >= threshold
 
 
-def nsr(rewards: Array, threshold: float = 1.0) -> Array:
+def _correct(rewards: Array, threshold: float, correct: Array | None) -> Array:
+    """Given correctness flags (reward.correct_from names a function), else reward >= threshold."""
+    return is_correct(rewards, threshold) if correct is None else jnp.asarray(correct, bool)
+
+
+def nsr(rewards: Array, threshold: float = 1.0, correct: Array | None = None) -> Array:
     """Negative sample reinforcement: A_i = -1 if incorrect else 0 (all-wrong groups still get -1)."""
-    return jnp.where(is_correct(rewards, threshold), 0.0, -1.0).astype(rewards.dtype)
+    return jnp.where(_correct(rewards, threshold, correct), 0.0, -1.0).astype(rewards.dtype)
 
 
-def psr(rewards: Array, threshold: float = 1.0) -> Array:
+def psr(rewards: Array, threshold: float = 1.0, correct: Array | None = None) -> Array:
     """Positive sample reinforcement: A_i = +1 if correct else 0."""
-    return jnp.where(is_correct(rewards, threshold), 1.0, 0.0).astype(rewards.dtype)
+    return jnp.where(_correct(rewards, threshold, correct), 1.0, 0.0).astype(rewards.dtype)
 
 
-def w_reinforce(rewards: Array, threshold: float = 1.0, w_lambda: float = 0.1) -> Array:
+def w_reinforce(rewards: Array, threshold: float = 1.0, w_lambda: float = 0.1, correct: Array | None = None) -> Array:
     """Weighted REINFORCE: A_i = +lambda if correct else -1."""
-    return jnp.where(is_correct(rewards, threshold), w_lambda, -1.0).astype(rewards.dtype)
+    return jnp.where(_correct(rewards, threshold, correct), w_lambda, -1.0).astype(rewards.dtype)
 
 
 # --- sign filter and loss weights -----------------------------------------------------------------
 
-_ESTIMATORS: dict[Estimator, Callable[[Array, AdvantageConfig], Array]] = {
-    Estimator.grpo: lambda r, cfg: grpo(r, cfg.std, cfg.eps),
-    Estimator.drgrpo: lambda r, cfg: drgrpo(r),
-    Estimator.rloo: lambda r, cfg: rloo(r),
-    Estimator.nsr: lambda r, cfg: nsr(r, cfg.correct_threshold),
-    Estimator.psr: lambda r, cfg: psr(r, cfg.correct_threshold),
-    Estimator.w_reinforce: lambda r, cfg: w_reinforce(r, cfg.correct_threshold, cfg.w_lambda),
+# (rewards, cfg, correctness flags or None) -> advantages; the baselines ignore correctness.
+_ESTIMATORS: dict[Estimator, Callable[[Array, AdvantageConfig, Array | None], Array]] = {
+    Estimator.grpo: lambda r, cfg, c: grpo(r, cfg.std, cfg.eps),
+    Estimator.drgrpo: lambda r, cfg, c: drgrpo(r),
+    Estimator.rloo: lambda r, cfg, c: rloo(r),
+    Estimator.nsr: lambda r, cfg, c: nsr(r, cfg.correct_threshold, c),
+    Estimator.psr: lambda r, cfg, c: psr(r, cfg.correct_threshold, c),
+    Estimator.w_reinforce: lambda r, cfg, c: w_reinforce(r, cfg.correct_threshold, cfg.w_lambda, c),
 }
 
 # full: A; negative_only: min(A, 0) (GRPO-N, "relative negative gradients"); positive_only: max(A, 0).
@@ -127,7 +133,7 @@ _SIGN_FILTERS: dict[SignFilter, Callable[[Array], Array]] = {
 }
 
 
-def loss_weight(rewards: Array, cfg: AdvantageConfig) -> Array:
+def loss_weight(rewards: Array, cfg: AdvantageConfig, correct: Array | None = None) -> Array:
     """f32[B, G]: 1 on the rollouts that count in the loss normaliser, else 0.
 
     NSR and PSR train on a subset of the batch (the paper drops the other rollouts), so with
@@ -138,7 +144,7 @@ def loss_weight(rewards: Array, cfg: AdvantageConfig) -> Array:
     ones = jnp.ones_like(rewards)
     if cfg.loss_denominator == LossDenominator.all:
         return ones
-    correct = is_correct(rewards, cfg.correct_threshold)
+    correct = _correct(rewards, cfg.correct_threshold, correct)
     if cfg.estimator == Estimator.nsr:
         return jnp.where(correct, 0.0, 1.0).astype(rewards.dtype)
     if cfg.estimator == Estimator.psr:
@@ -157,8 +163,9 @@ def _check_shape(rewards: Array, cfg: AdvantageConfig) -> None:
         )
 
 
-def advantages(rewards: Array, cfg: AdvantageConfig) -> tuple[Array, Array]:
-    """(adv f32[B, G], weight f32[B, G]) for rewards f32[B, G].
+def advantages(rewards: Array, cfg: AdvantageConfig, correct: Array | None = None) -> tuple[Array, Array]:
+    """(adv f32[B, G], weight f32[B, G]) for rewards f32[B, G]; `correct` bool[B, G], when given,
+    decides correctness for NSR / PSR / W-REINFORCE instead of reward >= correct_threshold.
 
     adv = sign_filter(estimator(r)): the estimator sees the FULL group, then the filter clips, so
     under GRPO-N a wrong rollout keeps the -sqrt(p / (1 - p)) it has in its full binary group.
@@ -166,15 +173,15 @@ def advantages(rewards: Array, cfg: AdvantageConfig) -> tuple[Array, Array]:
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     _check_shape(rewards, cfg)
-    adv = _SIGN_FILTERS[cfg.sign](_ESTIMATORS[cfg.estimator](rewards, cfg))
+    adv = _SIGN_FILTERS[cfg.sign](_ESTIMATORS[cfg.estimator](rewards, cfg, correct))
     finite = jnp.all(jnp.isfinite(rewards), axis=-1, keepdims=True)
-    return jnp.where(finite, adv, jnp.nan), loss_weight(rewards, cfg)
+    return jnp.where(finite, adv, jnp.nan), loss_weight(rewards, cfg, correct)
 
 
-def group_stats(rewards: Array, threshold: float = 1.0) -> dict[str, Array]:
+def group_stats(rewards: Array, threshold: float = 1.0, correct: Array | None = None) -> dict[str, Array]:
     """Batch ratios as f32 scalars on device: correct rollouts / B*G, all-correct groups / B,
-    all-wrong groups / B (correct means r >= threshold)."""
-    correct = is_correct(rewards, threshold)
+    all-wrong groups / B (correct means r >= threshold, unless flags are given)."""
+    correct = _correct(rewards, threshold, correct)
     return {
         "correct_ratio": jnp.mean(correct.astype(jnp.float32)),
         "all_correct_ratio": jnp.mean(jnp.all(correct, axis=-1).astype(jnp.float32)),

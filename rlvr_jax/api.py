@@ -59,6 +59,9 @@ class Trainer:
         self.task: Task = task_for(cfg, rows)
         self.reward_funcs = list(reward_funcs)
         self.log = log
+        from rlvr_jax.rewards import load_reward_functions
+
+        load_reward_functions(cfg.reward, self.reward_funcs)  # a bad function is an error now, not after setup
 
     @property
     def run_dir(self) -> Any:
@@ -68,7 +71,9 @@ class Trainer:
         """Train (or resume) as configured; returns the run summary (summary.json)."""
         from rlvr_jax.loop import train
 
-        return train(self.cfg, self.log, restart=restart, stop_at=stop_at, task=self.task)
+        return train(
+            self.cfg, self.log, restart=restart, stop_at=stop_at, task=self.task, reward_funcs=self.reward_funcs
+        )
 
     def evaluate(self, n: int | None = None, step: int | None = None, **eval_settings: Any) -> dict[str, Any]:
         """pass@k of a checkpoint (default: the latest) on the eval rows: the report `rlvr-jax eval` writes.
@@ -86,7 +91,7 @@ class Trainer:
         mesh = make_mesh()
         tok = load_tokenizer(self.run_dir / "tokenizer")
         arch, graphdef, params, meta = restore_policy(self.run_dir, step, mesh, ROLLOUT_RULES)
-        with RewardPool(cfg.reward) as pool:
+        with RewardPool(cfg.reward, self.reward_funcs, cfg.advantage.correct_threshold) as pool:
             evaluator = Evaluator(cfg, self.task, tok, arch, graphdef, params, mesh, pool)
             report = evaluator.run(params)
         return {"run_dir": str(self.run_dir), "step": meta["step"], **report}

@@ -19,6 +19,7 @@ from rlvr_jax.mesh import ROLLOUT_RULES
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rng import purpose_key
 from rlvr_jax.rollout import SamplingSpec, make_sampler
+from rlvr_jax.step import samples
 from rlvr_jax.storage import write_text_atomic
 from rlvr_jax.tasks import Task
 from rlvr_jax.tokenizer import decode_completions, stop_token_ids
@@ -84,8 +85,7 @@ class Evaluator:
                 if j + 1 < self.passes:  # sample the next pass while the host scores this one
                     pending = self.sampler(params, prompts, jax.random.fold_in(self.key, j + 1))
                 texts = decode_completions(self.tokenizer, rollout.tokens, rollout.lengths, self.stop)
-                golds = [self.task.target(e) for e in examples for _ in range(self.group)]
-                result = self.pool.score(texts, golds, self.cfg.reward.verifier)
+                result = self.pool.score(texts, samples(self.task, examples, self.group))
                 correct += result.correct.reshape(len(examples), self.group).sum(axis=1)
                 reward_sum += float(result.rewards.reshape(len(examples), self.group)[:valid].sum())
             problems += [
@@ -109,7 +109,7 @@ class Evaluator:
             "max_new_tokens": self.cfg.rollout.max_new_tokens,
             "seed": self.cfg.run.seed,
             "samples_per_pass": self.group,
-            "verifier": self.cfg.reward.verifier,
+            "verifier": [f.name for f in self.pool.functions] or self.cfg.reward.verifier,  # what scored
         }
 
     def __call__(self, params: Any, step: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from rlvr_jax.model import Arch, load_policy, model_dir
 from rlvr_jax.plots import plot_run
 from rlvr_jax.preemption import StopRequest
 from rlvr_jax.probe import Probe, make_probe, probe_spec
-from rlvr_jax.rewards import RewardPool
+from rlvr_jax.rewards import RewardPool, check_columns, load_reward_functions
 from rlvr_jax.rng import purpose_key
 from rlvr_jax.rollout import SamplingSpec, make_sampler
 from rlvr_jax.step import StepContext, StepRecord, make_advantages, make_reference, rl_step
@@ -58,6 +58,7 @@ def train(
     stop_at: int | None = None,
     allow_config_change: bool = False,
     task: Task | None = None,
+    reward_funcs: Sequence[Callable[..., Any]] = (),
 ) -> dict[str, Any]:
     """Run (or resume) RL training as configured; returns the summary (also written to the run dir).
 
@@ -66,10 +67,13 @@ def train(
     allow_config_change: resume even if settings that change the maths differ from the checkpoint's.
     task: the run's task (default `task_for(cfg)`: data.task, or the files of data.path); the Python API
         passes one holding in-memory rows.
+    reward_funcs: Python reward functions (TRL or verl signatures) after those of reward.functions.
     """
     clock = time.perf_counter()
     with contextlib.ExitStack() as closing:
-        run = setup(cfg, log, closing, restart=restart, allow_config_change=allow_config_change, task=task)
+        run = setup(
+            cfg, log, closing, restart=restart, allow_config_change=allow_config_change, task=task, funcs=reward_funcs
+        )
         hooks = cadence_hooks(run)
         record, last = None, time.perf_counter()
         for step in range(run.start, run.cfg.run.steps):
@@ -134,6 +138,7 @@ def setup(
     restart: bool,
     allow_config_change: bool,
     task: Task | None = None,
+    funcs: Sequence[Callable[..., Any]] = (),
 ) -> Run:
     """Everything before the first step: mesh, policy, data, compiled stages, state, sinks, base evaluation."""
     maybe_initialize_distributed(cfg.mesh)
@@ -141,8 +146,9 @@ def setup(
     cfg = with_data_dir(cfg, run_dir)
     ensure_writable(run_dir)  # a missing bucket or credentials: stop now, with the fix
     task = task or task_for(cfg)
-    # Bad data or a bad probe file stops the run here, before any expensive work.
+    # Bad data, reward functions or probe file stop the run here, before any expensive work.
     sources = open_sources(cfg, task)
+    check_columns(load_reward_functions(cfg.reward, funcs), columns_of(task, sources["train"]))
     probe_set = probe_spec(cfg, task)
     mesh = make_mesh(cfg.mesh)
     if restart and (moved := move_aside(run_dir / "checkpoints")):
@@ -163,7 +169,7 @@ def setup(
     closing.callback(samples.close)
     closing.callback(writer.close)
     stop = closing.enter_context(StopRequest(log))
-    pool = closing.enter_context(RewardPool(cfg.reward))
+    pool = closing.enter_context(RewardPool(cfg.reward, funcs, cfg.advantage.correct_threshold))
     ctx = step_context(cfg, task, policy, params, state, tx, mesh, pool, sources["train"])
     del params  # the state (fresh or restored) owns the policy from here on
     evaluate = Evaluator(
@@ -235,6 +241,11 @@ def open_sources(cfg: Config, task: Task) -> dict[str, Any]:
         task.check(sources["train"], f"the {data.split} rows ({data.path or 'Python'})")
         task.check(sources["eval"], f"the {cfg.eval.split} rows ({cfg.eval.path or data.path or 'Python'})")
     return sources
+
+
+def columns_of(task: Task, source: Any) -> list[str]:
+    """The columns a reward function can ask for: those of the train split's first example."""
+    return sorted(task.example(source[0], 0)["columns"]) if len(source) else []
 
 
 def prepare_policy(

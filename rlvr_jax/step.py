@@ -22,14 +22,14 @@ from rlvr_jax.config import Config, SignFilter
 from rlvr_jax.data import PromptPipeline, StepBatch
 from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES
-from rlvr_jax.rewards import RewardPool, RewardResult
+from rlvr_jax.rewards import RewardPool, RewardResult, Sample, function_metrics
 from rlvr_jax.rollout import Sampler
 from rlvr_jax.tasks import Task
 from rlvr_jax.tokenizer import decode_completions
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch, TrainState
 
 Reference = Callable[[Rollout], jax.Array]
-Advantages = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+Advantages = Callable[[jax.Array, jax.Array | None], tuple[jax.Array, jax.Array, jax.Array]]
 Update = Callable[[TrainState, TrainBatch, bool], tuple[TrainState, dict[str, jax.Array]]]
 
 
@@ -43,7 +43,7 @@ class StepContext:
     sampler: Sampler
     reference: Reference | None  # log pi_ref of the sampled tokens (only when loss.kl_beta > 0)
     pool: RewardPool
-    advantages: Advantages  # rewards[B, G] -> (adv, weight, adv before the sign filter)
+    advantages: Advantages  # (rewards[B, G], correct[B, G] or None) -> (adv, weight, adv before the sign filter)
     update: Update  # (state, batch, measure dynamics) -> (state, device metrics)
     tokenizer: Any
     stop_ids: tuple[int, ...]
@@ -76,11 +76,11 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     host = local_tree(rollout)  # this process's rollouts on the host (waits for the sampler)
     sampled = time.perf_counter() - start
     texts, scored = score(ctx, host, batch)
-    rewards = global_rows(scored.rewards.reshape(-1, ctx.cfg.rollout.group_size), ctx.mesh, TRAIN_RULES)
-    adv, weight, adv_unfiltered = ctx.advantages(rewards)
+    rewards, correct = group_rewards(ctx, scored)
+    adv, weight, adv_unfiltered = ctx.advantages(rewards, correct)
     train_batch = to_train_batch(rollout, adv, weight, logp_ref, adv_unfiltered)
     state, device_metrics = ctx.update(state, train_batch, dynamics_due(ctx.cfg, step))
-    device_metrics = {**device_metrics, **adv_lib.group_stats(rewards, ctx.cfg.advantage.correct_threshold)}
+    device_metrics = {**device_metrics, **adv_lib.group_stats(rewards, ctx.cfg.advantage.correct_threshold, correct)}
     host_metrics = rollout_metrics(ctx.task, host, scored, batch, texts, time.perf_counter() - start)
     host_metrics["time/rollout_s"] = sampled
     index = np.repeat(batch.arrays["index"], ctx.cfg.rollout.group_size)
@@ -90,10 +90,29 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
 def score(ctx: StepContext, host: Rollout, batch: StepBatch) -> tuple[list[str], RewardResult]:
     """The reward stage: this process decodes and scores only the rollouts it holds (`host`)."""
     texts = decode_completions(ctx.tokenizer, host.tokens, host.lengths, ctx.stop_ids)
-    golds = [ctx.task.target(e) for e in batch.examples for _ in range(ctx.cfg.rollout.group_size)]
-    result = ctx.pool.score(texts, golds, ctx.cfg.reward.verifier)
+    result = ctx.pool.score(texts, samples(ctx.task, batch.examples, ctx.cfg.rollout.group_size))
     adv_lib.check_rewards(result.rewards.reshape(-1, ctx.cfg.rollout.group_size))
     return texts, result
+
+
+def samples(task: Task, examples: list[dict[str, Any]], group_size: int) -> list[Sample]:
+    """What the reward functions see of each rollout's example (row b*G + g belongs to example b)."""
+    out = []
+    for e in examples:
+        prompt = e["messages"] if e.get("chat") else e["prompt"]
+        sample = Sample(prompt, task.target(e), e.get("columns", {}))
+        out += [sample] * group_size
+    return out
+
+
+def group_rewards(ctx: StepContext, scored: RewardResult) -> tuple[jax.Array, jax.Array | None]:
+    """Rewards [B, G] over every process, and correctness flags when reward.correct_from names a
+    function (else None: the advantage module uses reward >= advantage.correct_threshold)."""
+    g = ctx.cfg.rollout.group_size
+    rewards = global_rows(scored.rewards.reshape(-1, g), ctx.mesh, TRAIN_RULES)
+    if ctx.cfg.reward.correct_from == "total":
+        return rewards, None
+    return rewards, global_rows(scored.correct.reshape(-1, g), ctx.mesh, TRAIN_RULES)
 
 
 def to_train_batch(
@@ -126,8 +145,9 @@ def make_advantages(cfg: Config) -> Advantages:
     dynamics statistics split tokens by their rollout's own sign)."""
     unfiltered = cfg.advantage.model_copy(update={"sign": SignFilter.full})
 
-    def fn(rewards: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return (*adv_lib.advantages(rewards, cfg.advantage), adv_lib.advantages(rewards, unfiltered)[0])
+    def fn(rewards: jax.Array, correct: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        filtered = adv_lib.advantages(rewards, cfg.advantage, correct)
+        return (*filtered, adv_lib.advantages(rewards, unfiltered, correct)[0])
 
     return jax.jit(fn)
 
@@ -170,6 +190,7 @@ def rollout_metrics(
     }
     counts = task.rollout_counts(texts)
     sums.update({f"frac_{name}": count for name, count in counts.items()})
+    sums.update(result.sums())  # per reward function: sum, applicable count, errors
     total = sum_over_processes(sums)
     n = max(total["n"], 1.0)
     mean = total["reward"] / n
@@ -185,6 +206,7 @@ def rollout_metrics(
         "time/reward_s": result.seconds,
     }
     out.update({f"rollout/frac_{name}": total[f"frac_{name}"] / n for name in counts})
+    out.update(function_metrics(total))
     out["time/step_s"] = seconds
     out["time/tokens_per_s"] = total["length"] / seconds
     return out

@@ -84,7 +84,8 @@ def eval_config(args: Any) -> Config:
     if args.task and args.task != data["task"]:  # a registered task instead of the run's own data
         data.update(task=args.task, source="task", path=None)
         ev["path"] = None
-        tree["reward"]["verifier"] = _task(args.task).verifier
+        if not tree["reward"]["functions"]:  # the task's verifier, unless the run scores with its own functions
+            tree["reward"]["verifier"] = _task(args.task).verifier
     settings = {
         ("eval", "split"): args.split,
         ("eval", "n"): args.n,
@@ -129,13 +130,14 @@ def run_eval_command(args: Any) -> int:
     except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError, FileNotFoundError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None
     from rlvr_jax.data import DataError
+    from rlvr_jax.rewards import RewardFunctionError, RewardSpecError
 
-    with RewardPool(cfg.reward) as pool:
-        try:
+    try:
+        with RewardPool(cfg.reward, (), cfg.advantage.correct_threshold) as pool:
             evaluator = Evaluator(cfg, _task(cfg.data.task, cfg), tok, arch, graphdef, params, mesh, pool)
-        except (DataError, ValueError) as err:
-            raise SystemExit(f"rlvr-jax eval: {err}") from None
-        report = {**model, **evaluator.run(params)}
+            report = {**model, **evaluator.run(params)}
+    except (DataError, ValueError, RewardSpecError, RewardFunctionError) as err:
+        raise SystemExit(f"rlvr-jax eval: {err}") from None
     if reference is not None:
         _warn_if_settings_differ(report, reference)
         report["boundary"] = boundary_sets(report["problems"], reference["problems"], report["n"], reference["n"])

@@ -85,6 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     from rlvr_jax.loop import train
     from rlvr_jax.model import ArchError, CheckpointFormatError
     from rlvr_jax.probe import ProbeError
+    from rlvr_jax.rewards import RewardFunctionError, RewardSpecError
     from rlvr_jax.storage import StorageError
     from rlvr_jax.tokenizer import TokenizerError
 
@@ -98,6 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
         CheckpointFormatError,
         TokenizerError,
         DataError,
+        RewardSpecError,
+        RewardFunctionError,
     ) as err:
         raise SystemExit(f"rlvr-jax train: {err}") from None
     return 0

@@ -95,6 +95,7 @@ def builtin_example(record: Mapping[str, Any], index: int = 0) -> dict[str, Any]
         "id": ex["id"],
         "prompt": ex["prompt"],
         "messages": None,
+        "chat": False,
         "answer": ex["answer"],
         "subset": ex["subset"],
         "columns": ex,

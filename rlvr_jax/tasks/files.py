@@ -90,6 +90,8 @@ class FileTask(Task):
             "id": row_id,
             "prompt": user[-1] if user else messages[-1]["content"],
             "messages": messages,
+            # TRL's convention: reward functions see chat messages only when the dataset's prompts are chats
+            "chat": not isinstance(_lookup(columns, self.data.prompt_key), str),
             "answer": "" if answer is None else str(answer),
             "subset": subset,
             "columns": columns,
