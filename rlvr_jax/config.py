@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import enum
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -352,8 +353,29 @@ class CheckpointConfig(_Section):
     """Write checkpoints in a background thread (training goes on once the arrays are on the host)."""
 
 
+class WandbMode(str, enum.Enum):
+    online = "online"
+    offline = "offline"  # written under logging.wandb.dir; `wandb sync` uploads it later
+    disabled = "disabled"  # keep the section but log nothing (the package is not needed)
+
+
+class WandbConfig(_Section):
+    project: str
+    name: str | None = None
+    """The W&B run's display name (None: run.name)."""
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    mode: _mode(WandbMode) = WandbMode.online
+    dir: str | None = None
+    """A local folder for W&B's own files (None: the run directory, or its local cache for gs://)."""
+
+
 class LoggingConfig(_Section):
     tensorboard: bool = True
+    wandb: WandbConfig | None = None
+    """Weights & Biases logging (needs `pip install 'rlvr-jax[wandb]'`): the metrics rows, sampled
+    completions as tables, the resolved config; a resumed run continues the same W&B run."""
     dynamics_every: int = Field(default=20, ge=1)
     """Post-update probability-mass pass (two extra forwards) every N steps; the per-sign statistics of
     the sampled tokens are logged every step regardless."""
@@ -361,8 +383,11 @@ class LoggingConfig(_Section):
     probe_file: str | None = None
     """Probe set (YAML/JSONL: prompts, decision positions, token classes; see rlvr_jax/probe.py). Default:
     the task's own probe (toy_strategy: pi(S1), pi(S2), pi(S3) at the first response token), else none."""
-    rollouts_every: int = Field(default=0, ge=0)
-    """Append every N-th step's sampled completions (token ids, text, reward) to rollouts.jsonl (0: never)."""
+    rollouts_every: int = Field(default=10, ge=0)
+    """Log every N-th step's sampled completions (token ids, text, reward) to rollouts.jsonl, TensorBoard
+    text and W&B tables (0: never)."""
+    rollouts_per_step: int = Field(default=4, ge=0)
+    """Completions logged per such step: the first sample of each of the step's first N prompts (0: all)."""
     progress_bar: bool = True
 
 
@@ -519,11 +544,19 @@ def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     model: type[BaseModel] = Config
     for part in loc:
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        section = _section_type(getattr(field, "annotation", None))
+        if section is None:
             return None if field is None else model
-        model = annotation
+        model = section
     return model
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds: `Section`, or `Section | None` for an optional one (logging.wandb)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ from rlvr_jax.update import (
     make_train_step,
     total_optimizer_steps,
 )
+from rlvr_jax.wandb_log import check_logging, wandb_run
 from rlvr_jax.writers import LateWriter, MetricWriter, RolloutLog, trim_jsonl
 
 
@@ -141,6 +142,7 @@ def setup(
     funcs: Sequence[Callable[..., Any]] = (),
 ) -> Run:
     """Everything before the first step: mesh, policy, data, compiled stages, state, sinks, base evaluation."""
+    check_logging(cfg)  # logging.wandb without the package: stop before any expensive work
     maybe_initialize_distributed(cfg.mesh)
     run_dir = cfg.run_dir
     cfg = with_data_dir(cfg, run_dir)
@@ -164,8 +166,17 @@ def setup(
     }
     state, start, base_eval = restore_or_init(cfg, ckpt, params, tx, mesh, reference_id, allow_config_change, log)
     write_run_files(cfg, run_dir, policy.tokenizer)
-    writer = LateWriter(MetricWriter(run_dir, cfg.logging.tensorboard, append=start > 0))
-    samples = RolloutLog(run_dir, cfg.logging.rollouts_every > 0, append=start > 0)  # like metrics.jsonl
+    wandb = closing.enter_context(wandb_run(cfg, run_dir, resumed=start > 0))  # finished after the writers close
+    metrics = MetricWriter(run_dir, cfg.logging.tensorboard, append=start > 0, wandb=wandb)
+    writer = LateWriter(metrics)
+    samples = RolloutLog(  # appends like metrics.jsonl; shows its rows as TensorBoard text and W&B tables
+        run_dir,
+        cfg.logging.rollouts_every > 0,
+        append=start > 0,
+        group_size=cfg.rollout.group_size,
+        per_step=cfg.logging.rollouts_per_step,
+        show=metrics.write_samples,
+    )
     closing.callback(samples.close)
     closing.callback(writer.close)
     stop = closing.enter_context(StopRequest(log))
@@ -374,7 +385,7 @@ def cadence_hooks(run: Run) -> Hooks:
     hooks.add("metrics", lambda r: run.writer.push(r.step, r.device_metrics, r.host_metrics))
     hooks.add(
         "rollouts",
-        lambda r: run.samples.write(r.step, r.prompt_index, r.rollout, r.texts, r.rewards),
+        lambda r: run.samples.write(r.step, r.prompt_index, r.rollout, r.texts, r.rewards, r.prompts),
         every=cfg.logging.rollouts_every,
         at_end=False,
     )

@@ -63,6 +63,7 @@ class StepRecord:
     rollout: Rollout  # this process's rollouts, on the host
     texts: list[str]
     rewards: np.ndarray  # f32[rows]
+    prompts: list[str] = dataclasses.field(default_factory=list)  # the prompt text of each row, aligned with texts
     stopping: bool = False  # set by the loop when a stop was requested or --stop-at reached
 
 
@@ -83,8 +84,9 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     device_metrics = {**device_metrics, **adv_lib.group_stats(rewards, ctx.cfg.advantage.correct_threshold, correct)}
     host_metrics = rollout_metrics(ctx.task, host, scored, batch, texts, time.perf_counter() - start)
     host_metrics["time/rollout_s"] = sampled
-    index = np.repeat(batch.arrays["index"], ctx.cfg.rollout.group_size)
-    return state, StepRecord(step + 1, device_metrics, host_metrics, index, host, texts, scored.rewards)
+    g = ctx.cfg.rollout.group_size
+    index, prompts = np.repeat(batch.arrays["index"], g), [e["prompt"] for e in batch.examples for _ in range(g)]
+    return state, StepRecord(step + 1, device_metrics, host_metrics, index, host, texts, scored.rewards, prompts)
 
 
 def score(ctx: StepContext, host: Rollout, batch: StepBatch) -> tuple[list[str], RewardResult]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -88,15 +89,23 @@ class JsonlSink:
 
 
 class MetricWriter:
-    """Append-only metrics.jsonl (+ TensorBoard events, which tensorboardX writes to gs:// itself)."""
+    """Append-only metrics.jsonl (+ TensorBoard events, which tensorboardX writes to gs:// itself, and
+    the W&B run when one is open: rlvr_jax/wandb_log.py). Also shows the sampled completions the
+    RolloutLog passes on as TensorBoard text and a W&B table."""
 
     def __init__(
-        self, run_dir: str | Path, tensorboard: bool = True, enabled: bool | None = None, append: bool = False
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = True,
+        enabled: bool | None = None,
+        append: bool = False,
+        wandb: Any = None,
     ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         run_dir = as_path(run_dir)
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
+        self._wandb = wandb  # a wandb_log.WandbRun (process 0 only), or None
         if not self.enabled:
             return
         self._sink = JsonlSink(self.path, append)
@@ -113,6 +122,17 @@ class MetricWriter:
             for key, value in row.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(step, row)
+
+    def write_samples(self, step: int, columns: list[str], rows: list[list[Any]]) -> None:
+        """Sampled completions of `step` as a TensorBoard text table and a W&B table."""
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.add_text("rollouts", markdown_table(columns, rows), step)
+        if self._wandb is not None:
+            self._wandb.log_samples(step, columns, rows)
 
     def persist(self) -> None:
         """Everything written so far is in the run directory (called before each checkpoint)."""
@@ -234,27 +254,58 @@ class _LineWarnings:
 
 
 class RolloutLog:
-    """rollouts.jsonl: sampled completions (prompt index, token ids, text, reward), one line per logged
-    step (the loop's rollout hook decides which). Each process passes its own rollouts; process 0 writes
-    them all, in process order."""
+    """rollouts.jsonl: sampled completions (prompt index, prompt text when given, token ids, text,
+    reward), one line per logged step (the loop's rollout hook decides which).
 
-    def __init__(self, run_dir: str | Path, enabled: bool, append: bool = False):
+    `per_step` > 0 keeps the first sample of each of the step's first `per_step` prompts (global rows
+    b * group_size): deterministic, spread over prompts, and the same rows for any number of processes,
+    since process p holds the step's p-th contiguous share of prompts. Each process passes its own
+    rollouts and sends its first rows of that kind; process 0 writes them all, in process order, and
+    passes them to `show(step, columns, rows)` (TensorBoard text, W&B table)."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool,
+        append: bool = False,
+        group_size: int = 1,
+        per_step: int = 0,
+        show: Callable[[int, list[str], list[list[Any]]], None] | None = None,
+    ):
         first = jax.process_index() == 0
         self._sink = JsonlSink(as_path(run_dir) / "rollouts.jsonl", append) if enabled and first else None
+        self.group_size, self.per_step, self._show = group_size, per_step, show
 
-    def write(self, step: int, prompt_index: np.ndarray, rollout: Any, texts: list[str], rewards: np.ndarray) -> None:
-        tokens = [np.asarray(row[:n]).tolist() for row, n in zip(rollout.tokens, rollout.lengths)]
-        row = {
-            "prompt_index": np.asarray(prompt_index).tolist(),
-            "tokens": tokens,
-            "text": texts,
-            "reward": np.asarray(rewards, dtype=float).tolist(),
-        }
+    def rows(self, count: int) -> list[int]:
+        """The local rows to log out of `count`: every one (per_step 0), else each group's first, up to per_step."""
+        if not self.per_step:
+            return list(range(count))
+        return list(range(0, count, self.group_size))[: self.per_step]
+
+    def write(
+        self,
+        step: int,
+        prompt_index: np.ndarray,
+        rollout: Any,
+        texts: list[str],
+        rewards: np.ndarray,
+        prompts: list[str] | None = None,
+    ) -> None:
+        """`prompts`: the prompt text of each rollout row (like `texts`), when the caller has it."""
+        keep = self.rows(len(texts))
+        row: dict[str, list[Any]] = {"prompt_index": np.asarray(prompt_index)[keep].tolist()}
+        if prompts is not None:
+            row["prompt"] = [prompts[i] for i in keep]
+        row["tokens"] = [np.asarray(rollout.tokens[i][: rollout.lengths[i]]).tolist() for i in keep]
+        row["text"] = [texts[i] for i in keep]
+        row["reward"] = np.asarray(rewards, dtype=float)[keep].tolist()
         parts = allgather_objects(row)  # a collective: every process takes this branch at the same steps
         if self._sink is None:
             return
-        merged = {key: [v for part in parts for v in part[key]] for key in row}
+        merged = {key: [v for part in parts for v in part[key]][: self.per_step or None] for key in row}
         self._sink.add(json.dumps({"step": step, **merged}))
+        if self._show is not None:
+            self._show(step, *sample_table(merged))
 
     def persist(self) -> None:
         if self._sink is not None:
@@ -263,6 +314,35 @@ class RolloutLog:
     def close(self) -> None:
         if self._sink is not None:
             self._sink.close()
+
+
+# rollouts.jsonl key -> table column, in column order ("prompt" only when the caller gave prompts)
+SAMPLE_COLUMNS = {"prompt_index": "prompt_index", "prompt": "prompt", "text": "completion", "reward": "reward"}
+
+
+def sample_table(logged: Mapping[str, list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of a rollouts.jsonl line's completions, one row per completion."""
+    keys = [key for key in SAMPLE_COLUMNS if key in logged]
+    return [SAMPLE_COLUMNS[k] for k in keys], [list(values) for values in zip(*(logged[k] for k in keys))]
+
+
+# Markdown and HTML that would change how a completion shows (TensorBoard renders Markdown and drops
+# unknown tags such as a task's <S2> tokens); escaped so the cell shows the text as sampled.
+_MARKDOWN = re.compile(r"([\\`*_\[\]|])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table for TensorBoard's text plugin, one line per row (line breaks become <br>)."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        text = _MARKDOWN.sub(r"\\\1", "".join(_HTML.get(c, c) for c in text))
+        return text.replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 class LateWriter:

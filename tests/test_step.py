@@ -118,7 +118,7 @@ def test_train_is_setup_plus_rl_step(two_steps, tmp_path, tiny_tokenizer_dir):
 
 
 def _record(step: int, stopping: bool = False, **host) -> StepRecord:
-    return StepRecord(step, {}, dict(host), np.zeros(0), None, [], np.zeros(0), stopping)
+    return StepRecord(step, {}, dict(host), np.zeros(0), None, [], np.zeros(0), [], stopping)
 
 
 def test_hooks_run_in_order_at_their_cadence():

@@ -21,6 +21,7 @@ ALLOWED = {
     "update": {"config", "types", "mesh", "loss", "model", "dynamics"},
     "dynamics": {"types", "model"},
     "writers": {"config", "distributed", "storage"},
+    "wandb_log": {"config", "storage"},
     "sft": {"config", "types", "loss", "tokenizer"},
     "rewards": {"config", "types", "rewards"},
     "checkpoint": {"config", "types", "mesh", "model", "distributed", "storage"},

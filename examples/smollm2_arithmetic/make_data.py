@@ -14,8 +14,10 @@ import json
 import random
 from pathlib import Path
 
-WORDS = {"+": ["What is {a} plus {b}?", "Add {a} and {b}.", "What is the sum of {a} and {b}?"],
-         "-": ["What is {a} minus {b}?", "Subtract {b} from {a}.", "What is {a} take away {b}?"]}
+WORDS = {
+    "+": ["What is {a} plus {b}?", "Add {a} and {b}.", "What is the sum of {a} and {b}?"],
+    "-": ["What is {a} minus {b}?", "Subtract {b} from {a}.", "What is {a} take away {b}?"],
+}
 
 
 def problem(rng: random.Random) -> dict:

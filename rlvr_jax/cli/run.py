@@ -92,6 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         train(cfg, restart=args.restart, stop_at=args.stop_at, allow_config_change=args.allow_config_change)
     except (
+        ConfigError,  # settings that validate but cannot work here (logging.wandb without the package)
         CheckpointError,
         ProbeError,
         StorageError,
