@@ -389,6 +389,9 @@ class LoggingConfig(_Section):
     rollouts_per_step: int = Field(default=4, ge=0)
     """Completions logged per such step: the first sample of each of the step's first N prompts (0: all)."""
     progress_bar: bool = True
+    block_each_step: bool = False
+    """Wait for each update to finish before the step ends, so time/step_s and time/rollout_s split a step
+    exactly (benchmarks); otherwise the update runs on while the host finishes the step's bookkeeping."""
 
 
 class EvalConfig(_Section):

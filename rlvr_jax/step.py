@@ -81,6 +81,8 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     adv, weight, adv_unfiltered = ctx.advantages(rewards, correct)
     train_batch = to_train_batch(rollout, adv, weight, logp_ref, adv_unfiltered)
     state, device_metrics = ctx.update(state, train_batch, dynamics_due(ctx.cfg, step))
+    if ctx.cfg.logging.block_each_step:
+        jax.block_until_ready(state)
     device_metrics = {**device_metrics, **adv_lib.group_stats(rewards, ctx.cfg.advantage.correct_threshold, correct)}
     host_metrics = rollout_metrics(ctx.task, host, scored, batch, texts, time.perf_counter() - start)
     host_metrics["time/rollout_s"] = sampled
