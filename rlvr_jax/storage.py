@@ -96,6 +96,26 @@ def local_copy(folder: PathLike) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def download_files(pattern: str, into: Path) -> list[Path]:
+    """Local copies of the bucket files matching `pattern` (a URL, `*` allowed in its last part), in
+    sorted order, downloaded once into `into` (a copy appears under its name only when complete)."""
+    url = epath.Path(pattern)
+    matches = sorted(url.parent.glob(url.name), key=str) if any(ch in url.name for ch in "*?[") else [url]
+    if not matches or not matches[0].exists():
+        raise FileNotFoundError(f"no file matches {pattern}")
+    into.mkdir(parents=True, exist_ok=True)
+    out = []
+    for remote in matches:
+        local = into / hashlib.sha1(str(remote).encode()).hexdigest()[:16] / remote.name
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(local.name + ".partial")
+            remote.copy(epath.Path(partial), overwrite=True)
+            partial.rename(local)
+        out.append(local)
+    return out
+
+
 def upload_dir(local: Path, dest: epath.Path) -> None:
     """Copy a local folder's files (one level) to `dest`, each file one object."""
     dest.mkdir(parents=True, exist_ok=True)
