@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from jax.sharding import Mesh
 
 from rlvr_jax.config import RolloutConfig
 from rlvr_jax.mesh import Rules, replicated, sharding_for
-from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, state_shardings
+from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, rollout_dtype, state_shardings
 from rlvr_jax.model.arch import Arch
 from rlvr_jax.types import PromptBatch, Rollout
 
@@ -193,12 +192,6 @@ def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int) -
 
 
 Sampler = Callable[[nnx.State, PromptBatch, jax.Array], Rollout]
-
-
-def rollout_dtype(param_dtype: Any, compute_dtype: Any) -> jnp.dtype:
-    """The dtype of the sampler's copy of the weights: the narrower of the two (`rlvr-jax plan` too)."""
-    param_dtype, compute_dtype = jnp.dtype(param_dtype), jnp.dtype(compute_dtype)
-    return compute_dtype if compute_dtype.itemsize < param_dtype.itemsize else param_dtype
 
 
 def rollout_weights(
