@@ -38,6 +38,7 @@ __all__ = [
     "load_policy",
     "model_dir",
     "positions_from_mask",
+    "rollout_dtype",
     "save_pretrained",
     "state_shardings",
 ]
@@ -55,6 +56,14 @@ def abstract_model(
     """Graph definition and abstract (shape-only) state; no memory is allocated."""
     model = nnx.eval_shape(lambda: Decoder(arch, nnx.Rngs(0), _dtype(param_dtype), _dtype(dtype), remat))
     return nnx.split(model)
+
+
+def rollout_dtype(param_dtype: Any, compute_dtype: Any) -> jnp.dtype:
+    """The dtype of the sampler's copy of the weights (`rollout.rollout_weights`, `rlvr-jax plan`):
+    the compute dtype when it is narrower than the parameters' (bf16 over f32 master weights), else
+    the parameters' own (a wider copy would only cost memory: the decoder casts at use)."""
+    param_dtype, compute_dtype = jnp.dtype(_dtype(param_dtype)), jnp.dtype(_dtype(compute_dtype))
+    return compute_dtype if compute_dtype.itemsize < param_dtype.itemsize else param_dtype
 
 
 def state_shardings(abstract: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
