@@ -651,6 +651,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section (a saved section replaces a default leaf, e.g. arch {})."""
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        both = isinstance(value, Mapping) and isinstance(below, Mapping)
+        out[key] = _overlay(below, value) if both else value
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ConfigChanges:
     """Differences between a checkpoint's config and the config of the run resuming it."""
@@ -663,8 +673,7 @@ class ConfigChanges:
     def between(saved: Mapping[str, Any], cfg: Config) -> ConfigChanges:
         # A key added since the checkpoint was written counts as its default there: a newer rlvr-jax
         # resumes an older run unless the new key is set to something else.
-        defaults = flatten(Config().model_dump(mode="json"))
-        old = {**{k: v for k, v in defaults.items() if k not in flatten(saved)}, **flatten(saved)}
+        old = flatten(_overlay(Config().model_dump(mode="json"), saved))
         new = flatten(cfg.model_dump(mode="json"))
         lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
         for key in sorted(old.keys() | new.keys()):

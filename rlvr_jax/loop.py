@@ -266,6 +266,8 @@ def prepare_policy(
     between the two, every prompt is rendered and measured once (`sources`), so a bad row stops the run
     before the weights load."""
     folder = model_dir(cfg.model.path) if cfg.model.path else None  # a Hub model id: its HF cache folder
+    if folder is not None:
+        Arch.from_dir(folder)  # a missing or unreadable config.json is named before anything loads
     if folder is None and cfg.warmstart.enabled:
         folder = task.warm_start(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
     tok_dir = cfg.model.tokenizer or folder
