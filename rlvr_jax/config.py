@@ -663,8 +663,12 @@ class ConfigChanges:
     def between(saved: Mapping[str, Any], cfg: Config) -> ConfigChanges:
         # A key added since the checkpoint was written counts as its default there: a newer rlvr-jax
         # resumes an older run unless the new key is set to something else.
+        # A default that is an empty section ({} for model.arch) is a leaf when flattened; a checkpoint that
+        # filled the section holds its keys (model.arch.hidden_size) instead, and that covers it.
         defaults = flatten(Config().model_dump(mode="json"))
-        old = {**{k: v for k, v in defaults.items() if k not in flatten(saved)}, **flatten(saved)}
+        saved_flat = flatten(saved)
+        absent = [k for k in defaults if k not in saved_flat and not any(s.startswith(k + ".") for s in saved_flat)]
+        old = {**{k: defaults[k] for k in absent}, **saved_flat}
         new = flatten(cfg.model_dump(mode="json"))
         lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
         for key in sorted(old.keys() | new.keys()):
