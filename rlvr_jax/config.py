@@ -139,6 +139,8 @@ class ModelConfig(_Section):
     """Recompute each decoder layer in the backward pass (saves activation memory)."""
     arch: dict[str, Any] = Field(default_factory=dict)
     """HF-style config.json fields for a random model when `path` is None."""
+    allow_nonfinite: bool = False
+    """Load weights holding NaN or inf (checked on device after loading; by default an error naming the tensor)."""
 
 
 class DistributedConfig(_Section):
@@ -767,6 +769,7 @@ HARMLESS_ON_RESUME = (
     "model.path",
     "model.tokenizer",
     "model.remat",
+    "model.allow_nonfinite",
 )
 # Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
 STATE_DEFINING = ("model.arch", "model.param_dtype", "warmstart.", "optim.max_grad_norm")
