@@ -19,14 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlvr_jax.config import GROUP_RELATIVE as GROUP_RELATIVE
 from rlvr_jax.config import AdvantageConfig, Estimator, LossDenominator, SignFilter, StdMode
 
 Array = jax.Array
 
-# Estimators that compare a rollout with its group: with G = 1 there is nothing to compare with
-# (GRPO and Dr.GRPO give 0 for every rollout, RLOO divides by G - 1 = 0), so G = 1 is an error.
-# The absolute estimators (NSR, PSR, W-REINFORCE) score each rollout on its own: G = 1 is fine.
-GROUP_RELATIVE = frozenset({Estimator.grpo, Estimator.drgrpo, Estimator.rloo})
+# GROUP_RELATIVE (defined with the config, which refuses G = 1 for them at load): estimators that compare
+# a rollout with its group. With G = 1 there is nothing to compare with (GRPO and Dr.GRPO give 0 for every
+# rollout, RLOO divides by G - 1 = 0). The absolute estimators (NSR, PSR, W-REINFORCE) score each rollout
+# on its own: G = 1 is fine.
 
 
 # --- host-side check ------------------------------------------------------------------------------

@@ -147,10 +147,13 @@ class ModelSourceError(ValueError):
 def resolve_model_path(path: PathLike) -> PathLike:
     """`path` itself, unless it is a Hugging Face Hub model id (`owner/name`, and no local path of
     that name exists): then its snapshot folder in the HF cache, downloaded there once."""
+    return _hub_snapshot(os.fspath(path)) if is_hub_id(path) else path
+
+
+def is_hub_id(path: PathLike) -> bool:
+    """Whether `path` names a Hugging Face Hub model (`owner/name`, and no local path of that name exists)."""
     text = os.fspath(path)
-    if is_remote(text) or Path(text).exists() or not _HUB_ID.fullmatch(text):
-        return path
-    return _hub_snapshot(text)
+    return not is_remote(text) and not Path(text).exists() and bool(_HUB_ID.fullmatch(text))
 
 
 @functools.cache  # one download check per process and model, however many loaders ask

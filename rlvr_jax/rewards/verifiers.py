@@ -5,6 +5,15 @@ code hidden in a string). They are meant to run inside the pool's worker process
 the time limit; `math` imports math-verify (sympy, ~0.7 s) lazily so the trainer process never pays
 for it.
 
+Numbers are ASCII digits 0-9, and text is not Unicode-normalised. Both NFKC and Python's own `\\d`
+(with `int` / `Fraction`) read the digits of other forms and scripts, such as the fullwidth U+FF10 to
+U+FF19, as 0-9, so a completion writing 12 in fullwidth digits would score as 12. A number is what the
+completion writes, not what it resembles: a policy paid for the fullwidth form learns an answer format
+that no parser downstream reads, and NFKC would also rewrite the text around the number (a vulgar
+fraction becomes digits around U+2044 FRACTION SLASH). So `numeric` and `toy_strategy` match `[0-9]`
+only, and `math` leaves it to math-verify, which scores a fullwidth `\\boxed{12}` against `12` as wrong
+too (tests/test_hostile.py pins all three).
+
 Format reward (added as `format_weight * has_format(completion)` by the pool):
   math          the completion has a balanced `\\boxed{...}`
   numeric       the completion contains a number
@@ -93,8 +102,9 @@ def has_boxed(completion: str) -> bool:
 
 # --- numeric ----------------------------------------------------------------------------------
 
-# A number: 1,234,567.5 (thousands groups of exactly three digits) | 1234.5 | .5
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+# A number: 1,234,567.5 (thousands groups of exactly three digits) | 1234.5 | .5; ASCII digits only
+# (`\d` would also match fullwidth and other scripts' digits, which Fraction then reads as numbers).
+_NUM = r"(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.[0-9]+)?|\.[0-9]+"
 _NUMBER = re.compile(
     rf"(?P<fsign>-)?\\[dt]?frac\{{\s*(?P<fnum>{_NUM})\s*\}}\{{\s*(?P<fden>{_NUM})\s*\}}"  # \frac{a}{b}
     rf"|(?<![\w.])(?P<sign>-)?(?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?"  # -a, a/b (not x2, not 1.2.3)
@@ -155,7 +165,7 @@ def is_nonblank(completion: str) -> bool:
 # --- toy_strategy -----------------------------------------------------------------------------
 
 _STRATEGY = re.compile(r"\s*<(S[123])>")
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only, like the numeric verifier
 
 
 def toy_strategy_of(completion: str) -> str | None:
