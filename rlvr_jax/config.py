@@ -64,8 +64,9 @@ class StdMode(str, enum.Enum):
 
 
 class LossDenominator(str, enum.Enum):
-    kept = "kept"
-    all = "all"
+    kept = "kept"  # NSR / PSR: only the rollouts they train on (incorrect / correct); others: all
+    all = "all"  # every rollout
+    nonzero = "nonzero"  # the rollouts whose advantage after the sign filter is non-zero (GRPO-N: negatives)
 
 
 class PolicyObjective(str, enum.Enum):
@@ -302,6 +303,9 @@ class AdvantageConfig(_Section):
     correct_threshold: float = 1.0
     """A reward >= this counts as correct (NSR/PSR/W-REINFORCE, metrics)."""
     loss_denominator: _mode(LossDenominator) = LossDenominator.kept
+    """Which rollouts' tokens (or sequences) the loss divides by (docs/algorithms.md section 2): kept
+    (NSR: incorrect, PSR: correct, others: all), all, or nonzero (advantage != 0 after the sign filter,
+    so GRPO-N divides by its negative tokens only)."""
 
 
 class LossConfig(_Section):

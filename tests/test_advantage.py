@@ -145,6 +145,25 @@ def test_psr_table_and_weight():
     np.testing.assert_array_equal(weight, [[1, 1, 1, 1]])
 
 
+def test_nonzero_denominator_keeps_only_rollouts_with_a_nonzero_filtered_advantage():
+    # GRPO-N (eps = 0) on BINARY: the filtered advantages are the table of
+    # test_grpo_negative_only_...; w_i = 1[A_i != 0] keeps exactly the wrong rollouts of mixed groups.
+    adv, weight = _adv(BINARY, eps=0.0, sign=SignFilter.negative_only, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(weight, (adv != 0).astype(np.float32))
+    # Full GRPO: only the all-equal group (A = 0 everywhere) leaves the normaliser.
+    _, weight = _adv(BINARY, eps=0.0, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    # GRPO-P keeps the correct rollouts of mixed groups; NSR is the same as `kept` (-1 on every wrong one).
+    _, weight = _adv(BINARY, eps=0.0, sign=SignFilter.positive_only, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    nsr_nonzero = _adv(BINARY + GRADED, estimator="nsr", loss_denominator="nonzero")[1]
+    np.testing.assert_array_equal(nsr_nonzero, _adv(BINARY + GRADED, estimator="nsr")[1])
+    # A non-finite group keeps weight 1: its NaN advantages must reach the loss.
+    _, weight = _adv([[1.0, np.nan, 0.0, 0.0]], sign=SignFilter.negative_only, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[1, 1, 1, 1]])
+
+
 def test_correct_threshold_moves_the_nsr_cut():
     # threshold 0.8: 0.8 and 1.0 are correct now.
     adv, weight = _adv(GRADED, estimator="nsr", correct_threshold=0.8)

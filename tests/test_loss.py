@@ -124,6 +124,28 @@ def test_aggregation_modes_by_hand():
     assert agg(Aggregation.token_mean, jnp.ones(3)) == pytest.approx(21 / 6)
 
 
+def test_grpo_n_nonzero_denominator_divides_by_negative_tokens_only():
+    # One group r = (1, 0, 0, 0), GRPO-N with eps = 0: A = (0, -1/sqrt3, -1/sqrt3, -1/sqrt3).
+    # Completion lengths (3, 2, 4, 1). At ratio 1 the PPO token loss is -A, so with token_mean:
+    #   kept    (every rollout): sum over tokens of -A / 10 = 7 / sqrt3 / 10 = 0.4041452
+    #   nonzero (negatives only): 7 / sqrt3 / 7 = 1 / sqrt3 = 0.5773503, the mean over negative tokens.
+    from rlvr_jax.advantage import advantages
+    from rlvr_jax.config import AdvantageConfig, SignFilter
+
+    lengths = np.array([3, 2, 4, 1])
+    mask = jnp.asarray(np.arange(4)[None, :] < lengths[:, None], jnp.int32)
+    out = {}
+    for mode in ("kept", "nonzero"):
+        cfg = AdvantageConfig(sign=SignFilter.negative_only, eps=0.0, loss_denominator=mode)
+        adv, weight = advantages(jnp.array([[1.0, 0.0, 0.0, 0.0]]), cfg)
+        batch = _batch(np.zeros((4, 4)), mask, np.zeros((4, 4)), adv[0], weight=weight[0])
+        norm = normaliser(batch.mask, batch.weight, Aggregation.token_mean)
+        loss, _ = policy_loss(jnp.zeros((4, 4)), jnp.zeros((4, 4)), batch, LossConfig(), 4, norm)
+        out[mode] = (float(norm), float(loss))
+    assert out["kept"] == (10.0, pytest.approx(0.4041452, rel=1e-6))
+    assert out["nonzero"] == (7.0, pytest.approx(0.5773503, rel=1e-6))
+
+
 def test_kl_estimators_by_hand():
     logp, logp_ref = jnp.array([np.log(0.5)]), jnp.array([np.log(0.25)])  # p = 0.5, q = 0.25
     assert float(kl_penalty(logp, logp_ref, KLEstimator.k1)[0]) == pytest.approx(np.log(2))
