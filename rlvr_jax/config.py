@@ -297,6 +297,8 @@ class AdvantageConfig(_Section):
     estimator: _mode(Estimator) = Estimator.grpo
     sign: _mode(SignFilter) = SignFilter.full
     std: _mode(StdMode) = StdMode.population
+    """GRPO's group std: population (divide by G) or unbiased (divide by G - 1: torch.std's default,
+    as in verl and Zhu et al.'s NSR code)."""
     eps: float = Field(default=1e-6, ge=0.0)
     w_lambda: float = 0.1
     """W-REINFORCE weight of positive samples."""
@@ -442,6 +444,20 @@ class Config(_Section):
             raise ValueError("data.path is set but data.source is task: set data.source=jsonl|parquet|hf")
         if not files and self.eval.path:
             raise ValueError("eval.path is for file sources: set data.source=jsonl|parquet|hf, or drop eval.path")
+        return self
+
+    @model_validator(mode="after")
+    def _group_size_fits(self) -> Config:
+        # Checked here, not only at the first step: with G = 1 GRPO / Dr.GRPO give 0 to every rollout,
+        # RLOO and the unbiased std divide by G - 1 = 0 (verl instead falls back to mean 0, std 1).
+        relative = (Estimator.grpo, Estimator.drgrpo, Estimator.rloo)
+        if self.rollout.group_size < 2 and self.advantage.estimator in relative:
+            unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
+            raise ValueError(
+                f"advantage.estimator={self.advantage.estimator.value} compares rollouts within a group and needs "
+                f"rollout.group_size >= 2, got {self.rollout.group_size}{unbiased}; sample more per prompt or use an "
+                "absolute estimator (nsr, psr, w_reinforce)"
+            )
         return self
 
     @property

@@ -86,6 +86,18 @@ def test_grpo_unbiased_std():
     _close(adv, [[0.6301260, 1.0502100, -1.0502100, -0.6301260]])
 
 
+def test_unbiased_std_is_torch_std_default_as_in_verl():
+    # verl's GRPO (and Zhu et al.'s NSR code built on it) divides by torch.std(scores) + eps, and
+    # torch.std's default is the Bessel-corrected (G - 1) std: std=unbiased must be exactly that.
+    torch = pytest.importorskip("torch")
+    rewards = np.random.default_rng(0).choice([0.0, 0.2, 0.8, 1.0], size=(6, 5)).astype(np.float32)
+    rewards[0] = 0.8  # an all-equal group: both give 0 (verl: 0 / (0 + eps))
+    r = torch.tensor(rewards)
+    expected = (r - r.mean(dim=-1, keepdim=True)) / (r.std(dim=-1, keepdim=True) + 1e-6)
+    adv, _ = _adv(rewards, std="unbiased")
+    np.testing.assert_allclose(adv, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_grpo_graded_rewards():
     # Population: 0.68 / 4 = 0.17 -> std 0.4123106; 0.3 / 0.4123106 = 0.7276069, 0.5 / 0.4123106 = 1.2126781.
     adv, _ = _adv(GRADED, eps=0.0)

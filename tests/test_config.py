@@ -199,6 +199,15 @@ def test_constraint_violation_names_key():
     assert "'rollout.group_size'" in _error(["rollout.group_size=0"])
 
 
+@pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo"])
+def test_group_relative_estimators_refuse_group_size_one_at_load(estimator):
+    message = _error([f"advantage.estimator={estimator}", "rollout.group_size=1"])
+    assert f"advantage.estimator={estimator}" in message and "rollout.group_size >= 2, got 1" in message
+    assert "G - 1 = 0" in _error(["advantage.std=unbiased", "rollout.group_size=1"])
+    for absolute in ("nsr", "psr", "w_reinforce"):  # one rollout per prompt is fine for them
+        assert load_config(None, [f"advantage.estimator={absolute}", "rollout.group_size=1"]).rollout.group_size == 1
+
+
 def test_every_error_is_reported():
     message = _error(["rollout.max_new_tokens=abc", "optim.lrr=1e-5"])
     assert "'rollout.max_new_tokens'" in message and "'optim.lrr'" in message
