@@ -169,6 +169,11 @@ class DataConfig(_Section):
     """Where prompts come from: a registered task (`data.task`), or files (`data.path`)."""
     task: str = "toy_strategy"
     """The registered task (source: task); with files, the name the run's records use."""
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    """The registered task's dataset parameters, passed to its source for every split (training, evaluation,
+    probe, warm start), each checked by the task for its name and type; e.g. toy_strategy's
+    {reward: graded, hard_fraction: 0.0} (docs/algorithms.md section 6). Other values build a different
+    dataset (its own folder under data_dir); a change counts as a trajectory change on resume."""
     path: str | None = None
     """Files of the train split (source jsonl/parquet: a file, a glob, a gs:// URL; hf: a folder or Hub id)."""
     prompt_key: str = "prompt"
@@ -263,8 +268,8 @@ class RewardConfig(_Section):
     """A function that raises or returns a non-number / wrong-length list: raise (stop with the row) or zero."""
     correct_from: str = "total"
     """What "correct" means (pass@k, boundary sets, sign filters): total (the weighted total >=
-    advantage.correct_threshold) or a function's name (its value >= the threshold). The verifier path
-    keeps its own rule: correct iff the verifier scores 1."""
+    advantage.correct_threshold) or a function's name (its value >= the threshold). On the verifier path
+    correct means the verifier's own score (the format reward left out) >= the threshold."""
 
     @model_validator(mode="after")
     def _functions_fit(self) -> RewardConfig:
@@ -444,6 +449,11 @@ class Config(_Section):
             raise ValueError("data.path is set but data.source is task: set data.source=jsonl|parquet|hf")
         if not files and self.eval.path:
             raise ValueError("eval.path is for file sources: set data.source=jsonl|parquet|hf, or drop eval.path")
+        if files and self.data.task_args:
+            raise ValueError(
+                f"data.task_args are a registered task's dataset parameters; data.source={self.data.source.value} "
+                "reads files, which take none: drop data.task_args"
+            )
         return self
 
     @model_validator(mode="after")
