@@ -71,8 +71,9 @@ class StdMode(str, enum.Enum):
 
 
 class LossDenominator(str, enum.Enum):
-    kept = "kept"
-    all = "all"
+    kept = "kept"  # NSR / PSR: only the rollouts they train on (incorrect / correct); others: all
+    all = "all"  # every rollout
+    nonzero = "nonzero"  # the rollouts whose advantage after the sign filter is non-zero (GRPO-N: negatives)
 
 
 class PolicyObjective(str, enum.Enum):
@@ -210,6 +211,11 @@ class DataConfig(_Section):
     """Where prompts come from: a registered task (`data.task`), or files (`data.path`)."""
     task: str = "toy_strategy"
     """The registered task (source: task); with files, the name the run's records use."""
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    """The registered task's dataset parameters, passed to its source for every split (training, evaluation,
+    probe, warm start), each checked by the task for its name and type; e.g. toy_strategy's
+    {reward: graded, hard_fraction: 0.0} (docs/algorithms.md section 6). Other values build a different
+    dataset (its own folder under data_dir); a change counts as a trajectory change on resume."""
     path: str | None = None
     """Files of the train split (source jsonl/parquet: a file, a glob, a gs:// URL; hf: a folder or Hub id)."""
     prompt_key: str = "prompt"
@@ -322,8 +328,8 @@ class RewardConfig(_Section):
     """A function that raises or returns a non-number / wrong-length list: raise (stop with the row) or zero."""
     correct_from: str = "total"
     """What "correct" means (pass@k, boundary sets, sign filters): total (the weighted total >=
-    advantage.correct_threshold) or a function's name (its value >= the threshold). The verifier path
-    keeps its own rule: correct iff the verifier scores 1."""
+    advantage.correct_threshold) or a function's name (its value >= the threshold). On the verifier path
+    correct means the verifier's own score (the format reward left out) >= the threshold."""
 
     @model_validator(mode="after")
     def _functions_fit(self) -> RewardConfig:
@@ -356,12 +362,17 @@ class AdvantageConfig(_Section):
     estimator: _mode(Estimator) = Estimator.grpo
     sign: _mode(SignFilter) = SignFilter.full
     std: _mode(StdMode) = StdMode.population
+    """GRPO's group std: population (divide by G) or unbiased (divide by G - 1: torch.std's default,
+    as in verl and Zhu et al.'s NSR code)."""
     eps: float = Field(default=1e-6, ge=0.0)
     w_lambda: float = Field(default=0.1, ge=0.0)
     """W-REINFORCE weight of positive samples (>= 0: a negative weight would push correct samples down)."""
     correct_threshold: float = 1.0
     """A reward >= this counts as correct (NSR/PSR/W-REINFORCE, metrics)."""
     loss_denominator: _mode(LossDenominator) = LossDenominator.kept
+    """Which rollouts' tokens (or sequences) the loss divides by (docs/algorithms.md section 2): kept
+    (NSR: incorrect, PSR: correct, others: all), all, or nonzero (advantage != 0 after the sign filter,
+    so GRPO-N divides by its negative tokens only)."""
 
 
 class LossConfig(_Section):
@@ -513,6 +524,25 @@ class Config(_Section):
             raise ValueError("data.path is set but data.source is task: set data.source=jsonl|parquet|hf")
         if not files and self.eval.path:
             raise ValueError("eval.path is for file sources: set data.source=jsonl|parquet|hf, or drop eval.path")
+        if files and self.data.task_args:
+            raise ValueError(
+                f"data.task_args are a registered task's dataset parameters; data.source={self.data.source.value} "
+                "reads files, which take none: drop data.task_args"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _group_size_fits(self) -> Config:
+        # Checked here, not only at the first step: with G = 1 GRPO / Dr.GRPO give 0 to every rollout,
+        # RLOO and the unbiased std divide by G - 1 = 0 (verl instead falls back to mean 0, std 1).
+        relative = (Estimator.grpo, Estimator.drgrpo, Estimator.rloo)
+        if self.rollout.group_size < 2 and self.advantage.estimator in relative:
+            unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
+            raise ValueError(
+                f"advantage.estimator={self.advantage.estimator.value} compares rollouts within a group and needs "
+                f"rollout.group_size >= 2, got {self.rollout.group_size}{unbiased}; sample more per prompt or use an "
+                "absolute estimator (nsr, psr, w_reinforce)"
+            )
         return self
 
     @model_validator(mode="after")

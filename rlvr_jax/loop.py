@@ -253,7 +253,7 @@ def step_context(
     """The compiled stages of one step, and what they read (`source`: the train split, opened by setup)."""
     tok = policy.tokenizer
     stop_ids = stop_token_ids(tok, policy.arch.eos_token_ids)
-    source = source if source is not None else task.source(cfg.data.split, cfg.data.data_dir, cfg.data.manual_dir)
+    source = source if source is not None else task.open_split(cfg.data.split, cfg.data)
     index, count = jax.process_index(), jax.process_count()
     prompts = PromptPipeline(source, cfg.data, tok, cfg.run.seed, index, count, task.example)
     sampling = SamplingSpec.from_config(cfg.rollout, stop_ids, int(tok.pad_token_id))
@@ -282,8 +282,8 @@ def open_sources(cfg: Config, task: Task) -> dict[str, Any]:
     the cheap checks of file rows (columns, templates) done before any expensive work."""
     data = cfg.data
     sources = {
-        "train": task.source(data.split, data.data_dir, data.manual_dir),
-        "eval": task.source(cfg.eval.split, data.data_dir, data.manual_dir),
+        "train": task.open_split(data.split, data),
+        "eval": task.open_split(cfg.eval.split, data),
     }
     if isinstance(task, FileTask):
         task.check(sources["train"], f"the {data.split} rows ({data.path or 'Python'})")

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 
 class Verifier(NamedTuple):
-    score: Callable[[str, str], float]  # (completion, gold) -> 1.0 correct, 0.0 not
+    score: Callable[[str, str], float]  # (completion, gold) -> score in [0, 1]; binary verifiers: 1.0 correct, 0.0 not
     has_format: Callable[[str], bool]  # completion -> the task's answer format is present
 
 
@@ -180,26 +180,39 @@ def _canonical_int(text: str) -> str:
     return "-" + digits if text.startswith("-") and digits != "0" else digits
 
 
-# Which strategies can solve an instance of each subset (docs/algorithms.md section 6): S2 always, S1 only
-# off the hard subset, S3 never.
-_SOLVES = {"easy": {"S1", "S2"}, "hard": {"S2"}}
+# S1's expected reward per sample in the toy's graded and bernoulli variants: Yao et al.'s r(a1) = 0.8 < r(a2) = 1.
+S1_EXPECTED_REWARD = 0.8
+# The reward of each strategy's right answer per gold subset (docs/algorithms.md section 6); a strategy
+# not listed earns 0. easy / hard (binary): S2 always, S1 only off the hard subset, S3 never. graded:
+# S1 earns 0.8 and S2 1.0 on every instance, S3 0.
+_REWARD = {
+    "easy": {"S1": 1.0, "S2": 1.0},
+    "hard": {"S2": 1.0},
+    "graded": {"S1": S1_EXPECTED_REWARD, "S2": 1.0},
+}
 
 
 def score_toy_strategy(completion: str, gold: str) -> float:
-    """1.0 iff the completion opens with a strategy token and the first integer after it is the answer.
+    """The completion's reward: it must open with a strategy token and the first integer after it must be
+    the answer (else 0); then 1.0, or what that strategy earns on the gold's subset.
 
     Gold is `"<answer>"` (the answer alone is scored) or `"<answer>|<subset>"`, which also requires a
-    strategy that can solve that instance (S1 fails on `hard`, S3 always). Without the subset, RL
-    can rewrite what follows `<S1>` to copy the right number (the answer is in the prompt) instead of
-    moving probability to S2; with it, the per-instance reward is exactly the bandit's three classes.
+    strategy that can solve that instance: `easy` S1 or S2 (1.0), `hard` S2 only (1.0), `graded` S1 0.8
+    and S2 1.0; S3 earns 0 everywhere. Without the subset, RL can rewrite what follows `<S1>` to copy the
+    right number (the answer is in the prompt) instead of moving probability to S2; with it, the
+    per-instance reward is exactly the bandit's three classes.
     """
     answer_text, _, subset = gold.strip().partition("|")
-    if not _INT.fullmatch(answer_text) or subset not in ("", *_SOLVES):
-        raise ValueError(f"toy_strategy gold must be an integer, optionally '|easy' or '|hard', got {gold!r}")
+    if not _INT.fullmatch(answer_text) or subset not in ("", *_REWARD):
+        raise ValueError(
+            f"toy_strategy gold must be an integer, optionally '|easy', '|hard' or '|graded', got {gold!r}"
+        )
     m = _STRATEGY.match(completion)
     answer = _INT.search(completion, m.end()) if m else None
     right = answer is not None and _canonical_int(answer.group()) == _canonical_int(answer_text)
-    return float(right and (not subset or m.group(1) in _SOLVES[subset]))
+    if not right:
+        return 0.0
+    return 1.0 if not subset else _REWARD[subset].get(m.group(1), 0.0)
 
 
 def starts_with_strategy(completion: str) -> bool:
