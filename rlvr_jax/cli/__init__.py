@@ -4,6 +4,7 @@ run.py       train, plot, export, plan
 evaluate.py  eval
 model.py     generate
 bandit.py    bandit
+sweep.py     sweep
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rlvr_jax.cli import bandit, evaluate, model, run
+from rlvr_jax.cli import bandit, evaluate, model, run, sweep
 from rlvr_jax.cli.run import DEFAULT_CONFIG
 
 # name -> (add its parser, run it)
@@ -25,6 +26,7 @@ COMMANDS = {
     "plan": (run.add_plan_parser, run.run_plan),
     "import-gguf": (model.add_import_gguf_parser, model.run_import_gguf),
     "bandit": (bandit.add_bandit_parser, bandit.run_bandit),
+    "sweep": (sweep.add_sweep_parser, sweep.run_sweep),
 }
 
 __all__ = ["COMMANDS", "DEFAULT_CONFIG", "main"]

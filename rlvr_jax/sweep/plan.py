@@ -1,0 +1,119 @@
+"""Each run's overrides, the base policies the runs share and the datasets they read, all resolved up front.
+
+Every run's config is loaded and validated here, so a misspelt override stops the sweep before any work.
+A run whose config warm-starts (warmstart.enabled and no model.path) gets a prebuilt base policy instead:
+`model.path=<OUT/base_policy/KEY/policy> warmstart.enabled=false`, exactly how the tests start runs
+from a prebuilt policy. KEY is the warm-start fingerprint (rlvr_jax/warmstart.py: settings, arch, seed,
+lengths) with the task, so runs whose warm-start settings agree share one folder. Its seed is
+`warmstart.seed` (else the config's run.seed) for every seed of the study, or the run's own seed with
+vary_base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from rlvr_jax.config import Config, load_config
+from rlvr_jax.sweep.spec import Combo, Study
+from rlvr_jax.warmstart import fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A dataset or base policy, built by one `python -m rlvr_jax.sweep.prepare` process before the runs."""
+
+    key: str
+    overrides: tuple[str, ...]  # load_config(study.config, overrides) is the config it is built from
+    folder: Path  # the base policy's folder, or the data dir
+    data_dir: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    combo: Combo
+    seed: int
+    run_dir: Path
+    overrides: tuple[str, ...]  # everything after `rlvr-jax train --config C --run-dir D`
+    steps: int
+    base: Prepared | None
+    data: Prepared
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    study: Study
+    runs: tuple[RunPlan, ...]
+    bases: tuple[Prepared, ...]
+    datasets: tuple[Prepared, ...]
+
+
+def make_plan(study: Study) -> Plan:
+    """Runs in seed-major order (every combination of seed 0, then of seed 1, ...), so a sweep stopped
+    half-way has the same number of seeds in every combination."""
+    out = study.out.absolute()
+    runs, bases, datasets = [], {}, {}
+    for seed in study.seeds:
+        for combo in study.combos:
+            run = _plan_run(study, out, combo, seed)
+            if run.base is not None:
+                bases.setdefault(run.base.key, run.base)
+            datasets.setdefault(run.data.key, run.data)
+            runs.append(run)
+    return Plan(study, tuple(runs), tuple(bases.values()), tuple(datasets.values()))
+
+
+def _plan_run(study: Study, out: Path, combo: Combo, seed: int) -> RunPlan:
+    # The progress bar goes first so a user override can bring it back; the seed and the base go last.
+    chosen = ("logging.progress_bar=false", *study.overrides, *combo.overrides)
+    cfg = load_config(study.config, chosen)
+    extra = [f"run.seed={seed}"]
+    base = None
+    if cfg.warmstart.enabled and not cfg.model.path:
+        base = _base(study, out, chosen, cfg, seed)
+        extra += [f"warmstart.seed={_base_seed(study, cfg, seed)}", "warmstart.enabled=false", "model.arch={}"]
+        extra += [f"model.path={base.folder}"]
+    if cfg.data.data_dir is None:
+        extra.append(f"data.data_dir={out / 'datasets'}")
+    overrides = (*chosen, *extra)
+    final = load_config(study.config, overrides)  # validates every run before any work starts
+    data = _data(out, final, overrides)
+    run_dir = out / "runs" / combo.folder / f"seed{seed}"
+    return RunPlan(combo, seed, run_dir, overrides, final.run.steps, base, data)
+
+
+def _base_seed(study: Study, cfg: Config, seed: int) -> int:
+    if study.vary_base:
+        return seed
+    return cfg.run.seed if cfg.warmstart.seed is None else cfg.warmstart.seed
+
+
+def _base(study: Study, out: Path, chosen: tuple[str, ...], cfg: Config, seed: int) -> Prepared:
+    overrides = (*chosen, f"warmstart.seed={_base_seed(study, cfg, seed)}")
+    cfg = load_config(study.config, overrides)
+    key = f"seed{_base_seed(study, cfg, seed)}-{_digest({'task': cfg.data.task, **fingerprint(cfg)})}"
+    # Each base builds its warm-start traces into a data dir of its own: TFDS cannot build one
+    # dataset from two processes at once, and bases are built in parallel.
+    return Prepared(key, overrides, out / "base_policy" / key / "policy", out / "base_policy" / key / "datasets")
+
+
+def _data(out: Path, cfg: Config, overrides: tuple[str, ...]) -> Prepared:
+    """The datasets a run reads (train and evaluation splits), built once before runs start in parallel."""
+    what = {"data": cfg.data.model_dump(mode="json"), "eval": [cfg.eval.split, cfg.eval.path]}
+    data_dir = Path(cfg.data.data_dir)
+    return Prepared(_digest(what), overrides, data_dir, data_dir)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def is_done(run: RunPlan) -> bool:
+    """A run is done when its summary.json says it trained run.steps steps."""
+    path = run.run_dir / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("steps") == run.steps
+    except (OSError, ValueError):
+        return False
