@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from rlvr_jax import cli
+from rlvr_jax.cli import sweep as sweep_cli
 from rlvr_jax.cli.sweep import add_sweep_parser, study_from_args
-from rlvr_jax.config import load_config
+from rlvr_jax.config import load_config, save_config
 from rlvr_jax.sweep import figures, spec, stats, table
-from rlvr_jax.sweep.plan import make_plan
-from rlvr_jax.sweep.runner import Runner, child_env, cpu_count
+from rlvr_jax.sweep import runner as runner_mod
+from rlvr_jax.sweep.plan import FAILED, failure, make_plan, stale, vary_base_seed
+from rlvr_jax.sweep.runner import Runner, child_env, cpu_count, cpu_slots, run_all
 from rlvr_jax.warmstart import fingerprint
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -157,10 +159,13 @@ def test_the_runs_share_one_base_policy_per_warm_start_setting(tmp_path):
     assert len(plan.bases) == 2 and all(r.base is None for r in plan.runs if r.combo == model)
 
 
-def test_vary_base_warm_starts_each_seed_with_its_own_seed(tmp_path):
+def test_vary_base_warm_starts_each_seed_with_its_own_trace_streams(tmp_path):
     plan = make_plan(_study(tmp_path, seeds=(3, 4), vary_base=True))
-    assert [b.key.split("-")[0] for b in plan.bases] == ["seed3", "seed4"]
-    assert {(_config(r).run.seed, _config(r).warmstart.seed) for r in plan.runs} == {(3, 3), (4, 4)}
+    # Warm-start seed s draws trace streams s and s + 1: seed k gets 2k, so no two bases share a stream.
+    assert [b.key.split("-")[0] for b in plan.bases] == ["seed6", "seed8"]
+    assert {(_config(r).run.seed, _config(r).warmstart.seed) for r in plan.runs} == {(3, 6), (4, 8)}
+    streams = [{s, s + 1} for s in (vary_base_seed(k) for k in range(16))]
+    assert all(not a & b for i, a in enumerate(streams) for b in streams[i + 1 :])
 
 
 def test_warmstart_seed_defaults_to_run_seed():
@@ -207,7 +212,7 @@ def test_the_table_from_run_folders(tmp_path):
     assert full["entropy"]["n"] == 0 and neg["entropy"]["mean"] == pytest.approx(0.2)
     assert neg["stage2"]["reached"] == 0 and neg["complete"] == 3 and neg["onset_step"]["n"] == 0
     markdown = table.to_markdown(result, "rlvr-jax sweep ...")
-    assert "7 of 8 runs complete (missing: neg seed 3)" in markdown and "RL-seed variance" in markdown
+    assert "7 of 8 runs complete (not run or not finished: neg seed 3)" in markdown and "RL-seed variance" in markdown
     assert "| full | 4/4 | 0.75 [0.30, 0.95] (3/4) | 60 [40, 80] | 0.930 ± 0.026 | 0.500 ± 0.000 |" in markdown
     assert "| pass@4 | pass@4 hard | entropy |" in markdown and "n/a |\n| neg | 3/4 |" in markdown
     assert "0.200 ± 0.100 |\n" in markdown  # the entropy of the runs that report it
@@ -293,3 +298,97 @@ def test_the_runner_reports_status_and_cpu_time_and_stops_its_children(tmp_path)
     assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache")
     single = max(1, cpu_count() // 2) == 1
     assert ("--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]) == single and "device_count=8" in env["XLA_FLAGS"]
+
+
+def test_cpu_slots_are_disjoint_and_a_pinned_process_sees_only_its_own(tmp_path):
+    assert cpu_slots(2, [0, 1]) == [[0], [1]]
+    assert cpu_slots(2, [0, 1, 2, 3, 5]) == [[0, 1], [2, 3]]
+    assert cpu_slots(3, [4, 7]) == [[4], [7], [4]]  # more jobs than CPUs: shared round-robin
+    (tmp_path / "affinity.py").write_text("import os, sys\nprint(sorted(os.sched_getaffinity(0)))\nsys.exit(3)\n")
+    runner = Runner(2, tmp_path, log=lambda _: None)
+    runner.env["PYTHONPATH"] = str(tmp_path)
+    command = [sys.executable, "-m", "affinity"]
+    logs = [tmp_path / f"{i}.log" for i in range(2)]
+    tasks = [(str(i), lambda i=i: runner_mod._timed(str(i), lambda: runner.call(command, logs[i]))) for i in range(2)]
+    outcomes = runner.map(tasks)
+    assert [o.code for o in outcomes] == [3, 3]  # the exit status comes through the pinning wrapper
+    seen = [json.loads(log.read_text().splitlines()[-1]) for log in logs]
+    assert sorted(seen) == sorted(cpu_slots(2))  # each process on its slot's CPUs, no two on one
+
+
+def _fake_train(done_seeds, steps):
+    """train_command's stand-in: seeds in done_seeds write summary.json, the others fail with one line."""
+
+    def command(plan, run):
+        if run.seed in done_seeds:
+            code = (
+                f"import json; open({str(run.run_dir / 'summary.json')!r}, 'w').write(json.dumps({{'steps': {steps}}}))"
+            )
+        else:
+            code = "import sys; print('rlvr-jax train: invalid config: something named'); sys.exit(2)"
+        return [sys.executable, "-c", code]
+
+    return command
+
+
+def test_a_failed_run_is_reported_not_dropped(tmp_path, monkeypatch, capsys):
+    combos = (spec.Combo("a", ()), spec.Combo("lr", ("warmstart.lr=0.02",)))
+    plan = make_plan(_study(tmp_path, seeds=(0, 1), combos=combos))
+    built, unbuilt = plan.bases  # the second base "failed to build": no warmstart.json
+    built.folder.mkdir(parents=True)
+    (built.folder / "warmstart.json").write_text("{}")
+    unbuilt.folder.parent.mkdir(parents=True)
+    (unbuilt.folder.parent / "build.log").write_text("boom\n")
+    monkeypatch.setattr(runner_mod, "train_command", _fake_train({0}, plan.runs[0].steps))
+    runner = Runner(1, tmp_path, log=lambda _: None)
+    outcomes = {o.label: o.status for o in run_all(runner, plan)}
+    assert outcomes == {"a seed 0": "done", "a seed 1": "failed", "lr seed 0": "failed", "lr seed 1": "failed"}
+    result = table.summarize(plan, ["hard"])
+    failed = {f["run"]: f for f in result["failed"]}
+    assert sorted(failed) == ["a seed 1", "lr seed 0", "lr seed 1"] and result["complete"] == 1
+    assert failed["a seed 1"]["exit_status"] == 2
+    assert (
+        failed["a seed 1"]["why"]
+        == "rlvr-jax train exited with status 2 (rlvr-jax train: invalid config: something named)"
+    )
+    assert failed["lr seed 0"]["why"].startswith(f"its base policy {unbuilt.key} did not build")
+    a, lr = result["combos"]
+    assert (a["complete"], a["failed"], lr["failed"]) == (1, 1, 2)
+    # The one complete run's summary has no stage detector output: unknown, not "did not reach stage 2".
+    assert a["stage2"]["n"] == 0 and a["stage2"]["fraction"] is None
+    markdown = table.to_markdown(result)
+    assert "1 of 4 runs complete, 3 failed." in markdown and "Failed runs are not in the statistics" in markdown
+    assert "- **failed**: a seed 1: rlvr-jax train exited with status 2" in markdown
+    assert "| a | 1/2 (1 failed) | n/a |" in markdown
+    capsys.readouterr()
+    assert sweep_cli.outcome_status(result) == 1
+    out = capsys.readouterr().out
+    assert "failed: lr seed 1: its base policy" in out and out.endswith(
+        "rlvr-jax sweep: 1 of 4 runs complete, 3 failed; the same command retries what is not complete\n"
+    )
+    # A retry that succeeds clears the failure.
+    monkeypatch.setattr(runner_mod, "train_command", _fake_train({0, 1}, plan.runs[0].steps))
+    run_all(runner, plan)
+    assert failure(plan.runs[2]) is None and not (plan.runs[2].run_dir / FAILED).exists()
+    assert sweep_cli.outcome_status(table.summarize(plan, ["hard"])) == 1  # the lr runs still have no base
+
+
+def test_a_run_folder_trained_with_another_config_stops_the_sweep(tmp_path):
+    study = _study(tmp_path, seeds=(0,))
+    plan = make_plan(study)
+    run = plan.runs[0]
+    assert stale(study, run) == []  # nothing there yet
+    run.run_dir.mkdir(parents=True)
+    save_config(
+        load_config(study.config, run.overrides + ("run.steps=7", "logging.probe_every=3")), run.run_dir / "config.yaml"
+    )
+    assert stale(study, run) == []  # the step budget and logging do not change the table's numbers
+    save_config(
+        load_config(study.config, run.overrides + ("advantage.sign=positive_only",)), run.run_dir / "config.yaml"
+    )
+    assert stale(study, run) == ["advantage.sign: 'positive_only' -> 'full'"]
+    with pytest.raises(
+        SystemExit,
+        match=r"seed0 holds a run trained with another config \(advantage.sign: 'positive_only' -> 'full'\); give the study another --out",
+    ):
+        sweep_cli.check_not_stale(plan)

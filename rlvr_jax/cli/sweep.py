@@ -104,6 +104,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         plan = make_plan(study)
     except (SweepSpecError, ConfigError) as err:
         raise SystemExit(f"rlvr-jax sweep: {err}") from None
+    check_not_stale(plan)
     command = study_command(study, *(["--stage2", args.stage2] if args.stage2 != "auto" else []))
     write_study_file(plan, command)
     if args.dry_run:
@@ -112,13 +113,44 @@ def run_sweep(args: argparse.Namespace) -> int:
     from rlvr_jax.sweep.runner import Stopped
 
     try:
-        failed = 0 if args.report else execute(plan, args.jobs or study.jobs)
+        if not args.report:
+            execute(plan, args.jobs or study.jobs)
     except (KeyboardInterrupt, Stopped):
         report(plan, args.stage2, command)
         print("sweep stopped; the same command continues it")
         return 130
-    report(plan, args.stage2, command)
-    return 1 if failed else 0
+    table = report(plan, args.stage2, command)
+    return 0 if args.report else outcome_status(table)
+
+
+def outcome_status(table: dict) -> int:
+    """0 when every planned run is complete; else 1, with the failed runs (and their logs) and the count of
+    the others named last, so a failure is never only a line scrolled past."""
+    if table["complete"] == table["planned"]:
+        return 0
+    for failed in table["failed"]:
+        print(f"failed: {failed['run']}: {failed['why']}; see {failed['log']}")
+    others = table["planned"] - table["complete"] - len(table["failed"])
+    print(
+        f"rlvr-jax sweep: {table['complete']} of {table['planned']} runs complete, {len(table['failed'])} failed"
+        + (f", {others} not finished" if others else "")
+        + "; the same command retries what is not complete"
+    )
+    return 1
+
+
+def check_not_stale(plan: Plan) -> None:
+    """Stop before any work when a run folder holds a run trained with another config."""
+    from rlvr_jax.sweep.plan import stale
+
+    for run in plan.runs:
+        changes = stale(plan.study, run)
+        if changes:
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise SystemExit(
+                f"rlvr-jax sweep: {run.run_dir} holds a run trained with another config ({changes[0]}{more}); "
+                "give the study another --out, or delete that folder to rerun it"
+            )
 
 
 def write_study_file(plan: Plan, command: str) -> None:
@@ -148,9 +180,9 @@ def print_plan(plan: Plan) -> None:
         print("  " + shlex.join(train_command(plan, run)))
 
 
-def execute(plan: Plan, jobs: int | None) -> int:
-    """Datasets, base policies, runs; returns the number of failures (a stop by signal re-raises once the
-    running processes have saved and exited)."""
+def execute(plan: Plan, jobs: int | None) -> None:
+    """Datasets, base policies, runs (a stop by signal re-raises once the running processes have saved and
+    exited). Failures are in the run folders (sweep_failed.json) and reach the table."""
     from rlvr_jax.sweep.runner import Runner, build_bases, default_jobs, prepare_data, run_all, stop_children_on_signal
 
     runner = Runner(jobs or default_jobs(), plan.study.out.absolute())
@@ -158,12 +190,15 @@ def execute(plan: Plan, jobs: int | None) -> int:
     with stop_children_on_signal(runner):
         bad = [o for o in prepare_data(runner, plan) if o.status != "done"]
         if bad:
-            raise SystemExit(f"rlvr-jax sweep: building the datasets failed; see {bad[0].log}")
-        outcomes = build_bases(runner, plan) + run_all(runner, plan)
-    return sum(o.status == "failed" for o in outcomes)
+            from rlvr_jax.sweep.runner import last_line
+
+            why = last_line(bad[0].log) if bad[0].log else ""
+            raise SystemExit(f"rlvr-jax sweep: building the datasets failed ({why or bad[0].status}); see {bad[0].log}")
+        build_bases(runner, plan)
+        run_all(runner, plan)
 
 
-def report(plan: Plan, stage2: str, command: str) -> None:
+def report(plan: Plan, stage2: str, command: str) -> dict:
     from rlvr_jax.storage import write_text_atomic
     from rlvr_jax.sweep.figures import draw
     from rlvr_jax.sweep.table import summarize, to_markdown
@@ -177,6 +212,7 @@ def report(plan: Plan, stage2: str, command: str) -> None:
     figures = draw(table, out / "figures")
     print(markdown)
     print("\n".join(["written:", str(out / "table.md"), str(out / "table.json"), *map(str, figures)]))
+    return table
 
 
 def headline_subsets(plan: Plan) -> list[str] | None:

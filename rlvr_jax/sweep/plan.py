@@ -5,8 +5,8 @@ A run whose config warm-starts (warmstart.enabled and no model.path) gets a preb
 `model.path=<OUT/base_policy/KEY/policy> warmstart.enabled=false`, exactly how the tests start runs
 from a prebuilt policy. KEY is the warm-start fingerprint (rlvr_jax/warmstart.py: settings, arch, seed,
 lengths) with the task, so runs whose warm-start settings agree share one folder. Its seed is
-`warmstart.seed` (else the config's run.seed) for every seed of the study, or the run's own seed with
-vary_base.
+`warmstart.seed` (else the config's run.seed) for every seed of the study, or 2k for seed k with
+vary_base (vary_base_seed: the warm start draws two trace streams, seeds s and s + 1).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from rlvr_jax.config import Config, load_config
+import yaml
+
+from rlvr_jax.config import Config, ConfigChanges, load_config
 from rlvr_jax.sweep.spec import Combo, Study
 from rlvr_jax.warmstart import fingerprint
 
@@ -84,9 +86,16 @@ def _plan_run(study: Study, out: Path, combo: Combo, seed: int) -> RunPlan:
     return RunPlan(combo, seed, run_dir, overrides, final.run.steps, base, data)
 
 
+def vary_base_seed(seed: int) -> int:
+    """The warm-start seed of study seed k with vary_base: 2k. The toy's warm start draws its choice traces
+    with seed s and its execution traces with seed s + 1 (rlvr_jax/warmstart.py), so warm-start seeds k and
+    k + 1 would share a trace stream; 2k and 2k + 2 share none, and the base policies are independent."""
+    return 2 * seed
+
+
 def _base_seed(study: Study, cfg: Config, seed: int) -> int:
     if study.vary_base:
-        return seed
+        return vary_base_seed(seed)
     return cfg.run.seed if cfg.warmstart.seed is None else cfg.warmstart.seed
 
 
@@ -110,6 +119,26 @@ def _digest(value: object) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+# Settings that do not change a run's numbers in the table: a finished run with other values still counts.
+NOT_IN_THE_RESULT = ("run.steps", "run.name", "run.run_dir", "logging.", "checkpoint.", "mesh.", "reward.workers")
+
+
+def stale(study: Study, run: RunPlan) -> list[str]:
+    """How the config a run folder was trained with differs from the planned one (`key: old -> new`);
+    empty when it matches or the folder holds no run. A sweep whose combination or overrides changed
+    under the same --out would otherwise count old runs as new results (or fail to resume them)."""
+    saved_path = run.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        return [f"{saved_path} does not read ({err})"]
+    changes = ConfigChanges.between(saved, load_config(study.config, run.overrides))
+    lines = changes.state + changes.trajectory + changes.harmless
+    return sorted(line for line in lines if not line.split(":", 1)[0].startswith(NOT_IN_THE_RESULT))
+
+
 def is_done(run: RunPlan) -> bool:
     """A run is done when its summary.json says it trained run.steps steps."""
     path = run.run_dir / "summary.json"
@@ -117,3 +146,20 @@ def is_done(run: RunPlan) -> bool:
         return json.loads(path.read_text()).get("steps") == run.steps
     except (OSError, ValueError):
         return False
+
+
+FAILED = "sweep_failed.json"  # in a run folder: the last attempt failed (why, exit status, log)
+
+
+def mark_failed(run: RunPlan, why: str, log_path: Path, code: int | None = None) -> None:
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"why": why, "exit_status": code, "log": str(log_path)}
+    (run.run_dir / FAILED).write_text(json.dumps(record) + "\n")
+
+
+def failure(run: RunPlan) -> dict | None:
+    """The failure record of a run's last attempt (None: it did not fail, or was not run)."""
+    try:
+        return json.loads((run.run_dir / FAILED).read_text())
+    except (OSError, ValueError):
+        return None

@@ -13,6 +13,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,25 +23,42 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from rlvr_jax.sweep.plan import Plan, Prepared, RunPlan, is_done
+from rlvr_jax.sweep.plan import FAILED, Plan, Prepared, RunPlan, is_done, mark_failed
 
-# One process per core, each told to use one thread: measured on this 2-core machine (docs/sweep.md),
-# two such runs side by side finish sooner than the same two runs one after the other with 2 threads each.
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# XLA's CPU backend has no "N threads" flag: single-threaded Eigen is the one switch it has.
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
+
+
+def cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask; all CPUs where the OS has no masks)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return len(cpus())
 
 
 def default_jobs() -> int:
     return cpu_count()
 
 
+def cpu_slots(jobs: int, available: Sequence[int] | None = None) -> list[list[int]]:
+    """The CPUs of each of `jobs` slots: disjoint blocks of cpus() // jobs CPUs (one CPU per slot, shared
+    round-robin, when there are more jobs than CPUs). A process started in a slot is pinned to its CPUs."""
+    available = list(cpus() if available is None else available)
+    if jobs >= len(available):
+        return [[available[i % len(available)]] for i in range(jobs)]
+    width = len(available) // jobs
+    return [available[i * width : (i + 1) * width] for i in range(jobs)]
+
+
 def child_env(jobs: int, cache_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of each run: the cores shared out, so `jobs` processes do not fight for them, and
-    one persistent XLA cache, so the runs after the first load the compiled steps (all runs of a study
-    compile the same programs; a loaded executable is the one a compile would produce)."""
+    """The environment of each run: thread pools sized to its slot's CPUs, so `jobs` processes do not
+    fight for the cores (the slot's affinity mask bounds them anyway: XLA and the BLAS libraries size
+    their pools by it), and one persistent XLA cache, so the runs after the first load the compiled
+    steps (all runs of a study compile the same programs)."""
     env = dict(os.environ if base is None else base)
     if "JAX_COMPILATION_CACHE_DIR" not in env:
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
@@ -47,9 +66,17 @@ def child_env(jobs: int, cache_dir: Path, base: dict[str, str] | None = None) ->
     threads = max(1, cpu_count() // jobs)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
-    if threads == 1:  # XLA's CPU backend has no "N threads" flag: single-threaded is the one switch
+    if threads == 1 and SINGLE_THREAD_XLA not in env.get("XLA_FLAGS", ""):
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
     return env
+
+
+def pinned(command: Sequence[str], cpu_list: Sequence[int]) -> list[str]:
+    """`command` (a `python -m MODULE ...` line) started under an affinity mask of `cpu_list`, set before
+    the module is imported, so every thread it starts (XLA's pools, reward workers) inherits it."""
+    if not hasattr(os, "sched_setaffinity") or command[:2] != [sys.executable, "-m"]:
+        return list(command)
+    return [sys.executable, "-m", "rlvr_jax.sweep.pin", ",".join(map(str, cpu_list)), *command[2:]]
 
 
 @dataclasses.dataclass
@@ -59,6 +86,7 @@ class Outcome:
     seconds: float
     cpu_seconds: float  # the process's user + system time, its reaped children (reward workers) included
     log: Path | None = None
+    code: int | None = None  # the exit status (negative: the signal that ended it)
 
 
 class Runner:
@@ -67,6 +95,9 @@ class Runner:
     def __init__(self, jobs: int, out: Path, log: Callable[[str], None] = print):
         self.jobs = jobs
         self.env = child_env(jobs, out / "xla_cache")
+        self.slots: queue.SimpleQueue[list[int]] = queue.SimpleQueue()  # at most `jobs` processes hold one
+        for slot in cpu_slots(jobs):
+            self.slots.put(slot)
         self.timings = out / "timings.jsonl"  # every process's wall and CPU time, with the jobs it ran among
         self.log = log
         self.live: set[subprocess.Popen] = set()
@@ -76,19 +107,22 @@ class Runner:
     def call(self, command: Sequence[str], log_path: Path) -> tuple[int, float]:
         """(exit status, CPU seconds) of `command`, its output appended to `log_path`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        slot = self.slots.get()  # never waits: `map` runs at most `jobs` calls at once
         with log_path.open("ab") as sink:
-            sink.write(f"\n$ {' '.join(command)}\n".encode())
+            sink.write(f"\n$ {shlex.join(command)}\n".encode())
             sink.flush()
             with self.changed:
                 if self.stopping:
+                    self.slots.put(slot)
                     return -signal.SIGTERM, 0.0
-                proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=self.env)
+                proc = subprocess.Popen(pinned(command, slot), stdout=sink, stderr=subprocess.STDOUT, env=self.env)
                 self.live.add(proc)
             try:
                 _, status, usage = os.wait4(proc.pid, 0)  # wait4: the child's CPU time, which Popen.wait drops
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 return proc.returncode, usage.ru_utime + usage.ru_stime
             finally:
+                self.slots.put(slot)
                 with self.changed:
                     self.live.discard(proc)
                     self.changed.notify_all()
@@ -134,6 +168,17 @@ class Runner:
         return [outcomes[i] for i in sorted(outcomes)]
 
 
+def last_line(log_path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log (a failed command's one-line error, or its exception)."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
@@ -171,11 +216,25 @@ def _build_base(runner: Runner, plan: Plan, base: Prepared) -> Outcome:
 
 
 def run_all(runner: Runner, plan: Plan) -> list[Outcome]:
-    """Every run not done yet (those of a base policy that failed to build are left out)."""
-    failed = {b.key for b in plan.bases if not (b.folder / "warmstart.json").is_file()}
-    todo = [r for r in plan.runs if not is_done(r) and (r.base is None or r.base.key not in failed)]
-    runner.log(f"runs: {len(plan.runs) - len(todo)} of {len(plan.runs)} already done, {len(todo)} to run")
-    return runner.map([(label(r), lambda r=r: _train(runner, plan, r)) for r in todo])
+    """Every run not done yet. A run whose base policy failed to build is not started: it is marked
+    failed, naming the base policy's log, so the table and the exit status count it."""
+    failed_bases = {b.key for b in plan.bases if not (b.folder / "warmstart.json").is_file()}
+    todo, outcomes = [], []
+    for run in plan.runs:
+        if is_done(run):
+            continue
+        if run.base is not None and run.base.key in failed_bases:
+            log_path = run.base.folder.parent / "build.log"
+            mark_failed(run, f"its base policy {run.base.key} did not build", log_path)
+            outcomes.append(Outcome(label(run), "failed", 0.0, 0.0, log_path))
+        else:
+            todo.append(run)
+    done = len(plan.runs) - len(todo) - len(outcomes)
+    runner.log(
+        f"runs: {done} of {len(plan.runs)} already done, {len(todo)} to run"
+        + (f", {len(outcomes)} without a base policy (failed)" if outcomes else "")
+    )
+    return outcomes + runner.map([(label(r), lambda r=r: _train(runner, plan, r)) for r in todo])
 
 
 def label(run: RunPlan) -> str:
@@ -190,9 +249,13 @@ def train_command(plan: Plan, run: RunPlan) -> list[str]:
 
 def _train(runner: Runner, plan: Plan, run: RunPlan) -> Outcome:
     log_path = run.run_dir / "train.log"
+    (run.run_dir / FAILED).unlink(missing_ok=True)  # a new attempt
     outcome = _timed(label(run), lambda: runner.call(train_command(plan, run), log_path))
     if outcome.status == "done" and not is_done(run):
         outcome.status = "stopped"  # exited 0 after saving a checkpoint: the next sweep resumes it
+    if outcome.status == "failed":
+        why = f"rlvr-jax train exited with status {outcome.code}"
+        mark_failed(run, why + (f" ({last})" if (last := last_line(log_path)) else ""), log_path, outcome.code)
     return dataclasses.replace(outcome, log=log_path)
 
 
@@ -200,7 +263,7 @@ def _timed(name: str, fn: Callable[[], tuple[int, float]]) -> Outcome:
     start = time.perf_counter()
     code, cpu = fn()
     status = "done" if code == 0 else "stopped" if code in (-signal.SIGTERM, -signal.SIGINT) else "failed"
-    return Outcome(name, status, time.perf_counter() - start, cpu)
+    return Outcome(name, status, time.perf_counter() - start, cpu, code=code)
 
 
 class Stopped(Exception):

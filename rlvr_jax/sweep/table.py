@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rlvr_jax.sweep.plan import Plan, RunPlan, is_done
+from rlvr_jax.sweep.plan import Plan, RunPlan, failure, is_done
 from rlvr_jax.sweep.spec import _ranges
 from rlvr_jax.sweep.stats import mean_sd, median_range, wilson
 
@@ -67,7 +67,7 @@ def run_record(run: RunPlan, subsets: Sequence[str] | None) -> dict[str, Any]:
     """A run's numbers (complete runs only; an incomplete one is listed as missing)."""
     record: dict[str, Any] = {"combo": run.combo.name, "seed": run.seed, "run_dir": str(run.run_dir)}
     if not is_done(run):
-        return {**record, "complete": False}
+        return {**record, "complete": False, "failed": failure(run)}
     summary = json.loads((run.run_dir / "summary.json").read_text())
     final = summary.get("final", {})
     k = largest_k(final)
@@ -76,6 +76,7 @@ def run_record(run: RunPlan, subsets: Sequence[str] | None) -> dict[str, Any]:
     return {
         **record,
         "complete": True,
+        "failed": None,
         "steps": summary.get("steps"),
         "seconds": summary.get("seconds_this_session"),
         "stages": {
@@ -102,7 +103,8 @@ def summarize(plan: Plan, subsets: Sequence[str] | None = None, source: str = "a
     complete = [r for r in records if r["complete"]]
     source = choose_source([r["_summary"] for r in complete], source)
     for r in complete:
-        reached, step = stage2(r.pop("_summary"), source) or (False, None)
+        # None: the run's summary lacks this detector's output (no probe, or an older run): unknown, not "no".
+        reached, step = stage2(r.pop("_summary"), source) or (None, None)
         r["stage2"] = {"reached": reached, "onset_step": step}
     names = subsets if subsets is not None else sorted({s for r in complete for s in r["accuracy"]})
     rows = [
@@ -116,6 +118,9 @@ def summarize(plan: Plan, subsets: Sequence[str] | None = None, source: str = "a
         "complete": len(complete),
         "planned": len(records),
         "missing": [f"{r['combo']} seed {r['seed']}" for r in records if not r["complete"]],
+        "failed": [
+            {"run": f"{r['combo']} seed {r['seed']}", **r["failed"]} for r in records if r["failed"] is not None
+        ],
         "combos": rows,
         "runs": records,
     }
@@ -123,18 +128,20 @@ def summarize(plan: Plan, subsets: Sequence[str] | None = None, source: str = "a
 
 def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets: Sequence[str]) -> dict[str, Any]:
     done = [r for r in records if r["complete"]]
-    reached = [r for r in done if r["stage2"]["reached"]]
-    interval = wilson(len(reached), len(done))
+    known = [r for r in done if r["stage2"]["reached"] is not None]
+    reached = [r for r in known if r["stage2"]["reached"]]
+    interval = wilson(len(reached), len(known))
     ks = {r["k"] for r in done if r["k"] is not None}
     return {
         "combo": name,
         "overrides": list(overrides),
         "planned": len(records),
         "complete": len(done),
+        "failed": sum(r["failed"] is not None for r in records),
         "stage2": {
             "reached": len(reached),
-            "n": len(done),
-            "fraction": len(reached) / len(done) if done else None,
+            "n": len(known),  # complete runs whose summary has the detector's output
+            "fraction": len(reached) / len(known) if known else None,
             "wilson95": list(interval) if interval else None,
         },
         "onset_step": median_range(
@@ -189,11 +196,14 @@ def _mean_sd(stat: dict[str, Any], total: int) -> str:
     return text + ("" if stat["n"] == total else f" (n={stat['n']})")
 
 
-def _fraction(s2: dict[str, Any]) -> str:
+def _fraction(s2: dict[str, Any], complete: int) -> str:
     if not s2["n"]:
         return "n/a"
     lo, hi = s2["wilson95"]
-    return f"{s2['fraction']:.2f} [{lo:.2f}, {hi:.2f}] ({s2['reached']}/{s2['n']})"
+    unknown = complete - s2["n"]
+    return f"{s2['fraction']:.2f} [{lo:.2f}, {hi:.2f}] ({s2['reached']}/{s2['n']})" + (
+        f" ({unknown} unknown)" if unknown else ""
+    )
 
 
 def _onset(onset: dict[str, Any]) -> str:
@@ -203,10 +213,16 @@ def _onset(onset: dict[str, Any]) -> str:
 
 
 def _missing(table: dict[str, Any], shown: int = 8) -> str:
-    missing = table["missing"]
+    failed = {f["run"] for f in table["failed"]}
+    missing = [m for m in table["missing"] if m not in failed]
     if not missing:
         return ""
-    return f" (missing: {', '.join(missing[:shown])}{', ...' if len(missing) > shown else ''})"
+    return f" (not run or not finished: {', '.join(missing[:shown])}{', ...' if len(missing) > shown else ''})"
+
+
+def failed_lines(table: dict[str, Any]) -> list[str]:
+    """One line per failed run: what failed and the log to read (they are not in the statistics)."""
+    return [f"- **failed**: {f['run']}: {f['why']}; see `{f['log']}`" for f in table["failed"]]
 
 
 def _base_line(study: dict[str, Any]) -> str:
@@ -233,11 +249,15 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
         f"## Study `{study['name']}`",
         "",
         f"Config `{study['config']}`{overrides}; seeds {seed_ranges(study['seeds'])} ({len(study['seeds'])}); "
-        f"{len(table['combos'])} combinations; {table['complete']} of {table['planned']} runs complete{_missing(table)}.",
+        f"{len(table['combos'])} combinations; {table['complete']} of {table['planned']} runs complete"
+        + (f", {len(table['failed'])} failed" if table["failed"] else "")
+        + f"{_missing(table)}.",
+        *(["", "Failed runs are not in the statistics below:", *failed_lines(table)] if table["failed"] else []),
         "",
         _base_line(study),
         "",
-        f"Stage 2: {table['stage2_rule']}. Fraction of complete runs reaching it with a Wilson 95 % interval; "
+        f"Stage 2: {table['stage2_rule']}. Fraction of complete runs reaching it with a Wilson 95 % interval "
+        "(runs whose summary lacks the detector's output count as unknown, not as not reached); "
         "onset step median [min, max] over the runs that reached it; the other columns are the final evaluation "
         "(held-out) as mean ± sd (sample sd) over the complete runs; entropy: the probe's `probe/entropy` at the end.",
     ]
@@ -248,7 +268,8 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["combos"]:
         n = row["complete"]
-        cells = [row["combo"], f"{n}/{row['planned']}", _fraction(row["stage2"]), _onset(row["onset_step"])]
+        runs = f"{n}/{row['planned']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        cells = [row["combo"], runs, _fraction(row["stage2"], n), _onset(row["onset_step"])]
         cells += [_mean_sd(row["reward"], n)] + [_mean_sd(row["accuracy"][s], n) for s in subsets]
         cells += [_mean_sd(row["pass_at_k"], n)] + [_mean_sd(row["pass_at_k_subsets"][s], n) for s in subsets]
         cells += [_mean_sd(row["entropy"], n)]
