@@ -7,4 +7,5 @@ stats.py    Wilson interval, mean / sd, median / range
 table.py    per-run numbers from the run folders, the per-combination table (Markdown + JSON)
 figures.py  pi(class) bands over seeds, the stage-2 fractions with their intervals
 prepare.py  the subprocess that builds a dataset or a base policy
+pin.py      starts a process pinned to its slot of CPUs
 """
