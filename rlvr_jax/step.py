@@ -76,7 +76,7 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     logp_ref = ctx.reference(rollout) if ctx.reference else None  # dispatched now: runs while the host scores
     host = local_tree(rollout)  # this process's rollouts on the host (waits for the sampler)
     sampled = time.perf_counter() - start
-    texts, scored = score(ctx, host, batch)
+    texts, scored = score(ctx, host, batch, step)
     rewards, correct = group_rewards(ctx, scored)
     adv, weight, adv_unfiltered = ctx.advantages(rewards, correct)
     train_batch = to_train_batch(rollout, adv, weight, logp_ref, adv_unfiltered)
@@ -91,21 +91,23 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     return state, StepRecord(step + 1, device_metrics, host_metrics, index, host, texts, scored.rewards, prompts)
 
 
-def score(ctx: StepContext, host: Rollout, batch: StepBatch) -> tuple[list[str], RewardResult]:
+def score(ctx: StepContext, host: Rollout, batch: StepBatch, step: int = 0) -> tuple[list[str], RewardResult]:
     """The reward stage: this process decodes and scores only the rollouts it holds (`host`)."""
     texts = decode_completions(ctx.tokenizer, host.tokens, host.lengths, ctx.stop_ids)
-    result = ctx.pool.score(texts, samples(ctx.task, batch.examples, ctx.cfg.rollout.group_size))
+    draw = ("train", ctx.cfg.run.seed, step)
+    result = ctx.pool.score(texts, samples(ctx.task, batch.examples, ctx.cfg.rollout.group_size, draw))
     adv_lib.check_rewards(result.rewards.reshape(-1, ctx.cfg.rollout.group_size))
     return texts, result
 
 
-def samples(task: Task, examples: list[dict[str, Any]], group_size: int) -> list[Sample]:
-    """What the reward functions see of each rollout's example (row b*G + g belongs to example b)."""
+def samples(task: Task, examples: list[dict[str, Any]], group_size: int, draw: tuple = ()) -> list[Sample]:
+    """What the reward functions see of each rollout's example (row b*G + g belongs to example b); the
+    gold of each sample from `task.targets` (`draw`: the sampling round, for per-sample random rewards)."""
     out = []
     for e in examples:
         prompt = e["messages"] if e.get("chat") else e["prompt"]
-        sample = Sample(prompt, task.target(e), e.get("columns", {}))
-        out += [sample] * group_size
+        columns = e.get("columns", {})
+        out += [Sample(prompt, gold, columns) for gold in task.targets(e, group_size, draw)]
     return out
 
 
