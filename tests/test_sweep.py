@@ -392,3 +392,40 @@ def test_a_run_folder_trained_with_another_config_stops_the_sweep(tmp_path):
         match=r"seed0 holds a run trained with another config \(advantage.sign: 'positive_only' -> 'full'\); give the study another --out",
     ):
         sweep_cli.check_not_stale(plan)
+
+
+SWEEP_ERRORS = [
+    (["--seeds", "0-1", "--jobs", "0"], "--jobs / jobs must be a positive integer (processes at once), got 0"),
+    (["--seeds", "a"], "--seeds / seeds: 'a' is neither a seed nor a range such as 0-15"),
+    (["--seeds", "0", "--combo", "X=advantage.sign=bogus"], "combination 'X' (advantage.sign=bogus): invalid config:"),
+    (["--seeds", "0", "advantage.nope=1"], "invalid config: unknown config key 'advantage.nope'"),
+    (["--seeds", "0", "--combo", "advantage.sign=full"], "--combo 'advantage.sign=full': write NAME=section.key=value"),
+    (["--seeds", "0", "--grid", "sign=full"], "--grid 'sign=full': write section.key=value1,value2"),
+    (["--seeds", "0", "nosuch.yaml"], "sweep file nosuch.yaml does not exist (an argument without '=' is read as"),
+]
+
+
+@pytest.mark.parametrize("argv, says", SWEEP_ERRORS, ids=[" ".join(c[0]) for c in SWEEP_ERRORS])
+def test_a_bad_sweep_is_one_line_with_status_2_before_any_work(capsys, tmp_path, argv, says):
+    out = tmp_path / "study"
+    capsys.readouterr()
+    with pytest.raises(cli.UserError) as stop:
+        cli.main(["sweep", "--config", "toy_strategy", "--out", str(out), *argv])
+    line = str(stop.value)
+    assert stop.value.code == 2 and "\n" not in line and line.startswith("rlvr-jax sweep: ")
+    assert says in line and capsys.readouterr().err == line + "\n"
+    assert not out.exists()  # nothing written, nothing built
+
+
+def test_an_unwritable_out_and_a_missing_config_are_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for argv, says in (
+        (["--config", "toy_strategy", "--seeds", "0", "--out", str(blocker / "x"), "--dry-run"], "--out "),
+        (["--config", "nosuch", "--seeds", "0", "--out", str(tmp_path / "s")], "config file nosuch does not exist"),
+        (["--seeds", "0", "--out", str(tmp_path / "s")], "missing --config (on the command line or in the sweep file)"),
+    ):
+        with pytest.raises(cli.UserError) as stop:
+            cli.main(["sweep", *argv])
+        assert stop.value.code == 2 and says in str(stop.value) and "\n" not in str(stop.value)
+    assert "cannot create the study folder" in capsys.readouterr().err

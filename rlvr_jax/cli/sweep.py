@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -113,8 +114,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from rlvr_jax.sweep.runner import Stopped
 
     try:
-        if not args.report:
-            execute(plan, args.jobs or study.jobs)
+        if not args.report and not execute(plan, args.jobs or study.jobs):
+            return 1
     except (KeyboardInterrupt, Stopped):
         report(plan, args.stage2, command)
         print("sweep stopped; the same command continues it")
@@ -157,7 +158,13 @@ def write_study_file(plan: Plan, command: str) -> None:
     from rlvr_jax.storage import write_text_atomic
 
     out = plan.study.out.absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(
+            f"rlvr-jax sweep: --out {plan.study.out}: cannot create the study folder ({err.strerror or err}); "
+            "choose a writable folder"
+        ) from None
     record = {
         "command": command,
         "runs": [
@@ -180,22 +187,35 @@ def print_plan(plan: Plan) -> None:
         print("  " + shlex.join(train_command(plan, run)))
 
 
-def execute(plan: Plan, jobs: int | None) -> None:
+def execute(plan: Plan, jobs: int | None) -> bool:
     """Datasets, base policies, runs (a stop by signal re-raises once the running processes have saved and
-    exited). Failures are in the run folders (sweep_failed.json) and reach the table."""
-    from rlvr_jax.sweep.runner import Runner, build_bases, default_jobs, prepare_data, run_all, stop_children_on_signal
+    exited). Failures are in the run folders (sweep_failed.json) and reach the table. False: the datasets
+    did not build, so nothing ran."""
+    from rlvr_jax.sweep.runner import (
+        Runner,
+        build_bases,
+        default_jobs,
+        last_line,
+        prepare_data,
+        run_all,
+        stop_children_on_signal,
+    )
 
     runner = Runner(jobs or default_jobs(), plan.study.out.absolute())
     print(f"sweep {plan.study.name}: {len(plan.runs)} runs, {len(plan.bases)} base policies, {runner.jobs} at once")
     with stop_children_on_signal(runner):
         bad = [o for o in prepare_data(runner, plan) if o.status != "done"]
         if bad:
-            from rlvr_jax.sweep.runner import last_line
-
+            # Not a one-line user error (status 2): the build's own error is in its log, and may be a fault of ours.
             why = last_line(bad[0].log) if bad[0].log else ""
-            raise SystemExit(f"rlvr-jax sweep: building the datasets failed ({why or bad[0].status}); see {bad[0].log}")
+            print(
+                f"rlvr-jax sweep: building the datasets failed ({why or bad[0].status}); see {bad[0].log}",
+                file=sys.stderr,
+            )
+            return False
         build_bases(runner, plan)
         run_all(runner, plan)
+    return True
 
 
 def report(plan: Plan, stage2: str, command: str) -> dict:

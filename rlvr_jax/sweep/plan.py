@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from rlvr_jax.config import Config, ConfigChanges, load_config
+from rlvr_jax.config import Config, ConfigChanges, ConfigError, load_config
 from rlvr_jax.sweep.spec import Combo, Study
 from rlvr_jax.warmstart import fingerprint
 
@@ -56,10 +56,16 @@ def make_plan(study: Study) -> Plan:
     """Runs in seed-major order (every combination of seed 0, then of seed 1, ...), so a sweep stopped
     half-way has the same number of seeds in every combination."""
     out = study.out.absolute()
+    load_config(study.config, study.overrides)  # the study's own overrides first: their error names no combination
     runs, bases, datasets = [], {}, {}
     for seed in study.seeds:
         for combo in study.combos:
-            run = _plan_run(study, out, combo, seed)
+            try:
+                run = _plan_run(study, out, combo, seed)
+            except ConfigError as err:
+                if not combo.overrides:
+                    raise
+                raise ConfigError(f"combination {combo.name!r} ({' '.join(combo.overrides)}): {err}") from None
             if run.base is not None:
                 bases.setdefault(run.base.key, run.base)
             datasets.setdefault(run.data.key, run.data)

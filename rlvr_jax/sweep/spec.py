@@ -55,7 +55,7 @@ class Study:
 def parse_seeds(spec: str | int | Sequence[int]) -> tuple[int, ...]:
     """`0-15`, `0,1,2`, `0-3,8`, an int or a list of ints -> the seeds in order, without repeats."""
     if isinstance(spec, bool):
-        raise SweepSpecError(f"seeds: expected a range such as 0-15 or a list, got {spec!r}")
+        raise SweepSpecError(f"--seeds / seeds: expected a range such as 0-15 or a list, got {spec!r}")
     if isinstance(spec, int):
         return (spec,)
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -63,7 +63,7 @@ def parse_seeds(spec: str | int | Sequence[int]) -> tuple[int, ...]:
     for part in parts:
         seeds += _seed_part(part)
     if not seeds:
-        raise SweepSpecError("seeds: none given (write e.g. --seeds 0-15 or --seeds 0,1,2)")
+        raise SweepSpecError("--seeds / seeds: none given (write e.g. --seeds 0-15 or --seeds 0,1,2)")
     return tuple(dict.fromkeys(seeds))
 
 
@@ -72,10 +72,10 @@ def _seed_part(part: Any) -> list[int]:
         return [part]
     match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(part))
     if not match:
-        raise SweepSpecError(f"seeds: {part!r} is neither a seed nor a range such as 0-15")
+        raise SweepSpecError(f"--seeds / seeds: {part!r} is neither a seed nor a range such as 0-15")
     low, high = int(match[1]), int(match[2] or match[1])
     if high < low:
-        raise SweepSpecError(f"seeds: range {part!r} is empty (write low-high)")
+        raise SweepSpecError(f"--seeds / seeds: range {part!r} is empty (write low-high)")
     return list(range(low, high + 1))
 
 
@@ -153,7 +153,9 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """A sweep YAML file as the command line's fields: overrides, grid axes and combos as lists of strings."""
     path = Path(path)
     if not path.is_file():
-        raise SweepSpecError(f"sweep file {path} does not exist")
+        raise SweepSpecError(
+            f"sweep file {path} does not exist (an argument without '=' is read as a sweep file; overrides are key=value)"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -209,7 +211,7 @@ def make_study(file_fields: Mapping[str, Any], cli: Mapping[str, Any]) -> Study:
     named = [parse_combo(t) for t in [*file_fields.get("combos", []), *cli.get("combos", [])]]
     jobs = pick("jobs")
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
-        raise SweepSpecError(f"jobs must be a positive integer, got {jobs!r}")
+        raise SweepSpecError(f"--jobs / jobs must be a positive integer (processes at once), got {jobs!r}")
     return Study(
         config=str(pick("config")),
         seeds=parse_seeds(pick("seeds")),
