@@ -265,6 +265,9 @@ class WarmstartConfig(_Section):
     prior: list[float] = Field(default_factory=lambda: [0.30, 0.02, 0.68])
     """Strategy prior of the traces (S1, S2, S3): three probabilities summing to 1."""
     traces: int = Field(default=4096, ge=1)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    """Seed of the warm start (initial weights, traces, batch order); None: run.seed. A study that varies
+    only the RL seed fixes it, so all its runs share one base policy (`rlvr-jax sweep`, docs/sweep.md)."""
 
     @model_validator(mode="after")
     def _prior_is_a_distribution(self) -> WarmstartConfig:

@@ -31,12 +31,19 @@ from rlvr_jax.update import init_train_state, jit_step
 END_OF_TURN = "<|im_end|>"
 
 
-def _fingerprint(cfg: Config) -> dict:
+def warmstart_seed(cfg: Config) -> int:
+    """The warm start's seed: warmstart.seed, else run.seed (so a plain run keeps its bits)."""
+    return cfg.run.seed if cfg.warmstart.seed is None else cfg.warmstart.seed
+
+
+def fingerprint(cfg: Config) -> dict:
+    """Everything the base policy depends on; a cached folder with another fingerprint is rebuilt."""
     out = {
         "recipe": 3,
-        "warmstart": cfg.warmstart.model_dump(mode="json"),
+        # The seed is recorded once, as used: the same base from warmstart.seed=k or run.seed=k keeps its cache.
+        "warmstart": cfg.warmstart.model_dump(mode="json", exclude={"seed"}),
         "arch": cfg.model.arch,
-        "seed": cfg.run.seed,
+        "seed": warmstart_seed(cfg),
         "max_prompt_len": cfg.data.max_prompt_len,
         "max_new_tokens": cfg.rollout.max_new_tokens,
     }
@@ -50,7 +57,7 @@ def build_base_policy(
 ) -> Path:
     """Return an HF folder with the warm-started policy and its tokenizer (reused when cached)."""
     record = out_dir / "warmstart.json"
-    cached = record.is_file() and json.loads(record.read_text()).get("fingerprint") == _fingerprint(cfg)
+    cached = record.is_file() and json.loads(record.read_text()).get("fingerprint") == fingerprint(cfg)
     if all(allgather_objects(cached)):  # every host must take the same branch
         log(f"warm start: reusing the base policy in {out_dir}")
         return out_dir
@@ -66,7 +73,7 @@ def build_base_policy(
     sync("rlvr_jax_warmstart_tokenizer")
     tok = load_tokenizer(tmp)
     arch = _toy_arch(cfg, tok)
-    graphdef, params = init_params(arch, mesh, TRAIN_RULES, purpose_key(cfg.run.seed, "init"))
+    graphdef, params = init_params(arch, mesh, TRAIN_RULES, purpose_key(warmstart_seed(cfg), "init"))
     data = _training_data(cfg, tok, data_dir)
     traces = data.tokens
     spec = SFTSpec(steps=cfg.warmstart.steps, batch_size=cfg.warmstart.batch_size, lr=cfg.warmstart.lr)
@@ -76,12 +83,12 @@ def build_base_policy(
     step = jit_step(lambda s, b: sft_step(s, b, graphdef, tx), state, mesh, TRAIN_RULES)
     losses = []
     for k in range(spec.steps):
-        state, metrics = step(state, batch_rows(data, k, spec.batch_size, cfg.run.seed))
+        state, metrics = step(state, batch_rows(data, k, spec.batch_size, warmstart_seed(cfg)))
         losses.append(metrics["sft/loss"])
     final_loss = float(np.mean(jax.device_get(losses[-10:])))
     save_pretrained(tmp, arch, state.params, tok, write=writes)
     info = {
-        "fingerprint": _fingerprint(cfg),
+        "fingerprint": fingerprint(cfg),
         "final_loss": final_loss,
         "traces": len(traces),
         "seconds": round(time.perf_counter() - start, 2),
@@ -106,8 +113,9 @@ def _training_data(cfg: Config, tok, data_dir: Path) -> TrainBatch:
     strategy would not actually solve the hard subset.
 
     Choice traces are drawn on the run's own instances (data.task_args, e.g. the graded or tie variant's
-    a == b prompts); their prior, count and seed come from warmstart.* and run.seed. Execution traces
-    keep half hard (binary) instances whatever the variant, since only a != b shows S1 and S2 apart."""
+    a == b prompts); their prior, count and seed come from warmstart.* (the seed: warmstart.seed, else
+    run.seed). Execution traces keep half hard (binary) instances whatever the variant, since only a != b
+    shows S1 and S2 apart."""
 
     def encode(prior: tuple[float, ...], seed: int, **params: Any) -> TrainBatch:
         traces = warmstart_examples(data_dir, prior=prior, warmstart_size=cfg.warmstart.traces, seed=seed, **params)
@@ -121,11 +129,13 @@ def _training_data(cfg: Config, tok, data_dir: Path) -> TrainBatch:
             END_OF_TURN,
         )
 
-    # The toy task refuses prior and warmstart_size in task_args (warmstart.* owns them); the traces' seed is run.seed.
+    # The toy task refuses prior and warmstart_size in task_args (warmstart.* owns them); the traces' seed is
+    # the warm start's (warmstart.seed, else run.seed).
+    seed = warmstart_seed(cfg)
     variant = {k: v for k, v in cfg.data.task_args.items() if k != "seed"}
-    choice = encode(tuple(cfg.warmstart.prior), cfg.run.seed, **variant)
+    choice = encode(tuple(cfg.warmstart.prior), seed, **variant)
     # Half hard: S1 and S2 differ only there, so execution traces show the difference often.
-    execution = encode((1 / 3, 1 / 3, 1 / 3), cfg.run.seed + 1, hard_fraction=0.5)
+    execution = encode((1 / 3, 1 / 3, 1 / 3), seed + 1, hard_fraction=0.5)
     execution = execution.replace(mask=execution.mask.copy())
     execution.mask[:, 0] = 0
     return jax.tree.map(lambda a, b: np.concatenate([a, b]), choice, execution)

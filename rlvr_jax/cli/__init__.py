@@ -4,6 +4,7 @@ run.py       train, plot, export, plan
 evaluate.py  eval
 model.py     generate, import-gguf
 bandit.py    bandit
+sweep.py     sweep
 
 Errors: a fault in what the user gave (config, files, flags, model folders, data) ends the command with
 one line on stderr, `rlvr-jax <command>: <message>`, and exit status 2 (argparse's status for bad
@@ -22,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from rlvr_jax.cli import bandit, evaluate, model, run
+from rlvr_jax.cli import bandit, evaluate, model, run, sweep
 from rlvr_jax.cli.run import DEFAULT_CONFIG
 
 # name -> (add its parser, run it)
@@ -35,6 +36,7 @@ COMMANDS = {
     "plan": (run.add_plan_parser, run.run_plan),
     "import-gguf": (model.add_import_gguf_parser, model.run_import_gguf),
     "bandit": (bandit.add_bandit_parser, bandit.run_bandit),
+    "sweep": (sweep.add_sweep_parser, sweep.run_sweep),
 }
 USER_ERROR_STATUS = 2
 
