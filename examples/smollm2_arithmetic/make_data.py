@@ -6,8 +6,9 @@
 Deterministic (random.Random(seed)); the test problems never appear in the train set. Each JSON line:
 {"id", "question", "answer", "op", "digits"} - `digits` (1-3, the larger operand's) is the subset
 reported per pass@k. The test set mixes 1-3 digits evenly; the train set draws from --train-digits
-(default 1 and 2, about half each: there are only 361 distinct 1-digit problems; SmolLM2-135M never solves a 3-digit problem at temperature 1, so such a group is all
-zeros and gives GRPO no gradient, only rollout cost; the 3-digit test subset then measures transfer).
+(default 1 and 2, about half each: there are only 361 distinct 1-digit problems). SmolLM2-135M never
+solves a 3-digit problem at temperature 1, so such a group is all zeros and gives GRPO no gradient,
+only rollout cost; the 3-digit test subset then measures transfer.
 """
 
 from __future__ import annotations
@@ -44,9 +45,7 @@ def draw(rng: random.Random, count: int, choices: tuple[int, ...], seen: set[str
     return rows
 
 
-def generate(
-    train: int, test: int, seed: int, train_digits: tuple[int, ...] = (1, 2)
-) -> tuple[list[dict], list[dict]]:
+def generate(train: int, test: int, seed: int, train_digits: tuple[int, ...] = (1, 2)) -> tuple[list[dict], list[dict]]:
     rng, seen = random.Random(seed), set()
     test_rows = [{"id": f"test/{i}", **r} for i, r in enumerate(draw(rng, test, (1, 2, 3), seen))]
     train_rows = [{"id": f"train/{i}", **r} for i, r in enumerate(draw(rng, train, train_digits, seen))]
