@@ -664,7 +664,11 @@ class ConfigChanges:
         # A key added since the checkpoint was written counts as its default there: a newer rlvr-jax
         # resumes an older run unless the new key is set to something else.
         defaults = flatten(Config().model_dump(mode="json"))
-        old = {**{k: v for k, v in defaults.items() if k not in flatten(saved)}, **flatten(saved)}
+        known = flatten(saved)
+        # An empty default mapping (model.arch: {}) flattens to one key; a saved non-empty one to its
+        # leaves (model.arch.hidden_size, ...): the key is there, not new.
+        added = {k: v for k, v in defaults.items() if k not in known and not any(s.startswith(k + ".") for s in known)}
+        old = {**added, **known}
         new = flatten(cfg.model_dump(mode="json"))
         lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
         for key in sorted(old.keys() | new.keys()):
