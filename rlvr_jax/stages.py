@@ -25,7 +25,9 @@ import numpy as np
 
 def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
     """Steps with a probe reading and each named class's probability (rest excluded)."""
-    names = sorted({k[len("probe/pi_") :] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
+    # probe/pi_<class> only: per-subset keys (probe/pi_<class>/<subset>) are not classes of their own
+    keys = {k for r in rows for k in r if k.startswith("probe/pi_") and k.count("/") == 1}
+    names = sorted({k[len("probe/pi_") :] for k in keys} - {"rest"})
     probed = [r for r in rows if all(isinstance(r.get(f"probe/pi_{n}"), (int, float)) for n in names)] if names else []
     return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
 

@@ -22,7 +22,7 @@ def format_eval(name: str, values: dict[str, float], task: Task) -> str:
             k for k in values if k.startswith("eval/pass@") and k.endswith(suffix) and k.count("/") == 1 + bool(suffix)
         ]
         keys += [k for k in ks if not k.startswith("eval/pass@1/") and k != "eval/pass@1"][-1:]
-    keys += [k for k in values if k.startswith("probe/pi_") and k != "probe/pi_rest"]
+    keys += [k for k in values if k.startswith("probe/pi_") and k != "probe/pi_rest" and k.count("/") == 1]
     shown = ", ".join(f"{k.split('/', 1)[1]}={values[k]:.3f}" for k in keys if k in values)
     return f"{name}: {shown}"
 
