@@ -224,7 +224,9 @@ def probe_arrays(spec: ProbeSpec, cfg: Config, task: Any, tok: Any) -> ProbeArra
     for c, row in enumerate(ids):
         class_ids[c, : len(row)] = row
     subsets = sorted({it.subset for it in items if it.subset})
-    in_subset = np.asarray([[it.subset == s for it in items] for s in subsets], np.float32).reshape(len(subsets), -1)
+    in_subset = np.zeros((len(subsets), len(items)), np.float32)  # S may be 0: no per-subset keys
+    for s, name in enumerate(subsets):
+        in_subset[s] = [it.subset == name for it in items]
     texts = [
         render_prompt(tok, it.prompt, cfg.data.chat_template, cfg.data.plain_template) + it.response_prefix
         for it in items

@@ -161,6 +161,16 @@ def test_probe_statistics_by_hand(setup):
     h = np.array([-(q * np.log(q)).sum() for q in p])
     assert got["entropy"] == pytest.approx(h.mean(), rel=1e-5)
     np.testing.assert_allclose(got["entropy_subset"], [(h[0] + h[1]) / 2, h[2]], rtol=1e-5)
+    # A probe without subsets: the same overall values, empty per-subset arrays.
+    none = jax.device_get(
+        probe_statistics(
+            nnx.merge(graphdef, params),
+            PromptBatch(tokens, mask, jnp.arange(3)),
+            *map(jnp.asarray, (member, applies, class_ids, np.zeros((0, 3), np.float32))),
+        )
+    )
+    assert none["pi_subset"].shape == (0, 3) and none["entropy_subset"].shape == (0,)
+    np.testing.assert_array_equal(none["pi"], got["pi"])
     # The probe's mass part is class_probabilities, value for value.
     mass_only = class_probabilities(
         nnx.merge(graphdef, params), PromptBatch(tokens, mask, jnp.arange(3)), jnp.asarray(member), jnp.asarray(applies)

@@ -52,6 +52,15 @@ def test_items_and_per_item_classes(tmp_path, tiny_tokenizer_dir):
     assert text.endswith("Answer:")
 
 
+def test_a_probe_without_subsets_logs_overall_keys_only(tmp_path, tiny_tokenizer_dir):
+    from rlvr_jax.tokenizer import load_tokenizer
+
+    path = tmp_path / "probe.yaml"
+    path.write_text("classes: {x: ['a']}\nprompts: [{prompt: 'p'}, {prompt: 'q'}]\n")
+    arrays = probe_arrays(load_probe_file(path), load_config(None), TOY, load_tokenizer(tiny_tokenizer_dir))
+    assert arrays.subsets == [] and arrays.in_subset.shape == (0, 2)
+
+
 def test_jsonl_items(tmp_path, tiny_tokenizer_dir):
     path = tmp_path / "probe.jsonl"
     path.write_text(
