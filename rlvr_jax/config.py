@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import itertools
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -292,6 +293,44 @@ class RewardConfig(_Section):
         return self
 
 
+ONSET = "onset"  # a schedule phase that starts when the online stage detector fires (rlvr_jax/stages.py)
+_PHASE_KEYS = ("at", "delay", "sign", "estimator")
+
+
+class SchedulePhase(_Section):
+    """One phase of advantage.schedule: from step `at` on, these settings replace the advantage's own."""
+
+    at: int | str
+    """A step count (the phase is in force from the step after that many steps are done; 0: from the
+    start), or "onset": from the probe step at which the online stage detector fires (+ delay)."""
+    delay: int = Field(default=0, ge=0)
+    """With at: onset, start this many steps after the onset."""
+    sign: _mode(SignFilter) | None = None
+    estimator: _mode(Estimator) | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        # One plain message instead of pydantic's per-union-member errors, naming the valid keys.
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"a phase is a mapping such as {{at: 50, sign: negative_only}}, got {raw!r}")
+        unknown = sorted(set(raw) - set(_PHASE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown phase key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(_PHASE_KEYS)}")
+        at = raw.get("at")
+        if not ((isinstance(at, int) and not isinstance(at, bool) and at >= 0) or at == ONSET):
+            raise ValueError(f"at must be a step number >= 0 or {ONSET!r}, got {at!r}")
+        return raw
+
+    @model_validator(mode="after")
+    def _fits(self) -> SchedulePhase:
+        if self.sign is None and self.estimator is None:
+            raise ValueError(f"the phase at {self.at!r} changes nothing: give sign and/or estimator")
+        if self.delay and self.at != ONSET:
+            raise ValueError(f"delay is for at: {ONSET} (the phase at {self.at!r} is already a step number)")
+        return self
+
+
 class AdvantageConfig(_Section):
     estimator: _mode(Estimator) = Estimator.grpo
     sign: _mode(SignFilter) = SignFilter.full
@@ -302,6 +341,31 @@ class AdvantageConfig(_Section):
     correct_threshold: float = 1.0
     """A reward >= this counts as correct (NSR/PSR/W-REINFORCE, metrics)."""
     loss_denominator: _mode(LossDenominator) = LossDenominator.kept
+    # A tuple (lists in YAML convert), so the section stays hashable for jit's static arguments.
+    schedule: Annotated[tuple[SchedulePhase, ...], Strict(False)] = ()
+    """Phases that switch `sign` and/or `estimator` during training, e.g. [{at: onset, sign: negative_only}]
+    or [{at: 50, estimator: nsr}]; each overrides the settings it names from its start on, and the others
+    carry over from the previous phase. Order: step phases by increasing `at`, then onset phases by
+    increasing `delay` (docs/algorithms.md section 2)."""
+
+    @model_validator(mode="after")
+    def _schedule_in_order(self) -> AdvantageConfig:
+        steps = [p.at for p in self.schedule if p.at != ONSET]
+        delays = [p.delay for p in self.schedule if p.at == ONSET]
+        first_onset = next((i for i, p in enumerate(self.schedule) if p.at == ONSET), len(self.schedule))
+        if any(p.at != ONSET for p in self.schedule[first_onset:]):
+            raise ValueError(
+                "schedule: step phases come before the onset phases (an onset's step is not known in advance)"
+            )
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"schedule: the step phases' `at` must increase, got {steps}")
+        if any(b <= a for a, b in itertools.pairwise(delays)):
+            raise ValueError(f"schedule: the onset phases' `delay` must increase, got {delays}")
+        return self
+
+    @property
+    def uses_onset(self) -> bool:
+        return any(p.at == ONSET for p in self.schedule)
 
 
 class LossConfig(_Section):
@@ -388,6 +452,13 @@ class LoggingConfig(_Section):
     text and W&B tables (0: never)."""
     rollouts_per_step: int = Field(default=4, ge=0)
     """Completions logged per such step: the first sample of each of the step's first N prompts (0: all)."""
+    stage_window: int = Field(default=2, ge=1)
+    """Online stage detector (rlvr_jax/stages.py OnlineDetector): the rare class must rise at each of the
+    last N probe points while the leader is lower than N probe points earlier."""
+    stage_rare_ratio: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """A class is rare if its base probability is below this times the base's largest class probability."""
+    stage_min_rise: float = Field(default=0.1, ge=0.0)
+    """The rare class's rise over the window must be at least this fraction of its value at the window's start."""
     progress_bar: bool = True
     block_each_step: bool = False
     """Wait for each update to finish before the step ends, so time/step_s and time/rollout_s split a step
@@ -438,6 +509,11 @@ class Config(_Section):
             raise ValueError("data.path is set but data.source is task: set data.source=jsonl|parquet|hf")
         if not files and self.eval.path:
             raise ValueError("eval.path is for file sources: set data.source=jsonl|parquet|hf, or drop eval.path")
+        if self.advantage.uses_onset and files and not self.logging.probe_file:
+            raise ValueError(
+                f"advantage.schedule: at: {ONSET} needs the probe the stage detector reads; a file dataset has "
+                "none of its own: set logging.probe_file"
+            )
         return self
 
     @property
@@ -637,6 +713,7 @@ HARMLESS_ON_RESUME = (
     "model.tokenizer",
     "model.remat",
 )
+STAGE_DETECTOR = ("logging.stage_", "logging.probe_")
 # Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
 STATE_DEFINING = ("model.arch", "model.param_dtype", "warmstart.", "optim.max_grad_norm")
 
@@ -674,9 +751,11 @@ class ConfigChanges:
         for key in sorted(old.keys() | new.keys()):
             if old.get(key, "<unset>") == new.get(key, "<unset>"):
                 continue
+            # The stage detector's settings decide when an onset phase starts: then they change the maths.
+            steers = key.startswith(STAGE_DETECTOR) and cfg.advantage.uses_onset
             kind = (
                 "harmless"
-                if key.startswith(HARMLESS_ON_RESUME)
+                if key.startswith(HARMLESS_ON_RESUME) and not steers
                 else "state"
                 if key.startswith(STATE_DEFINING)
                 else "trajectory"
