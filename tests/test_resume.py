@@ -347,7 +347,12 @@ def test_eval_reports_pass_at_k_and_boundary_sets(toy_base, uninterrupted, tmp_p
     assert (
         cli.main(["eval", "--run-dir", str(uninterrupted), *common, "--batch-problems", "5", "--out", str(again)]) == 0
     )
-    assert json.loads(again.read_text())["problems"] == report["problems"]
+    # (the same samples; each problem's entropy comes from logits computed in batches of another shape,
+    # equal to float32 rounding only)
+    rebatched = json.loads(again.read_text())["problems"]
+    entropy = [(p.pop("entropy"), q.pop("entropy")) for p, q in zip(rebatched, report["problems"], strict=True)]
+    assert rebatched == report["problems"]
+    np.testing.assert_allclose(*zip(*entropy), rtol=1e-5)
     base = tmp_path / "base.json"
     capsys.readouterr()
     assert (
