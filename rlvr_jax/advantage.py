@@ -19,14 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlvr_jax.config import GROUP_RELATIVE as GROUP_RELATIVE
 from rlvr_jax.config import AdvantageConfig, Estimator, LossDenominator, SignFilter, StdMode
 
 Array = jax.Array
 
-# Estimators that compare a rollout with its group: with G = 1 there is nothing to compare with
-# (GRPO and Dr.GRPO give 0 for every rollout, RLOO divides by G - 1 = 0), so G = 1 is an error.
-# The absolute estimators (NSR, PSR, W-REINFORCE) score each rollout on its own: G = 1 is fine.
-GROUP_RELATIVE = frozenset({Estimator.grpo, Estimator.drgrpo, Estimator.rloo})
+# GROUP_RELATIVE (defined with the config, which refuses G = 1 for them at load): estimators that compare
+# a rollout with its group. With G = 1 there is nothing to compare with (GRPO and Dr.GRPO give 0 for every
+# rollout, RLOO divides by G - 1 = 0). The absolute estimators (NSR, PSR, W-REINFORCE) score each rollout
+# on its own: G = 1 is fine.
 
 
 # --- host-side check ------------------------------------------------------------------------------
@@ -133,15 +134,32 @@ _SIGN_FILTERS: dict[SignFilter, Callable[[Array], Array]] = {
 }
 
 
-def loss_weight(rewards: Array, cfg: AdvantageConfig, correct: Array | None = None) -> Array:
+def nonzero_weight(adv: Array) -> Array:
+    """f32[B, G]: w_i = 1[A_i != 0], A_i the advantage AFTER the sign filter (loss_denominator=nonzero).
+
+    Under GRPO-N the loss then divides by the tokens of the rollouts with a negative advantage only,
+    instead of by every token of the batch; zero-advantage rollouts (positives clipped away, all-equal
+    groups) leave the normaliser. A NaN advantage (non-finite rewards) keeps weight 1, so the NaN
+    still reaches the loss.
+    """
+    return (adv != 0.0).astype(adv.dtype)
+
+
+def loss_weight(rewards: Array, cfg: AdvantageConfig, correct: Array | None = None, adv: Array | None = None) -> Array:
     """f32[B, G]: 1 on the rollouts that count in the loss normaliser, else 0.
 
     NSR and PSR train on a subset of the batch (the paper drops the other rollouts), so with
     `loss_denominator=kept` their token mean divides by the kept rollouts only: NSR keeps the
     incorrect ones, PSR the correct ones. Every other estimator, and `loss_denominator=all`, keeps
     every rollout (a sign filter zeroes advantages but does not shrink the denominator).
+    `loss_denominator=nonzero` keeps the rollouts whose filtered advantage `adv` is non-zero
+    (`nonzero_weight`), which is how a sign filter shrinks the denominator.
     """
     ones = jnp.ones_like(rewards)
+    if cfg.loss_denominator == LossDenominator.nonzero:
+        if adv is None:
+            raise ValueError("loss_denominator=nonzero needs the filtered advantages (adv=...)")
+        return nonzero_weight(adv)
     if cfg.loss_denominator == LossDenominator.all:
         return ones
     correct = _correct(rewards, cfg.correct_threshold, correct)
@@ -175,7 +193,8 @@ def advantages(rewards: Array, cfg: AdvantageConfig, correct: Array | None = Non
     _check_shape(rewards, cfg)
     adv = _SIGN_FILTERS[cfg.sign](_ESTIMATORS[cfg.estimator](rewards, cfg, correct))
     finite = jnp.all(jnp.isfinite(rewards), axis=-1, keepdims=True)
-    return jnp.where(finite, adv, jnp.nan), loss_weight(rewards, cfg, correct)
+    adv = jnp.where(finite, adv, jnp.nan)
+    return adv, loss_weight(rewards, cfg, correct, adv)
 
 
 def group_stats(rewards: Array, threshold: float = 1.0, correct: Array | None = None) -> dict[str, Array]:

@@ -30,8 +30,11 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    # strict: "3" is not an int and 1.5 is not an int; extra=forbid: unknown keys are errors.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True)
+    # strict: "3" is not an int and 1.5 is not an int; extra=forbid: unknown keys are errors;
+    # allow_inf_nan=False: no setting means anything at .nan or .inf (lr=.nan would train on NaN).
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 def _mode(enum_type: type[enum.Enum]) -> Any:
@@ -53,6 +56,10 @@ class Estimator(str, enum.Enum):
     w_reinforce = "w_reinforce"
 
 
+# Estimators that compare a sample with the others of its group: a group of one has no baseline.
+GROUP_RELATIVE = frozenset({Estimator.grpo, Estimator.drgrpo, Estimator.rloo})
+
+
 class SignFilter(str, enum.Enum):
     full = "full"
     negative_only = "negative_only"
@@ -65,8 +72,9 @@ class StdMode(str, enum.Enum):
 
 
 class LossDenominator(str, enum.Enum):
-    kept = "kept"
-    all = "all"
+    kept = "kept"  # NSR / PSR: only the rollouts they train on (incorrect / correct); others: all
+    all = "all"  # every rollout
+    nonzero = "nonzero"  # the rollouts whose advantage after the sign filter is non-zero (GRPO-N: negatives)
 
 
 class PolicyObjective(str, enum.Enum):
@@ -111,8 +119,9 @@ class DistributedInit(str, enum.Enum):
 class RunConfig(_Section):
     name: str = "run"
     """Run name used in logs and the default run directory."""
-    seed: int = 0
-    """One seed, split by purpose (init, data, rollout, train) and folded with the step."""
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    """One seed, split by purpose (init, data, rollout, train) and folded with the step (0 <= seed < 2**63:
+    numpy's SeedSequence takes no negative numbers, jax.random.key no more than 64 bits)."""
     steps: int = Field(default=100, ge=0)
     """Number of RL steps (one rollout batch each)."""
     run_dir: str | None = None
@@ -132,6 +141,8 @@ class ModelConfig(_Section):
     """Recompute each decoder layer in the backward pass (saves activation memory)."""
     arch: dict[str, Any] = Field(default_factory=dict)
     """HF-style config.json fields for a random model when `path` is None."""
+    allow_nonfinite: bool = False
+    """Load weights holding NaN or inf (checked on device after loading; by default an error naming the tensor)."""
 
 
 class DistributedConfig(_Section):
@@ -139,8 +150,28 @@ class DistributedConfig(_Section):
     """When to call jax.distributed.initialize."""
     coordinator_address: str | None = None
     """host:port of process 0 (GPU clusters, tests); TPU VMs detect it."""
-    num_processes: int | None = None
-    process_id: int | None = None
+    num_processes: int | None = Field(default=None, ge=1)
+    process_id: int | None = Field(default=None, ge=0)
+    """This process's rank, 0 <= process_id < num_processes."""
+
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> DistributedConfig:
+        address = self.coordinator_address
+        if address is not None and not _HOST_PORT.fullmatch(address):
+            raise ValueError(
+                f"coordinator_address={address!r} must be host:port with a port in 1..65535, e.g. 10.0.0.2:8476"
+            )
+        if address is not None and not 0 < int(address.rpartition(":")[2]) < 65536:
+            raise ValueError(f"coordinator_address={address!r}: the port must be in 1..65535")
+        if self.num_processes is not None and self.process_id is not None and self.process_id >= self.num_processes:
+            raise ValueError(
+                f"process_id={self.process_id} must be below num_processes={self.num_processes} (ranks count from 0)"
+            )
+        return self
+
+
+# host:port, where host is a name, an IPv4 address or a bracketed IPv6 address.
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}")
 
 
 class MeshConfig(_Section):
@@ -154,6 +185,18 @@ class MeshConfig(_Section):
     """A parameter dimension that its mesh axes do not divide is replicated (and listed at startup);
     true makes that an error instead (a mis-sized mesh otherwise shows up later as out-of-memory)."""
     distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _axes_fit(self) -> MeshConfig:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        if bad := [f"{k}={v}" for k, v in sizes.items() if v == 0 or v < -1]:
+            raise ValueError(f"{', '.join(bad)}: a mesh axis size is a positive number of devices, or -1 (the rest)")
+        if len(rest := [k for k, v in sizes.items() if v == -1]) > 1:
+            raise ValueError(
+                f"{' and '.join(f'{k}=-1' for k in rest)}: at most one axis takes the devices left over; "
+                "give the others sizes"
+            )
+        return self
 
 
 class DataSource(str, enum.Enum):
@@ -169,6 +212,11 @@ class DataConfig(_Section):
     """Where prompts come from: a registered task (`data.task`), or files (`data.path`)."""
     task: str = "toy_strategy"
     """The registered task (source: task); with files, the name the run's records use."""
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    """The registered task's dataset parameters, passed to its source for every split (training, evaluation,
+    probe, warm start), each checked by the task for its name and type; e.g. toy_strategy's
+    {reward: graded, hard_fraction: 0.0} (docs/algorithms.md section 6). Other values build a different
+    dataset (its own folder under data_dir); a change counts as a trajectory change on resume."""
     path: str | None = None
     """Files of the train split (source jsonl/parquet: a file, a glob, a gs:// URL; hf: a folder or Hub id)."""
     prompt_key: str = "prompt"
@@ -199,6 +247,15 @@ class DataConfig(_Section):
     plain_template: str = "{prompt}"
     """Template used without a chat template; {prompt} is replaced by the problem text."""
 
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> DataConfig:
+        if "{prompt}" not in self.plain_template:  # without it every prompt would render to the same text
+            raise ValueError(
+                f"plain_template={self.plain_template!r} has no {{prompt}}: the problem text would be dropped; "
+                'write e.g. "Question: {prompt} Answer:"'
+            )
+        return self
+
 
 class WarmstartConfig(_Section):
     enabled: bool = False
@@ -207,8 +264,17 @@ class WarmstartConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=3e-3, gt=0.0)
     prior: list[float] = Field(default_factory=lambda: [0.30, 0.02, 0.68])
-    """Strategy prior of the traces (S1, S2, S3)."""
+    """Strategy prior of the traces (S1, S2, S3): three probabilities summing to 1."""
     traces: int = Field(default=4096, ge=1)
+
+    @model_validator(mode="after")
+    def _prior_is_a_distribution(self) -> WarmstartConfig:
+        p = self.prior
+        if len(p) != 3 or min(p) < 0 or abs(sum(p) - 1.0) > 1e-6:
+            raise ValueError(
+                f"prior={p} must be three probabilities (S1, S2, S3), each >= 0, summing to 1 (sum {sum(p):.6g})"
+            )
+        return self
 
 
 class RolloutConfig(_Section):
@@ -263,8 +329,8 @@ class RewardConfig(_Section):
     """A function that raises or returns a non-number / wrong-length list: raise (stop with the row) or zero."""
     correct_from: str = "total"
     """What "correct" means (pass@k, boundary sets, sign filters): total (the weighted total >=
-    advantage.correct_threshold) or a function's name (its value >= the threshold). The verifier path
-    keeps its own rule: correct iff the verifier scores 1."""
+    advantage.correct_threshold) or a function's name (its value >= the threshold). On the verifier path
+    correct means the verifier's own score (the format reward left out) >= the threshold."""
 
     @model_validator(mode="after")
     def _functions_fit(self) -> RewardConfig:
@@ -335,12 +401,18 @@ class AdvantageConfig(_Section):
     estimator: _mode(Estimator) = Estimator.grpo
     sign: _mode(SignFilter) = SignFilter.full
     std: _mode(StdMode) = StdMode.population
+    """GRPO's group std: population (divide by G) or unbiased (divide by G - 1: torch.std's default,
+    as in verl and Zhu et al.'s NSR code)."""
     eps: float = Field(default=1e-6, ge=0.0)
-    w_lambda: float = 0.1
-    """W-REINFORCE weight of positive samples."""
+    w_lambda: float = Field(default=0.1, ge=0.0)
+    """W-REINFORCE weight of positive samples (>= 0: a negative weight would push correct samples down)."""
     correct_threshold: float = 1.0
     """A reward >= this counts as correct (NSR/PSR/W-REINFORCE, metrics)."""
     loss_denominator: _mode(LossDenominator) = LossDenominator.kept
+    """Which rollouts' tokens (or sequences) the loss divides by (docs/algorithms.md section 2): kept
+    (NSR: incorrect, PSR: correct, others: all), all, or nonzero (advantage != 0 after the sign filter,
+    so GRPO-N divides by its negative tokens only)."""
+
     # A tuple (lists in YAML convert), so the section stays hashable for jit's static arguments.
     schedule: Annotated[tuple[SchedulePhase, ...], Strict(False)] = ()
     """Phases that switch `sign` and/or `estimator` during training, e.g. [{at: onset, sign: negative_only}]
@@ -373,15 +445,16 @@ class LossConfig(_Section):
     eps_low: float = Field(default=0.2, ge=0.0)
     eps_high: float = Field(default=0.2, ge=0.0)
     """eps_high > eps_low is DAPO clip-higher."""
-    dual_clip: float | None = None
-    """Dual-clip bound c (> 1) for negative advantages; None disables it."""
+    dual_clip: float | None = Field(default=None, gt=1.0)
+    """Dual-clip bound c (> 1) for negative advantages; None disables it. At c <= 1 the bound would cut
+    below the ordinary clip and change the loss of every negative sample."""
     kl_beta: float = Field(default=0.0, ge=0.0)
     """KL-to-reference coefficient; 0 loads no reference model."""
     kl_estimator: _mode(KLEstimator) = KLEstimator.k3
     entropy_coef: float = 0.0
     aggregation: _mode(Aggregation) = Aggregation.token_mean
-    max_len_norm: int | None = None
-    """Constant length for seq_mean_token_sum_norm; default rollout.max_new_tokens."""
+    max_len_norm: int | None = Field(default=None, ge=1)
+    """Constant length for seq_mean_token_sum_norm (the loss divides by it); default rollout.max_new_tokens."""
     logits_chunk: int = Field(default=0, ge=0)
     """Compute logits/log-softmax over this many tokens at a time (0: all at once); bounds [B, T, V] memory."""
 
@@ -391,9 +464,12 @@ class OptimConfig(_Section):
     schedule: _mode(Schedule) = Schedule.constant
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0.0)
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
+    b1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    """AdamW first-moment decay, 0 <= b1 < 1."""
+    b2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    """AdamW second-moment decay, 0 <= b2 < 1 (1 would never forget, and its bias correction divides by 0)."""
+    eps: float = Field(default=1e-8, gt=0.0)
+    """AdamW denominator term, > 0 (0 divides by zero where a gradient is 0)."""
     max_grad_norm: float = Field(default=1.0, ge=0.0)
     """Global-norm clip; 0 disables it."""
     micro_batches: int = Field(default=1, ge=1)
@@ -477,12 +553,23 @@ class EvalConfig(_Section):
     """Samples per problem for pass@k."""
     temperature: float = Field(default=0.6, ge=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_problems: int | None = None
+    max_problems: int | None = Field(default=None, ge=1)
     """Evaluate the first N problems of the split (None: all of them)."""
     samples_per_pass: int = Field(default=16, ge=1)
-    """Samples per problem drawn in one sampler call (n is drawn in n / samples_per_pass passes)."""
+    """Samples per problem drawn in one sampler call: n is drawn in n / samples_per_pass passes, so n must
+    be a multiple of it (an n at most samples_per_pass is drawn in one pass of n)."""
     batch_problems: int = Field(default=16, ge=1)
     """Problems per sampler call (rows = batch_problems * samples_per_pass)."""
+
+    @model_validator(mode="after")
+    def _passes_fit(self) -> EvalConfig:
+        if self.n > self.samples_per_pass and self.n % self.samples_per_pass:
+            raise ValueError(
+                f"n={self.n} is not a multiple of samples_per_pass={self.samples_per_pass}: n is drawn in passes of "
+                f"samples_per_pass; use n={self.n - self.n % self.samples_per_pass} or "
+                f"{self.n + self.samples_per_pass - self.n % self.samples_per_pass}, or a samples_per_pass dividing {self.n}"
+            )
+        return self
 
 
 class Config(_Section):
@@ -514,12 +601,75 @@ class Config(_Section):
                 f"advantage.schedule: at: {ONSET} needs the probe the stage detector reads; a file dataset has "
                 "none of its own: set logging.probe_file"
             )
+        if files and self.data.task_args:
+            raise ValueError(
+                f"data.task_args are a registered task's dataset parameters; data.source={self.data.source.value} "
+                "reads files, which take none: drop data.task_args"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _group_size_fits(self) -> Config:
+        # Checked here, not only at the first step: with G = 1 GRPO / Dr.GRPO give 0 to every rollout,
+        # RLOO and the unbiased std divide by G - 1 = 0 (verl instead falls back to mean 0, std 1).
+        # advantage.schedule phases too: a phase that cannot run would otherwise stop the run when it starts.
+        relative = (Estimator.grpo, Estimator.drgrpo, Estimator.rloo)
+        named = [("advantage.estimator", self.advantage.estimator)] + [
+            (f"advantage.schedule.{i}.estimator", p.estimator) for i, p in enumerate(self.advantage.schedule)
+        ]
+        for key, estimator in named:
+            if self.rollout.group_size < 2 and estimator in relative:
+                unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
+                raise ValueError(
+                    f"{key}={estimator.value} compares rollouts within a group and needs "
+                    f"rollout.group_size >= 2, got {self.rollout.group_size}{unbiased}; sample more per prompt or use "
+                    "an absolute estimator (nsr, psr, w_reinforce)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _batches_fit(self) -> Config:
+        """Settings that each validate but do not work together; every such problem is one line."""
+        problems = []
+        rows = self.data.prompts_per_step * self.rollout.group_size
+        parts = self.optim.mini_batches * self.optim.micro_batches
+        if rows % parts:
+            problems.append(
+                f"data.prompts_per_step * rollout.group_size = {self.data.prompts_per_step} * "
+                f"{self.rollout.group_size} = {rows} rollouts per step do not split into optim.mini_batches * "
+                f"optim.micro_batches = {self.optim.mini_batches} * {self.optim.micro_batches} = {parts} equal "
+                f"parts; make that product a divisor of {rows} (the nearest: {_divisors_near(rows, parts)})"
+            )
+        estimator = self.advantage.estimator
+        if estimator in GROUP_RELATIVE and self.rollout.group_size < 2:
+            problems.append(
+                f"rollout.group_size={self.rollout.group_size} with advantage.estimator={estimator.value}: the "
+                "estimator compares each sample with the others of its prompt's group; set rollout.group_size >= 2 "
+                "(or advantage.estimator=nsr|psr|w_reinforce)"
+            )
+        processes = self.mesh.distributed.num_processes
+        if processes is not None and self.data.prompts_per_step % processes:
+            problems.append(
+                f"data.prompts_per_step={self.data.prompts_per_step} does not divide over "
+                f"mesh.distributed.num_processes={processes}: each process reads an equal share; make it a "
+                f"multiple of {processes}"
+            )
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     @property
     def run_dir(self) -> epath.Path:
         """run.run_dir (a local folder or a gs:// URL), default runs/<run.name>; local ones made absolute."""
         return as_path(self.run.run_dir or f"runs/{self.run.name}")
+
+
+def _divisors_near(rows: int, parts: int) -> str:
+    """The divisors of `rows` closest to `parts`, as a hint: "4 or 8"."""
+    divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+    below = max((d for d in divisors if d < parts), default=1)
+    above = min((d for d in divisors if d > parts), default=rows)
+    return f"{below} or {above}" if above != below else str(below)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -615,7 +765,13 @@ def apply_override(tree: dict[str, Any], override: str) -> dict[str, Any]:
             raise ConfigError(f"override {override!r}: {part!r} is not a section")
         node[part] = dict(child)
         node = node[part]
-    node[parts[-1]] = parse_yaml_value(raw)
+    try:
+        node[parts[-1]] = parse_yaml_value(raw)
+    except yaml.YAMLError as err:
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+        raise ConfigError(
+            f"override {override!r}: the value is not valid YAML ({problem}); quote it, e.g. {key.strip()}='\"{raw}\"'"
+        ) from None
     return out
 
 
@@ -648,8 +804,14 @@ def _describe(err: dict[str, Any]) -> str:
         hint = f" (did you mean {'.'.join(loc[:-1] + close)!r}?)" if close else ""
         return f"unknown config key {dotted!r}{hint}; valid keys here: {', '.join(valid)}"
     if err["type"] == "value_error":  # a cross-field check: its message names the keys and the fix
-        where = f"{dotted}: " if dotted else ""
-        return where + str(err["msg"]).removeprefix("Value error, ")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not dotted:
+            return message
+        # A section's own check writes its keys bare (n=24): name them in full (eval.n=24).
+        section = _section_at(loc)
+        fields = sorted(section.model_fields if section else (), key=len, reverse=True)
+        named = re.sub(rf"(?<![\w.])({'|'.join(fields)})(?==)", rf"{dotted}.\1", message) if fields else message
+        return named if named != message else f"{dotted}: {message}"
     return f"config key {dotted!r}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -664,15 +826,22 @@ def _removed_keys(tree: Mapping[str, Any]) -> list[str]:
     return [f"config key {key!r} was removed: {why}" for key, why in REMOVED_KEYS.items() if key in flat]
 
 
+def _invalid(lines: Sequence[str]) -> ConfigError:
+    """One problem is one line; several are a count, then one line each."""
+    lines = [line for text in lines for line in text.split("\n  ")]
+    if len(lines) == 1:
+        return ConfigError(f"invalid config: {lines[0]}")
+    return ConfigError(f"invalid config ({len(lines)} problems):\n  " + "\n  ".join(lines))
+
+
 def validate(tree: dict[str, Any]) -> Config:
     removed = _removed_keys(tree)
     if removed:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(removed))
+        raise _invalid(removed)
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        lines = [_describe(e) for e in err.errors()]
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+        raise _invalid([_describe(e) for e in err.errors()]) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -712,6 +881,7 @@ HARMLESS_ON_RESUME = (
     "model.path",
     "model.tokenizer",
     "model.remat",
+    "model.allow_nonfinite",
 )
 STAGE_DETECTOR = ("logging.stage_", "logging.probe_")
 # Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
@@ -728,6 +898,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section (a saved section replaces a default leaf, e.g. arch {})."""
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        both = isinstance(value, Mapping) and isinstance(below, Mapping)
+        out[key] = _overlay(below, value) if both else value
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ConfigChanges:
     """Differences between a checkpoint's config and the config of the run resuming it."""
@@ -740,12 +920,7 @@ class ConfigChanges:
     def between(saved: Mapping[str, Any], cfg: Config) -> ConfigChanges:
         # A key added since the checkpoint was written counts as its default there: a newer rlvr-jax
         # resumes an older run unless the new key is set to something else.
-        defaults = flatten(Config().model_dump(mode="json"))
-        known = flatten(saved)
-        # An empty default mapping (model.arch: {}) flattens to one key; a saved non-empty one to its
-        # leaves (model.arch.hidden_size, ...): the key is there, not new.
-        added = {k: v for k, v in defaults.items() if k not in known and not any(s.startswith(k + ".") for s in known)}
-        old = {**added, **known}
+        old = flatten(_overlay(Config().model_dump(mode="json"), saved))
         new = flatten(cfg.model_dump(mode="json"))
         lines: dict[str, list[str]] = {"harmless": [], "trajectory": [], "state": []}
         for key in sorted(old.keys() | new.keys()):

@@ -68,7 +68,7 @@ class Evaluator:
             raise ValueError(f"eval.n={ev.n} must be a multiple of eval.samples_per_pass={ev.samples_per_pass}")
         self.passes = ev.n // self.group
         if source is None:
-            source = task.source(ev.split, cfg.data.data_dir, cfg.data.manual_dir)
+            source = task.open_split(ev.split, cfg.data)
         batch_problems = min(ev.batch_problems, len(source), ev.max_problems or len(source))
         batch_problems = max(jax.process_count(), batch_problems - batch_problems % jax.process_count())
         index, count = jax.process_index(), jax.process_count()
@@ -100,7 +100,8 @@ class Evaluator:
                 if j + 1 < self.passes:  # sample the next pass while the host scores this one
                     pending = self.sampler(params, prompts, jax.random.fold_in(self.key, j + 1))
                 texts = decode_completions(self.tokenizer, rollout.tokens, rollout.lengths, self.stop)
-                result = self.pool.score(texts, samples(self.task, examples, self.group))
+                draw = ("eval", self.cfg.run.seed, j)  # like the sampling keys: the same for every evaluated policy
+                result = self.pool.score(texts, samples(self.task, examples, self.group, draw))
                 correct += result.correct.reshape(len(examples), self.group).sum(axis=1)
                 mask = rollout.mask.reshape(len(examples), -1)  # a problem's G samples side by side
                 entropy += (np.asarray(rollout.entropy, np.float64).reshape(len(examples), -1) * mask).sum(axis=1)

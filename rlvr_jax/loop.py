@@ -26,17 +26,17 @@ from rlvr_jax.data.pipeline import scan_prompts
 from rlvr_jax.evaluate import Evaluator
 from rlvr_jax.hooks import Hooks
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed, report_sharding
-from rlvr_jax.model import Arch, load_policy, model_dir
+from rlvr_jax.model import Arch, check_arch_matches, load_policy, model_dir
 from rlvr_jax.plots import plot_run
 from rlvr_jax.preemption import StopRequest
 from rlvr_jax.probe import Probe, make_probe, probe_spec
-from rlvr_jax.rewards import RewardPool, check_columns, load_reward_functions
+from rlvr_jax.rewards import RewardPool, check_columns, check_verifier, load_reward_functions
 from rlvr_jax.rng import purpose_key
 from rlvr_jax.rollout import SamplingSpec, make_sampler
 from rlvr_jax.schedule import PhaseState, advance
 from rlvr_jax.stages import OnlineDetector
 from rlvr_jax.step import StepContext, StepRecord, make_phase_advantages, make_reference, rl_step
-from rlvr_jax.storage import ensure_writable, is_remote, local_cache, upload_dir, write_text_atomic
+from rlvr_jax.storage import ensure_writable, is_hub_id, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.summary import format_eval, make_summary
 from rlvr_jax.tasks import FileTask, Task, task_for
 from rlvr_jax.tokenizer import load_tokenizer, stop_token_ids
@@ -158,16 +158,14 @@ def setup(
     cfg = with_data_dir(cfg, run_dir)
     ensure_writable(run_dir)  # a missing bucket or credentials: stop now, with the fix
     task = task or task_for(cfg)
-    # Bad data, reward functions or probe file stop the run here, before any expensive work.
-    sources = open_sources(cfg, task)
-    check_columns(load_reward_functions(cfg.reward, funcs), columns_of(task, sources["train"]))
+    # What the run names (model, verifier, reward functions, probe file, mesh) is checked in seconds, then the
+    # data: bad input stops the run here, before any dataset is built or weights load.
+    preflight(cfg, task, funcs)
+    functions = load_reward_functions(cfg.reward, funcs)
     probe_set = probe_spec(cfg, task)
-    if cfg.advantage.uses_onset and probe_set is None:
-        raise ConfigError(
-            f"advantage.schedule: at: onset needs the probe the stage detector reads; task {task.name!r} has "
-            "none: set logging.probe_file"
-        )
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh)  # a mesh that does not fit this machine's devices: a ConfigError now
+    sources = open_sources(cfg, task)
+    check_columns(functions, columns_of(task, sources["train"]))
     if restart and (moved := move_aside(run_dir / "checkpoints")):
         log(f"--restart: previous checkpoints moved to {moved}")
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
@@ -267,6 +265,45 @@ def same_detector(a: OnlineDetector, b: OnlineDetector) -> bool:
     return (a.window, a.rare_ratio, a.min_rise) == (b.window, b.rare_ratio, b.min_rise)
 
 
+NO_TOKENIZER = "config: a random model (model.arch) needs model.tokenizer, or warmstart.enabled=true"
+
+
+def preflight(cfg: Config, task: Task, funcs: Sequence[Callable[..., Any]] = ()) -> None:
+    """The checks that need more than the config itself but only seconds: the policy's architecture
+    (model.arch, a model folder's config.json), the tokenizer's source, the verifier's name, the probe
+    an advantage.schedule onset phase reads, and the split of the prompts over processes."""
+    model = cfg.model
+    if model.path is None and not model.arch:
+        raise ConfigError("config: set model.path (an HF folder) or model.arch (config.json fields of a random model)")
+    if model.path is None and model.tokenizer is None and not cfg.warmstart.enabled:
+        raise ConfigError(NO_TOKENIZER)
+    wanted = Arch.from_hf({**task.arch_defaults(), **model.arch}, source="config model.arch") if model.arch else None
+    folder = model.path is not None and not is_hub_id(model.path)  # a Hub model is read once downloaded
+    arch = Arch.from_dir(model.path) if folder else wanted
+    if folder and wanted is not None:
+        check_arch_matches(wanted, arch, model.path)
+    if arch is not None and cfg.rollout.top_k > arch.vocab_size:
+        raise ConfigError(
+            f"rollout.top_k={cfg.rollout.top_k} is more than the vocabulary ({arch.vocab_size} tokens); "
+            "lower it, or 0 to turn top-k off"
+        )
+    if not cfg.reward.functions and not funcs:
+        try:
+            check_verifier(cfg.reward.verifier)
+        except ValueError as err:
+            raise ConfigError(f"reward.verifier: {err}") from None
+    if cfg.advantage.uses_onset and probe_spec(cfg, task) is None:
+        raise ConfigError(
+            f"advantage.schedule: at: onset needs the probe the stage detector reads; task {task.name!r} has "
+            "none: set logging.probe_file"
+        )
+    if cfg.data.prompts_per_step % jax.process_count():
+        raise ConfigError(
+            f"data.prompts_per_step={cfg.data.prompts_per_step} does not divide over the {jax.process_count()} "
+            "processes of this job (each reads an equal share); make it a multiple of the process count"
+        )
+
+
 def step_context(
     cfg: Config,
     task: Task,
@@ -281,7 +318,7 @@ def step_context(
     """The compiled stages of one step, and what they read (`source`: the train split, opened by setup)."""
     tok = policy.tokenizer
     stop_ids = stop_token_ids(tok, policy.arch.eos_token_ids)
-    source = source if source is not None else task.source(cfg.data.split, cfg.data.data_dir, cfg.data.manual_dir)
+    source = source if source is not None else task.open_split(cfg.data.split, cfg.data)
     index, count = jax.process_index(), jax.process_count()
     prompts = PromptPipeline(source, cfg.data, tok, cfg.run.seed, index, count, task.example)
     sampling = SamplingSpec.from_config(cfg.rollout, stop_ids, int(tok.pad_token_id))
@@ -310,8 +347,8 @@ def open_sources(cfg: Config, task: Task) -> dict[str, Any]:
     the cheap checks of file rows (columns, templates) done before any expensive work."""
     data = cfg.data
     sources = {
-        "train": task.source(data.split, data.data_dir, data.manual_dir),
-        "eval": task.source(cfg.eval.split, data.data_dir, data.manual_dir),
+        "train": task.open_split(data.split, data),
+        "eval": task.open_split(cfg.eval.split, data),
     }
     if isinstance(task, FileTask):
         task.check(sources["train"], f"the {data.split} rows ({data.path or 'Python'})")
@@ -331,11 +368,13 @@ def prepare_policy(
     between the two, every prompt is rendered and measured once (`sources`), so a bad row stops the run
     before the weights load."""
     folder = model_dir(cfg.model.path) if cfg.model.path else None  # a Hub model id: its HF cache folder
+    if folder is not None:
+        Arch.from_dir(folder)  # a missing or unreadable config.json is named before anything loads
     if folder is None and cfg.warmstart.enabled:
         folder = task.warm_start(cfg, local_cache(run_dir, "base_policy"), Path(cfg.data.data_dir), mesh, log)
     tok_dir = cfg.model.tokenizer or folder
     if tok_dir is None:
-        raise ValueError("config: a random model (model.arch) needs model.tokenizer, or warmstart.enabled=true")
+        raise ConfigError(NO_TOKENIZER)
     tok = load_tokenizer(tok_dir)
     for split, source in (sources or {}).items():
         limit = cfg.eval.max_problems if split == "eval" else None

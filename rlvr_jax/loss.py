@@ -101,7 +101,9 @@ def ppo_token_loss(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, cfg: Lo
 def gspo_token_loss(
     logp: jax.Array, logp_old: jax.Array, adv: jax.Array, mask: jax.Array, cfg: LossConfig
 ) -> tuple[jax.Array, ...]:
-    """Sequence-level ratio s_i = exp(mean_t log w_t); the sequence loss is placed on each of its tokens."""
+    """GSPO: s_i = exp(sum_t m_it log w_it / max(sum_t m_it, 1)) = (pi(y_i) / pi_old(y_i))^(1/|y_i|), the
+    length-normalised sequence ratio; l_i = -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i) is placed
+    on each token of rollout i (seq_mean_token_mean then gives the paper's mean over sequences)."""
     m = mask.astype(jnp.float32)
     log_s = jnp.sum((logp - logp_old) * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
     s = jnp.exp(log_s)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from rlvr_jax.config import DistributedInit, MeshConfig
+from rlvr_jax.config import ConfigError, DistributedInit, MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,22 @@ def maybe_initialize_distributed(cfg: MeshConfig) -> None:
 
 
 def resolve_axis_sizes(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
-    """Mesh axis sizes with at most one -1 filled by the devices left over."""
+    """Mesh axis sizes with at most one -1 filled by the devices left over (the config checked the sizes
+    themselves; what is left is whether they fit this machine's devices, a ConfigError)."""
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
-    if sum(s == -1 for s in sizes) > 1:
-        raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh: axis sizes must be positive or -1, got {sizes}")
     known = int(np.prod([s for s in sizes if s != -1]))
+    given = f"mesh.data={cfg.data} mesh.fsdp={cfg.fsdp} mesh.tensor={cfg.tensor}"
     if n_devices % known:
-        raise ValueError(f"mesh: {n_devices} devices are not divisible by data*fsdp*tensor = {known} ({sizes})")
+        raise ConfigError(
+            f"{given}: {n_devices} devices are not divisible by the fixed axes' product {known}; choose sizes whose "
+            f"product divides {n_devices} (one of them -1 takes the rest)"
+        )
     sizes = [n_devices // known if s == -1 else s for s in sizes]
     if int(np.prod(sizes)) != n_devices:
-        raise ValueError(f"mesh: data*fsdp*tensor = {sizes} uses {np.prod(sizes)} devices, but {n_devices} are present")
+        raise ConfigError(
+            f"{given} uses {np.prod(sizes)} devices, but {n_devices} are present; make the product {n_devices}, "
+            "or set one axis to -1"
+        )
     return tuple(sizes)  # type: ignore[return-value]
 
 

@@ -207,7 +207,7 @@ def probe_arrays(spec: ProbeSpec, cfg: Config, task: Any, tok: Any) -> ProbeArra
     if spec.from_split is not None:
         split, count = spec.from_split
         data = cfg.data.model_copy(update={"prompts_per_step": count})
-        source = task.source(split, cfg.data.data_dir, cfg.data.manual_dir)
+        source = task.open_split(split, cfg.data)
         _, examples = PromptPipeline(source, data, tok, cfg.run.seed + 1, normalize=task.example).batch(0)
         items = [ProbeItem(e["prompt"], subset=e.get("subset") or None) for e in examples]
     names = list(dict.fromkeys([*spec.classes] + [c for it in items for c in (it.classes or {})]))

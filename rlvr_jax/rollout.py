@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from rlvr_jax.config import RolloutConfig
 from rlvr_jax.mesh import Rules, replicated, sharding_for
-from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, state_shardings
+from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, rollout_dtype, state_shardings
 from rlvr_jax.model.arch import Arch
 from rlvr_jax.types import PromptBatch, Rollout
 
@@ -209,16 +209,44 @@ def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int, e
 Sampler = Callable[[nnx.State, PromptBatch, jax.Array], Rollout]
 
 
+def rollout_weights(
+    graphdef: nnx.GraphDef, abstract_params: nnx.State, param_sh: nnx.State
+) -> Callable[[nnx.State], nnx.State]:
+    """`params -> the sampler's copy`, made once per rollout.
+
+    Same dtype (f32 on CPU): `device_put` to the rollout layout, which returns the training buffers
+    themselves for every leaf already in that layout (one device, or tensor-only meshes), so the
+    default run allocates nothing here. Compute dtype narrower than the parameters (bf16 over f32
+    master weights): one jitted cast into the rollout layout (out_shardings; nothing donated, the
+    training params stay): the resident copy is half the size, and the decoder's casts at use
+    (`Attention._project`, `RMSNorm`, ...) become no-ops inside the decode loop, so the compiler
+    neither reads f32 weights every token nor keeps its own hoisted bf16 copy. The sampled log-probs
+    (PPO's logp_old) then come from truly bf16-rounded weights, while the trainer's forward casts f32
+    weights inside its jit, where XLA may keep excess precision: `dyn/sampler_mismatch` measures it.
+    """
+    compute = nnx.merge(graphdef, abstract_params).dtype
+    dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(abstract_params)}
+    target = {d: rollout_dtype(d, compute) for d in dtypes}
+    if all(d == t for d, t in target.items()):
+        return lambda params: jax.device_put(params, param_sh)
+    return jax.jit(
+        lambda params: jax.tree.map(lambda x: x.astype(target[jnp.dtype(x.dtype)]), params), out_shardings=param_sh
+    )
+
+
 def make_sampler(
     arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State, mesh: Mesh, rules: Rules, sampling: SamplingSpec
 ) -> Sampler:
     """Compile-once sampler: `sampler(params, prompts, key) -> Rollout`.
 
     Parameters are resharded to the rollout rule table on entry (weights unsharded over fsdp, heads
-    over tensor); sequences are split over data x fsdp. Prefill and decode are two jits; decode
-    donates the sampler state so the KV cache is updated in place.
+    over tensor) and, when the compute dtype is narrower than the parameter dtype (bf16 compute over
+    f32 master weights), cast to it in the same jitted copy: see `rollout_weights`. Sequences are
+    split over data x fsdp. Prefill and decode are two jits; decode donates the sampler state so the
+    KV cache is updated in place.
     """
     param_sh = state_shardings(abstract_params, mesh, rules)
+    to_rollout = rollout_weights(graphdef, abstract_params, param_sh)
 
     def prefill_fn(params, prompts, key):
         return prefill(nnx.merge(graphdef, params), prompts, key, sampling)
@@ -244,8 +272,7 @@ def make_sampler(
     def sampler(params: nnx.State, prompts: PromptBatch, key: jax.Array) -> Rollout:
         b, p = prompts.tokens.shape
         prefill_jit, decode_jit = compiled(b, p)
-        # Training-layout params are resharded once per rollout (a no-op when already in layout).
-        params = jax.device_put(params, param_sh)
+        params = to_rollout(params)
         with jax.set_mesh(mesh):
             state = decode_jit(params, prefill_jit(params, prompts, key))
             return finish_jit(prompts, state)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import advantage as adv_lib
-from rlvr_jax.config import AdvantageConfig, Config, ConfigError, SignFilter
+from rlvr_jax.config import AdvantageConfig, Config, SignFilter
 from rlvr_jax.data import PromptPipeline, StepBatch
 from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES
@@ -79,7 +79,7 @@ def rl_step(ctx: StepContext, state: TrainState, step: int, phase: int = 0) -> t
     logp_ref = ctx.reference(rollout) if ctx.reference else None  # dispatched now: runs while the host scores
     host = local_tree(rollout)  # this process's rollouts on the host (waits for the sampler)
     sampled = time.perf_counter() - start
-    texts, scored = score(ctx, host, batch)
+    texts, scored = score(ctx, host, batch, step)
     rewards, correct = group_rewards(ctx, scored)
     adv, weight, adv_unfiltered = ctx.advantages[phase](rewards, correct)
     train_batch = to_train_batch(rollout, adv, weight, logp_ref, adv_unfiltered)
@@ -96,21 +96,23 @@ def rl_step(ctx: StepContext, state: TrainState, step: int, phase: int = 0) -> t
     return state, StepRecord(step + 1, device_metrics, host_metrics, index, host, texts, scored.rewards, prompts)
 
 
-def score(ctx: StepContext, host: Rollout, batch: StepBatch) -> tuple[list[str], RewardResult]:
+def score(ctx: StepContext, host: Rollout, batch: StepBatch, step: int = 0) -> tuple[list[str], RewardResult]:
     """The reward stage: this process decodes and scores only the rollouts it holds (`host`)."""
     texts = decode_completions(ctx.tokenizer, host.tokens, host.lengths, ctx.stop_ids)
-    result = ctx.pool.score(texts, samples(ctx.task, batch.examples, ctx.cfg.rollout.group_size))
+    draw = ("train", ctx.cfg.run.seed, step)
+    result = ctx.pool.score(texts, samples(ctx.task, batch.examples, ctx.cfg.rollout.group_size, draw))
     adv_lib.check_rewards(result.rewards.reshape(-1, ctx.cfg.rollout.group_size))
     return texts, result
 
 
-def samples(task: Task, examples: list[dict[str, Any]], group_size: int) -> list[Sample]:
-    """What the reward functions see of each rollout's example (row b*G + g belongs to example b)."""
+def samples(task: Task, examples: list[dict[str, Any]], group_size: int, draw: tuple = ()) -> list[Sample]:
+    """What the reward functions see of each rollout's example (row b*G + g belongs to example b); the
+    gold of each sample from `task.targets` (`draw`: the sampling round, for per-sample random rewards)."""
     out = []
     for e in examples:
         prompt = e["messages"] if e.get("chat") else e["prompt"]
-        sample = Sample(prompt, task.target(e), e.get("columns", {}))
-        out += [sample] * group_size
+        columns = e.get("columns", {})
+        out += [Sample(prompt, gold, columns) for gold in task.targets(e, group_size, draw)]
     return out
 
 
@@ -165,20 +167,12 @@ def make_advantages(cfg: Config, settings: AdvantageConfig | None = None) -> Adv
 
 def make_phase_advantages(cfg: Config) -> tuple[Advantages, ...]:
     """One jitted advantage stage per schedule phase (rlvr_jax/schedule.py); phases with the same
-    settings share one. Each is traced now on the step's shapes, so a phase that cannot run (e.g.
-    a group-relative estimator with group_size 1) stops the run before its first step, not when
-    the phase starts."""
+    settings share one. (A phase that cannot run, a group-relative estimator with group_size 1, is
+    refused at config load.)"""
     built: dict[AdvantageConfig, Advantages] = {}
-    rows = jax.ShapeDtypeStruct((cfg.data.prompts_per_step, cfg.rollout.group_size), jnp.float32)
-    for i, settings in enumerate(phase_settings(cfg.advantage)):
+    for settings in phase_settings(cfg.advantage):
         if settings not in built:
             built[settings] = make_advantages(cfg, settings)
-            if cfg.advantage.schedule:
-                try:
-                    jax.eval_shape(built[settings], rows, None)
-                except ValueError as err:
-                    where = "the advantage section's own settings" if i == 0 else f"advantage.schedule phase {i}"
-                    raise ConfigError(f"{where}: {err}") from None
     return tuple(built[s] for s in phase_settings(cfg.advantage))
 
 

@@ -96,6 +96,26 @@ def local_copy(folder: PathLike) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def download_files(pattern: str, into: Path) -> list[Path]:
+    """Local copies of the bucket files matching `pattern` (a URL, `*` allowed in its last part), in
+    sorted order, downloaded once into `into` (a copy appears under its name only when complete)."""
+    url = epath.Path(pattern)
+    matches = sorted(url.parent.glob(url.name), key=str) if any(ch in url.name for ch in "*?[") else [url]
+    if not matches or not matches[0].exists():
+        raise FileNotFoundError(f"no file matches {pattern}")
+    into.mkdir(parents=True, exist_ok=True)
+    out = []
+    for remote in matches:
+        local = into / hashlib.sha1(str(remote).encode()).hexdigest()[:16] / remote.name
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(local.name + ".partial")
+            remote.copy(epath.Path(partial), overwrite=True)
+            partial.rename(local)
+        out.append(local)
+    return out
+
+
 def upload_dir(local: Path, dest: epath.Path) -> None:
     """Copy a local folder's files (one level) to `dest`, each file one object."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -127,10 +147,13 @@ class ModelSourceError(ValueError):
 def resolve_model_path(path: PathLike) -> PathLike:
     """`path` itself, unless it is a Hugging Face Hub model id (`owner/name`, and no local path of
     that name exists): then its snapshot folder in the HF cache, downloaded there once."""
+    return _hub_snapshot(os.fspath(path)) if is_hub_id(path) else path
+
+
+def is_hub_id(path: PathLike) -> bool:
+    """Whether `path` names a Hugging Face Hub model (`owner/name`, and no local path of that name exists)."""
     text = os.fspath(path)
-    if is_remote(text) or Path(text).exists() or not _HUB_ID.fullmatch(text):
-        return path
-    return _hub_snapshot(text)
+    return not is_remote(text) and not Path(text).exists() and bool(_HUB_ID.fullmatch(text))
 
 
 @functools.cache  # one download check per process and model, however many loaders ask

@@ -17,14 +17,15 @@ from rlvr_jax.writers import read_jsonl
 
 def format_eval(name: str, values: dict[str, float], task: Task) -> str:
     """One line: reward, pass@1 and the largest k overall and on the task's headline subsets, probe classes."""
-    subsets = task.headline_subsets
+    found = sorted({k.split("/")[2] for k in values if k.startswith("eval/correct_frac/")})
+    subsets = task.headline_subsets or (tuple(found) if len(found) <= 4 else ())  # a few subsets: show them all
     keys = ["eval/reward_mean", "eval/correct_frac"] + [f"eval/correct_frac/{s}" for s in subsets]
     for suffix in ["", *(f"/{s}" for s in subsets)]:
         ks = [
             k for k in values if k.startswith("eval/pass@") and k.endswith(suffix) and k.count("/") == 1 + bool(suffix)
         ]
         keys += [k for k in ks if not k.startswith("eval/pass@1/") and k != "eval/pass@1"][-1:]
-    keys += [k for k in values if k.startswith("probe/pi_") and k != "probe/pi_rest" and k.count("/") == 1]
+    keys += [k for k in values if k.startswith("probe/pi_") and k.count("/") == 1 and k != "probe/pi_rest"]
     shown = ", ".join(f"{k.split('/', 1)[1]}={values[k]:.3f}" for k in keys if k in values)
     return f"{name}: {shown}"
 

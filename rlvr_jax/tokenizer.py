@@ -96,8 +96,11 @@ def render_prompt(tok: Any, text: str, use_chat_template: bool = True, plain_tem
 def encode_left_padded(
     tok: Any, texts: Sequence[str], max_len: int | None = None, truncate: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and mask [B, P], left padded to `max_len` (or the longest prompt)."""
+    """Token ids and mask [B, P], left padded to `max_len` (or the longest prompt). A prompt of no tokens
+    is an error: the sampler's first step reads the prompt's last token."""
     ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    if empty := [i for i, x in enumerate(ids) if not x]:
+        raise TokenizerError(f"prompt number {empty[0] + 1} encodes to no tokens (rendered: {texts[empty[0]]!r})")
     longest = max(len(x) for x in ids)
     width = max_len or longest
     if longest > width and not truncate:

@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -31,7 +32,7 @@ END_OF_TURN = "<|im_end|>"
 
 
 def _fingerprint(cfg: Config) -> dict:
-    return {
+    out = {
         "recipe": 3,
         "warmstart": cfg.warmstart.model_dump(mode="json"),
         "arch": cfg.model.arch,
@@ -39,6 +40,9 @@ def _fingerprint(cfg: Config) -> dict:
         "max_prompt_len": cfg.data.max_prompt_len,
         "max_new_tokens": cfg.rollout.max_new_tokens,
     }
+    if cfg.data.task_args:  # the choice traces' instances; only when set, so older caches stay valid
+        out["task_args"] = cfg.data.task_args
+    return out
 
 
 def build_base_policy(
@@ -99,12 +103,14 @@ def _training_data(cfg: Config, tok, data_dir: Path) -> TrainBatch:
     first response token. Execution traces (uniform strategies, first-token loss masked out) teach
     faithful execution of every strategy: with the prior alone, S2 appears on about 16 hard problems
     in 4096 traces and the policy learns "S2 copies the first number" like S1, so the rare optimal
-    strategy would not actually solve the hard subset."""
+    strategy would not actually solve the hard subset.
 
-    def encode(prior: tuple[float, ...], seed: int, hard_fraction: float) -> TrainBatch:
-        traces = warmstart_examples(
-            data_dir, prior=prior, warmstart_size=cfg.warmstart.traces, seed=seed, hard_fraction=hard_fraction
-        )
+    Choice traces are drawn on the run's own instances (data.task_args, e.g. the graded or tie variant's
+    a == b prompts); their prior, count and seed come from warmstart.* and run.seed. Execution traces
+    keep half hard (binary) instances whatever the variant, since only a != b shows S1 and S2 apart."""
+
+    def encode(prior: tuple[float, ...], seed: int, **params: Any) -> TrainBatch:
+        traces = warmstart_examples(data_dir, prior=prior, warmstart_size=cfg.warmstart.traces, seed=seed, **params)
         prompts = [render_prompt(tok, t["prompt"], cfg.data.chat_template, cfg.data.plain_template) for t in traces]
         return encode_traces(
             tok,
@@ -115,9 +121,11 @@ def _training_data(cfg: Config, tok, data_dir: Path) -> TrainBatch:
             END_OF_TURN,
         )
 
-    choice = encode(tuple(cfg.warmstart.prior), cfg.run.seed, 0.2)
+    # The toy task refuses prior and warmstart_size in task_args (warmstart.* owns them); the traces' seed is run.seed.
+    variant = {k: v for k, v in cfg.data.task_args.items() if k != "seed"}
+    choice = encode(tuple(cfg.warmstart.prior), cfg.run.seed, **variant)
     # Half hard: S1 and S2 differ only there, so execution traces show the difference often.
-    execution = encode((1 / 3, 1 / 3, 1 / 3), cfg.run.seed + 1, 0.5)
+    execution = encode((1 / 3, 1 / 3, 1 / 3), cfg.run.seed + 1, hard_fraction=0.5)
     execution = execution.replace(mask=execution.mask.copy())
     execution.mask[:, 0] = 0
     return jax.tree.map(lambda a, b: np.concatenate([a, b]), choice, execution)

@@ -86,6 +86,18 @@ def test_grpo_unbiased_std():
     _close(adv, [[0.6301260, 1.0502100, -1.0502100, -0.6301260]])
 
 
+def test_unbiased_std_is_torch_std_default_as_in_verl():
+    # verl's GRPO (and Zhu et al.'s NSR code built on it) divides by torch.std(scores) + eps, and
+    # torch.std's default is the Bessel-corrected (G - 1) std: std=unbiased must be exactly that.
+    torch = pytest.importorskip("torch")
+    rewards = np.random.default_rng(0).choice([0.0, 0.2, 0.8, 1.0], size=(6, 5)).astype(np.float32)
+    rewards[0] = 0.8  # an all-equal group: both give 0 (verl: 0 / (0 + eps))
+    r = torch.tensor(rewards)
+    expected = (r - r.mean(dim=-1, keepdim=True)) / (r.std(dim=-1, keepdim=True) + 1e-6)
+    adv, _ = _adv(rewards, std="unbiased")
+    np.testing.assert_allclose(adv, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_grpo_graded_rewards():
     # Population: 0.68 / 4 = 0.17 -> std 0.4123106; 0.3 / 0.4123106 = 0.7276069, 0.5 / 0.4123106 = 1.2126781.
     adv, _ = _adv(GRADED, eps=0.0)
@@ -142,6 +154,25 @@ def test_psr_table_and_weight():
     _close(adv, [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     np.testing.assert_array_equal(weight, [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1]])
     _, weight = _adv(GRADED, estimator="psr", loss_denominator="all")
+    np.testing.assert_array_equal(weight, [[1, 1, 1, 1]])
+
+
+def test_nonzero_denominator_keeps_only_rollouts_with_a_nonzero_filtered_advantage():
+    # GRPO-N (eps = 0) on BINARY: the filtered advantages are the table of
+    # test_grpo_negative_only_...; w_i = 1[A_i != 0] keeps exactly the wrong rollouts of mixed groups.
+    adv, weight = _adv(BINARY, eps=0.0, sign=SignFilter.negative_only, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(weight, (adv != 0).astype(np.float32))
+    # Full GRPO: only the all-equal group (A = 0 everywhere) leaves the normaliser.
+    _, weight = _adv(BINARY, eps=0.0, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    # GRPO-P keeps the correct rollouts of mixed groups; NSR is the same as `kept` (-1 on every wrong one).
+    _, weight = _adv(BINARY, eps=0.0, sign=SignFilter.positive_only, loss_denominator="nonzero")
+    np.testing.assert_array_equal(weight, [[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    nsr_nonzero = _adv(BINARY + GRADED, estimator="nsr", loss_denominator="nonzero")[1]
+    np.testing.assert_array_equal(nsr_nonzero, _adv(BINARY + GRADED, estimator="nsr")[1])
+    # A non-finite group keeps weight 1: its NaN advantages must reach the loss.
+    _, weight = _adv([[1.0, np.nan, 0.0, 0.0]], sign=SignFilter.negative_only, loss_denominator="nonzero")
     np.testing.assert_array_equal(weight, [[1, 1, 1, 1]])
 
 

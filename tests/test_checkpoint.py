@@ -152,6 +152,15 @@ def test_config_changes_are_classified():
     assert ConfigChanges.between(saved, load_config(None)) == ConfigChanges([], [], [])
 
 
+def test_a_filled_section_is_not_a_change_from_its_empty_default():
+    toy = load_config("toy_strategy")  # model.arch set; its default is {}
+    assert ConfigChanges.between(toy.model_dump(mode="json"), toy) == ConfigChanges([], [], [])
+    wider = load_config("toy_strategy", ["model.arch.hidden_size=128"])
+    assert ConfigChanges.between(toy.model_dump(mode="json"), wider).state == ["model.arch.hidden_size: 64 -> 128"]
+    bare = load_config(None)  # a checkpoint without the section keeps meaning its default
+    assert ConfigChanges.between(bare.model_dump(mode="json"), toy).state[0] == "model.arch: {} -> '<unset>'"
+
+
 def test_sigint_requests_a_stop_and_a_second_one_aborts():
     messages = []
     original = signal.signal(signal.SIGINT, signal.default_int_handler)  # CI may start us with SIGINT ignored

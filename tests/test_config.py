@@ -9,6 +9,7 @@ from rlvr_jax.config import (
     PACKAGED,
     Aggregation,
     Config,
+    ConfigChanges,
     ConfigError,
     DistributedInit,
     DType,
@@ -199,6 +200,27 @@ def test_constraint_violation_names_key():
     assert "'rollout.group_size'" in _error(["rollout.group_size=0"])
 
 
+@pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo"])
+def test_group_relative_estimators_refuse_group_size_one_at_load(estimator):
+    message = _error([f"advantage.estimator={estimator}", "rollout.group_size=1"])
+    assert f"advantage.estimator={estimator}" in message and "rollout.group_size >= 2, got 1" in message
+    assert "G - 1 = 0" in _error(["advantage.std=unbiased", "rollout.group_size=1"])
+    for absolute in ("nsr", "psr", "w_reinforce"):  # one rollout per prompt is fine for them
+        assert load_config(None, [f"advantage.estimator={absolute}", "rollout.group_size=1"]).rollout.group_size == 1
+
+
+def test_task_args_are_for_registered_tasks_and_change_the_trajectory(tmp_path):
+    cfg = load_config(None, ["data.task_args.reward=graded", "data.task_args.hard_fraction=0.0"])
+    assert cfg.data.task_args == {"reward": "graded", "hard_fraction": 0.0}
+    assert validate(cfg.model_dump(mode="json")) == cfg
+    message = _error(["data.source=jsonl", f"data.path={tmp_path}/x.jsonl", "data.task_args.hard_fraction=0.0"])
+    assert "data.task_args are a registered task's dataset parameters" in message
+    # Resuming with other dataset parameters changes the data: a trajectory change, never harmless.
+    changes = ConfigChanges.between(load_config(None).model_dump(mode="json"), cfg)
+    assert changes.trajectory and not changes.harmless and not changes.state
+    assert all(line.startswith("data.task_args") for line in changes.trajectory)
+
+
 def test_every_error_is_reported():
     message = _error(["rollout.max_new_tokens=abc", "optim.lrr=1e-5"])
     assert "'rollout.max_new_tokens'" in message and "'optim.lrr'" in message
@@ -345,7 +367,9 @@ def test_packaged_configs_resolve_by_name_and_by_their_old_repository_path(tmp_p
     assert load_config("toy_strategy_negative_only").advantage.sign == SignFilter.negative_only
     (tmp_path / "toy_strategy.yaml").write_text("run: {steps: 7}\n")
     assert load_config("toy_strategy.yaml").run.steps == 7  # an existing file wins over the packaged name
-    with pytest.raises(ConfigError, match=r"does not exist \(packaged configs: toy_strategy, toy_strategy_neg"):
+    with pytest.raises(
+        ConfigError, match=r"does not exist \(packaged configs: (\w+, )*toy_strategy, toy_strategy_gspo"
+    ):
         load_config("toy_stratgy")
 
 

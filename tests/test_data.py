@@ -18,7 +18,9 @@ from rlvr_jax.config import DataConfig
 from rlvr_jax.data import DataError, PromptPipeline, decode_record
 from rlvr_jax.data.official import last_boxed
 from rlvr_jax.data.toy_strategy import STRATEGY_TOKENS, exact_counts, execute, toy_tokenizer, warmstart_examples
+from rlvr_jax.rewards.verifiers import score_toy_strategy
 from rlvr_jax.tasks import get_task
+from rlvr_jax.tasks.toy_strategy import bernoulli_draws
 from rlvr_jax.tokenizer import load_tokenizer, render_prompt
 
 TOY = dict(train_size=1000, test_size=200, warmstart_size=4000)  # warmstart big enough to see a 2% prior
@@ -105,6 +107,102 @@ def test_toy_parameters_change_the_dataset(tmp_path):
 def test_toy_bad_parameters(tmp_path, kwargs, match):
     with pytest.raises(DataError, match=match):
         get_task("toy_strategy").source("train", tmp_path, **kwargs)
+
+
+SMALL = dict(train_size=512, test_size=16, warmstart_size=64)
+
+
+def _strategy_rewards(task, example, count=1, draw=()):
+    """[(S1, S2, S3) rewards of the faithful answers] for each of `count` samples of `example`."""
+    a, b, c = (int(x) for x in example["prompt"].split())
+    return [
+        tuple(score_toy_strategy(execute(s, a, b, c), gold) for s in range(3))
+        for gold in task.targets(example, count, draw)
+    ]
+
+
+def test_toy_graded_variant_rewards_s1_0_8_on_every_instance(tmp_path):
+    task = get_task("toy_strategy")
+    train = rows(task.source("train", tmp_path, reward="graded", hard_fraction=0.0, **SMALL))
+    assert len(train) == 512 and {r["subset"] for r in train} == {"graded"}  # no hard subset to identify
+    for r in train:
+        a, b, _ = r["prompt"].split()
+        assert a == b and task.target(r) == f"{b}|graded"
+        assert _strategy_rewards(task, r) == [(0.8, 1.0, 0.0)]
+
+
+def test_toy_tie_variant_s1_and_s2_always_correct(tmp_path):
+    task = get_task("toy_strategy")
+    train = rows(task.source("train", tmp_path, hard_fraction=0, **SMALL))  # an int 0 is the same dataset
+    assert {r["subset"] for r in train} == {"easy"}
+    assert all(_strategy_rewards(task, r) == [(1.0, 1.0, 0.0)] for r in train)
+    again = rows(task.source("train", tmp_path, hard_fraction=0.0, **SMALL))
+    assert again == train and len(list(tmp_path.glob("toy_strategy/custom_*"))) == 1
+    # The warm start's choice traces on the tie instances: a == b everywhere, the prior kept.
+    traces = warmstart_examples(tmp_path, hard_fraction=0.0, warmstart_size=1000)
+    assert all(len(set(t["prompt"].split()[:2])) == 1 for t in traces)
+    assert sorted(t["response"][:4] for t in traces) == ["<S1>"] * 300 + ["<S2>"] * 20 + ["<S3>"] * 680
+
+
+def test_toy_bernoulli_variant_s1_wins_0_8_per_sample_reproducibly(tmp_path):
+    task = get_task("toy_strategy")
+    train = rows(task.source("train", tmp_path, reward="bernoulli", hard_fraction=0.0, **SMALL))
+    assert {r["subset"] for r in train} == {"bernoulli"} and all(len(set(r["prompt"].split()[:2])) == 1 for r in train)
+    draw = ("train", 0, 3)
+    per_sample = [x for r in train for x in _strategy_rewards(task, r, 8, draw)]
+    assert {(s2, s3) for _, s2, s3 in per_sample} == {(1.0, 0.0)}  # S2 always 1, S3 always 0
+    s1 = np.array([x[0] for x in per_sample])
+    assert set(s1) == {0.0, 1.0}
+    assert abs(s1.mean() - 0.8) < 0.025  # 4096 draws: std sqrt(0.16 / 4096) = 0.006
+    # Deterministic per (draw, instance, sample); a new round (step) draws afresh.
+    assert [_strategy_rewards(task, r, 8, draw) for r in train[:20]] == [
+        _strategy_rewards(task, r, 8, draw) for r in train[:20]
+    ]
+    other = np.array([x[0] for r in train for x in _strategy_rewards(task, r, 8, ("train", 0, 4))])
+    assert (other != s1).mean() == pytest.approx(2 * 0.8 * 0.2, abs=0.03)  # independent rounds
+    with pytest.raises(DataError, match="one gold per sample"):
+        task.target(train[0])
+
+
+def test_bernoulli_draws_pinned():
+    # sha256 of repr((*key, name, g)): pinned so a given seed keeps its draws across versions.
+    flags = bernoulli_draws(("train", 0, 0), "toy_strategy/train/0", 8, 0.8)
+    assert flags == bernoulli_draws(["train", 0, 0], "toy_strategy/train/0", 8, 0.8)  # a list key: the same
+    assert flags == [False, True, False, True, True, True, True, True]
+    assert (
+        bernoulli_draws(("k",), "x", 100, 0.0) == [False] * 100
+        and bernoulli_draws(("k",), "x", 100, 1.0) == [True] * 100
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(reward="graded"), r"reward=graded rewards S1 the same way on every instance.*hard_fraction: 0.0"),
+        (dict(reward="shaped", hard_fraction=0.0), r"reward must be one of binary, graded, bernoulli"),
+        (dict(hard_fraction="0.2"), r"hard_fraction must be a number, got '0.2' \(str\)"),
+        (dict(hard_fraction=True), r"hard_fraction must be a number, got True"),
+        (dict(train_size=64.0), r"train_size must be an integer, got 64.0"),
+        (dict(prior=[0.5, 0.5]), r"prior must be a list of 3"),
+        (dict(prior=[0.5, "0.5", 0.0]), r"prior\[1\] must be a number"),
+    ],
+)
+def test_toy_variant_parameters_are_checked_strictly(tmp_path, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        get_task("toy_strategy").source("train", tmp_path, **kwargs)
+
+
+def test_task_args_reach_every_split_through_open_split(tmp_path):
+    from rlvr_jax.config import load_config
+
+    task = get_task("toy_strategy")
+    cfg = load_config("toy_graded", [f"data.data_dir={tmp_path}"])
+    assert cfg.data.task_args == {"reward": "graded", "hard_fraction": 0.0}
+    for split in ("train", "test"):
+        assert {decode_record(r)["subset"] for r in task.open_split(split, cfg.data)} == {"graded"}
+    bad = load_config("toy_graded", [f"data.data_dir={tmp_path}", "data.task_args.prior=[0.3, 0.3, 0.4]"])
+    with pytest.raises(DataError, match=r"prior \(set warmstart.prior\)"):
+        task.open_split("train", bad.data)
 
 
 def test_unknown_task_and_split_list_the_valid_ones(data_dir):

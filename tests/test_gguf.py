@@ -227,7 +227,8 @@ def test_llama3_scaling_recovered_from_llama_3_1_factors():
 def _error(args: list[str]) -> str:
     with pytest.raises(SystemExit) as info:
         cli.main(["import-gguf", *args])
-    message = str(info.value.code)
+    assert info.value.code == 2  # a user error (rlvr_jax.cli.UserError): one line on stderr, status 2
+    message = str(info.value)
     assert message.startswith("rlvr-jax import-gguf: ") and "\n" not in message
     return message
 

@@ -104,7 +104,7 @@ def test_offline_and_not_cached_fails_at_once_with_one_line(tmp_path):
     ):
         with pytest.raises(SystemExit) as exited:
             cli.main(command)
-        assert str(exited.value.code) == f"rlvr-jax {command[0]}: {message}"
+        assert str(exited.value) == f"rlvr-jax {command[0]}: {message}" and exited.value.code == 2
 
 
 def test_paths_that_look_local_keep_their_error_and_never_reach_the_hub(monkeypatch, tmp_path):

@@ -10,6 +10,7 @@ from rlvr_jax.loss import (
     combine_terms,
     completion_logp_entropy,
     finalize_metrics,
+    gspo_token_loss,
     kl_penalty,
     normaliser,
     policy_loss,
@@ -122,6 +123,64 @@ def test_aggregation_modes_by_hand():
     assert agg(Aggregation.seq_mean_token_sum_norm) == pytest.approx(1.875)
     # loss_denominator=all: every rollout counts: (1+...+6) / 6
     assert agg(Aggregation.token_mean, jnp.ones(3)) == pytest.approx(21 / 6)
+
+
+def test_grpo_n_nonzero_denominator_divides_by_negative_tokens_only():
+    # One group r = (1, 0, 0, 0), GRPO-N with eps = 0: A = (0, -1/sqrt3, -1/sqrt3, -1/sqrt3).
+    # Completion lengths (3, 2, 4, 1). At ratio 1 the PPO token loss is -A, so with token_mean:
+    #   kept    (every rollout): sum over tokens of -A / 10 = 7 / sqrt3 / 10 = 0.4041452
+    #   nonzero (negatives only): 7 / sqrt3 / 7 = 1 / sqrt3 = 0.5773503, the mean over negative tokens.
+    from rlvr_jax.advantage import advantages
+    from rlvr_jax.config import AdvantageConfig, SignFilter
+
+    lengths = np.array([3, 2, 4, 1])
+    mask = jnp.asarray(np.arange(4)[None, :] < lengths[:, None], jnp.int32)
+    out = {}
+    for mode in ("kept", "nonzero"):
+        cfg = AdvantageConfig(sign=SignFilter.negative_only, eps=0.0, loss_denominator=mode)
+        adv, weight = advantages(jnp.array([[1.0, 0.0, 0.0, 0.0]]), cfg)
+        batch = _batch(np.zeros((4, 4)), mask, np.zeros((4, 4)), adv[0], weight=weight[0])
+        norm = normaliser(batch.mask, batch.weight, Aggregation.token_mean)
+        loss, _ = policy_loss(jnp.zeros((4, 4)), jnp.zeros((4, 4)), batch, LossConfig(), 4, norm)
+        out[mode] = (float(norm), float(loss))
+    assert out["kept"] == (10.0, pytest.approx(0.4041452, rel=1e-6))
+    assert out["nonzero"] == (7.0, pytest.approx(0.5773503, rel=1e-6))
+
+
+def test_gspo_sequence_ratio_clip_and_sequence_mean_by_hand():
+    """GSPO (Zheng et al. 2025) with its paper's defaults: s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|), the
+    geometric mean of the token ratios; l_i = -min(s_i A_i, clip(s_i, 1 - 3e-4, 1 + 4e-4) A_i); the loss
+    is the mean of l_i over sequences (seq_mean_token_mean)."""
+    cfg = LossConfig(
+        objective=PolicyObjective.gspo, eps_low=3e-4, eps_high=4e-4, aggregation=Aggregation.seq_mean_token_mean
+    )
+    ln = np.log
+    # Token log-ratios log(pi / pi_old); padding (mask 0) holds junk that must not count.
+    log_w = jnp.array([[ln(2.0), ln(0.5), 5.0], [ln(2.0), ln(8.0), -5.0], [ln(0.9), 5.0, 5.0]], jnp.float32)
+    mask = jnp.array([[1, 1, 0], [1, 1, 0], [1, 0, 0]])
+    adv = jnp.array([1.5, 2.0, -2.0])
+    # s_1 = sqrt(2 * 0.5) = 1; s_2 = sqrt(2 * 8) = 4; s_3 = 0.9 (one token).
+    # l_1 = -1.5 * 1 = -1.5 (inside the range); l_2 = -min(8, 1.0004 * 2) = -2.0008 (clipped above);
+    # l_3 = -min(0.9 * -2, 0.9997 * -2) = -min(-1.8, -1.9994) = 1.9994 (clipped below).
+    logp_old = jnp.zeros((3, 3))
+    per_token, s, active = gspo_token_loss(log_w, logp_old, adv, mask, cfg)
+    np.testing.assert_allclose(s[:, 0], [1.0, 4.0, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(per_token[:, 0], [-1.5, -2.0008, 1.9994], rtol=1e-6)
+    np.testing.assert_array_equal(per_token, jnp.broadcast_to(per_token[:, :1], (3, 3)))  # l_i on every token
+    np.testing.assert_array_equal(active[:, 0], [False, True, True])
+
+    weight = jnp.ones(3)
+
+    def loss(logp):
+        rows = row_contributions(gspo_token_loss(logp, logp_old, adv, mask, cfg)[0], mask, weight, cfg.aggregation, 3)
+        return jnp.sum(rows) / normaliser(mask, weight, cfg.aggregation)
+
+    # Sequence mean: (-1.5 - 2.0008 + 1.9994) / 3 = -0.5004667.
+    assert float(loss(log_w)) == pytest.approx(-0.5004667, rel=1e-6)
+    # d l_i / d logp_it = -A_i s_i / |y_i| inside the range, 0 where clipped; / 3 sequences:
+    # row 1: -1.5 * 1 / 2 / 3 = -0.25 on its two tokens; rows 2 and 3 are flat.
+    grad = np.asarray(jax.grad(loss)(log_w))
+    np.testing.assert_allclose(grad, [[-0.25, -0.25, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-7)
 
 
 def test_kl_estimators_by_hand():

@@ -136,19 +136,36 @@ def test_exact_table(completion, gold, want):
         ("<S2> 47", "47|hard", 1.0),
         ("<S3> 47", "47|easy", 0.0),
         ("<S2> 13", "47|hard", 0.0),
+        # Graded variant (Yao et al.'s r(a1) = 0.8 < r(a2) = 1): by strategy, on every instance.
+        ("<S1> 47", "47|graded", 0.8),
+        ("<S2> 47", "47|graded", 1.0),
+        ("<S3> 47", "47|graded", 0.0),
+        ("<S1> 46", "47|graded", 0.0),  # the wrong number earns nothing
     ],
 )
 def test_toy_strategy_table(completion, gold, want):
     assert score_toy_strategy(completion, gold) == want
 
 
-@pytest.mark.parametrize("gold", ["47|medium", "x|hard", "47|"])
+@pytest.mark.parametrize("gold", ["47|medium", "x|hard", "47|", "47|bernoulli"])
 def test_toy_strategy_rejects_bad_gold(gold):
     if gold == "47|":
         assert score_toy_strategy("<S1> 47", gold) == 1.0  # an empty subset means answer-only
         return
     with pytest.raises(ValueError, match="toy_strategy gold"):
         score_toy_strategy("<S1> 47", gold)
+
+
+def test_graded_correctness_follows_the_threshold():
+    # Verifier path: correct iff the verifier's own score >= advantage.correct_threshold. Default 1.0:
+    # only S2 is correct on the graded variant; 0.8 also counts S1 (as NSR's cut would); format never does.
+    completions, golds = ["<S1> 4", "<S2> 4", "<S3> 9"], ["4|graded"] * 3
+    with RewardPool(RewardConfig(workers=1, format_weight=0.5)) as p:
+        result = p.score(completions, golds)
+    assert result.rewards.tolist() == pytest.approx([1.3, 1.5, 0.5])
+    assert result.correct.tolist() == [False, True, False]
+    with RewardPool(RewardConfig(workers=1), correct_threshold=0.8) as p:
+        assert p.score(completions, golds).correct.tolist() == [True, True, False]
 
 
 def test_toy_strategy_of():

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from rlvr_jax import cli
+from rlvr_jax import rollout as rollout_lib
 from rlvr_jax.config import MeshConfig
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh
-from rlvr_jax.model import forward, from_pretrained
-from rlvr_jax.rollout import SamplingSpec, filter_logits, make_sampler, sample_tokens
+from rlvr_jax.model import forward, from_pretrained, state_shardings
+from rlvr_jax.rollout import SamplingSpec, filter_logits, make_sampler, rollout_weights, sample_tokens
 from rlvr_jax.tokenizer import encode_left_padded, load_tokenizer
 from rlvr_jax.types import PromptBatch
 
@@ -197,6 +198,25 @@ def test_filtering_never_samples_outside_the_set(top_k, top_p):
         np.testing.assert_array_equal(filtered[row], allowed)
         assert allowed[draws[:, row]].all()
         assert len(set(draws[:, row])) > 1 or allowed.sum() == 1
+
+
+def test_bf16_compute_samples_from_a_bf16_copy_as_before(qwen2_dir, monkeypatch):
+    """bf16 compute over f32 weights: the sampler's copy is bf16 (one cast per rollout), and it draws
+    the same tokens with the same log-probs as the f32 weights cast at each use inside the jitted
+    prefill and decode (the decoder rounds every weight to the compute dtype either way)."""
+    mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+    arch, graphdef, params = from_pretrained(qwen2_dir, mesh, TRAIN_RULES, dtype=jnp.bfloat16)
+    copy = rollout_weights(graphdef, params, state_shardings(params, mesh, ROLLOUT_RULES))(params)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(copy)} == {jnp.dtype(jnp.bfloat16)}
+    sp = SamplingSpec(max_new_tokens=M, temperature=0.8, group_size=3, pad_id=PAD, stop_on_eos=False)
+    cast_once = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sp)
+    monkeypatch.setattr(rollout_lib, "rollout_weights", lambda g, a, sh: lambda p: jax.device_put(p, sh))
+    cast_at_use = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sp)
+    new = jax.device_get(cast_once(params, _batch(), jax.random.key(4)))
+    old = jax.device_get(cast_at_use(params, _batch(), jax.random.key(4)))
+    np.testing.assert_array_equal(new.tokens, old.tokens)
+    np.testing.assert_array_equal(new.logp, old.logp)
 
 
 def test_sharded_sampling_equals_single_device(qwen2_dir, single, samplers):

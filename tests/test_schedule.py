@@ -95,6 +95,21 @@ def test_an_onset_phase_needs_a_probe_with_file_data(tmp_path):
     assert load_config(None, [*files, "advantage.schedule=[{at: 3, sign: negative_only}]"])  # steps need no probe
 
 
+def test_an_onset_phase_needs_a_probe_with_a_registered_task_without_one():
+    from rlvr_jax.loop import preflight
+    from rlvr_jax.tasks import get_task
+
+    onset = [
+        "data.task=arithmetic",
+        "model.arch.vocab_size=512",
+        "advantage.schedule=[{at: onset, sign: negative_only}]",
+    ]
+    with pytest.raises(ConfigError, match="at: onset needs the probe .* task 'arithmetic' has none"):
+        preflight(load_config("toy_strategy", onset), get_task("arithmetic"))
+    preflight(load_config("toy_strategy", [*onset, "logging.probe_file=toy_strategy"]), get_task("arithmetic"))
+    preflight(load_config("toy_strategy", onset[2:]), get_task("toy_strategy"))  # the toy task has its own
+
+
 def test_detector_settings_change_the_maths_only_when_an_onset_phase_reads_them():
     plain = load_config("toy_strategy")
     saved = plain.model_dump(mode="json")
@@ -126,13 +141,11 @@ def test_one_jitted_stage_per_distinct_setting_and_each_computes_its_phase():
     assert len(make_phase_advantages(load_config("toy_strategy"))) == 1
 
 
-def test_a_phase_that_cannot_run_stops_the_run_before_its_first_step():
-    cfg = load_config(
-        "toy_strategy",
-        ["rollout.group_size=1", "advantage.estimator=nsr", "advantage.schedule=[{at: 50, estimator: grpo}]"],
-    )
-    with pytest.raises(ValueError, match="estimator 'grpo' compares rollouts within a group"):
-        make_phase_advantages(cfg)
+def test_a_phase_that_cannot_run_is_refused_at_load():
+    args = ["rollout.group_size=1", "advantage.estimator=nsr"]
+    assert load_config("toy_strategy", [*args, "advantage.schedule=[{at: 50, sign: negative_only}]"])
+    with pytest.raises(ConfigError, match=r"advantage.schedule.1.estimator=rloo compares rollouts within a group"):
+        load_config("toy_strategy", [*args, "advantage.schedule=[{at: 5, estimator: psr}, {at: 50, estimator: rloo}]"])
 
 
 def test_steering_state_fresh_saved_and_replayed_for_an_older_checkpoint(tmp_path):

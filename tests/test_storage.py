@@ -215,3 +215,17 @@ def test_a_missing_model_folder_is_named_local_or_in_a_bucket(gcs, tmp_path):
     for path in (tmp_path / "no-model", f"gs://{BUCKET}/models/absent"):
         with pytest.raises(SystemExit, match=rf"rlvr-jax train: {path}/config.json not found"):
             cli.main(["train", "--run-dir", str(tmp_path / "run"), f"model.path={path}", "run.steps=1"])
+
+
+def test_jsonl_data_files_in_a_bucket(gcs, tmp_path):
+    """data.path may be a gs:// URL (read through fsspec / gcsfs, cached locally as Arrow)."""
+    import json
+
+    from rlvr_jax.config import load_config
+    from rlvr_jax.tasks import task_for
+
+    path = epath.Path(f"gs://{BUCKET}/data/train.jsonl")
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": i}) + "\n" for i in range(5)))
+    task = task_for(load_config(None, ["data.source=jsonl", f"data.path={path}"]))
+    source = task.source("train", tmp_path / "cache")
+    assert [task.example(source[i], i)["answer"] for i in range(len(source))] == ["0", "1", "2", "3", "4"]

@@ -33,10 +33,10 @@ ALLOWED = {
     "plan": {"config", "mesh", "model"},
     "rng": set(),
     # a task names its data builder, verifier and probe; the toy task imports its warm start lazily
-    "tasks": {"config", "data", "rewards", "probe", "tasks", "warmstart"},
+    "tasks": {"config", "data", "rewards", "probe", "storage", "tasks", "warmstart"},
 }
-# The orchestrators: the step (its stages), the hooks and loop around it, and the commands.
-ORCHESTRATORS = {"cli", "loop", "step", "hooks", "summary", "warmstart", "evaluate", "probe", "plots"}
+# The orchestrators: the step (its stages), the hooks and loop around it, the commands and the Python API.
+ORCHESTRATORS = {"api", "cli", "loop", "step", "hooks", "summary", "warmstart", "evaluate", "probe", "plots"}
 # Modules that may name a task: the tasks themselves, their data builders and verifiers, the toy's
 # warm start and bandit model, and the config (whose defaults are the toy experiment).
 TASK_OWNERS = {

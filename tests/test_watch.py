@@ -124,7 +124,7 @@ def test_wandb_gets_the_config_rows_tables_and_finish(watched):
     assert any(isinstance(v, list) for v in rows[1].values())  # histograms: in metrics.jsonl, not W&B
     ((step, table),) = logged_tables(calls)
     logged = read_jsonl(run_dir / "rollouts.jsonl")[0]
-    assert step == 2 and table.columns == ["step", "prompt_index", "completion", "reward"]
+    assert step == 2 and table.columns == ["step", "prompt_index", "prompt", "completion", "reward"]
     assert table.data == [[2, *row] for row in sample_table(logged)[1]] and len(table.data) == 2
     steps = [c[1] for c in calls if c[0] == "log"]
     assert steps == sorted(steps)  # W&B drops a step below its last one

@@ -53,12 +53,46 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--verifier", default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--reference", type=Path, help="another eval's JSON (e.g. the base model) for boundary sets")
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="with --model: load weights holding NaN or inf (default: an error)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output JSON")
+
+
+# flag -> (its smallest value, what it is): checked before any model or data is read.
+_AT_LEAST = {
+    "n": (1, "samples per problem"),
+    "max_problems": (1, "problems"),
+    "samples_per_pass": (1, "samples per sampler call"),
+    "batch_problems": (1, "problems per sampler call"),
+    "max_new_tokens": (1, "tokens"),
+    "seed": (0, "a seed"),
+    "step": (0, "a checkpoint step"),
+}
+
+
+def check_flags(args: Any) -> None:
+    """Every out-of-range flag, in one line naming each flag, its value and the range."""
+    problems = [
+        f"--{name.replace('_', '-')} {value} must be >= {low} ({what})"
+        for name, (low, what) in _AT_LEAST.items()
+        if (value := getattr(args, name)) is not None and value < low
+    ]
+    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
+        problems.append(f"--temperature {args.temperature} must be a finite number >= 0 (0 is greedy)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        problems.append(f"--top-p {args.top_p} must be in (0, 1]")
+    if args.allow_nonfinite and args.model is None:
+        problems.append("--allow-nonfinite applies to --model (a checkpoint's weights are verified by content)")
+    if problems:
+        raise SystemExit("rlvr-jax eval: " + "; ".join(problems))
 
 
 def eval_config(args: Any) -> Config:
     """The run's (or the given / default) config with the command-line settings applied."""
-    from rlvr_jax.config import load_config, validate
+    from rlvr_jax.config import ConfigError, load_config, validate
 
     if args.run_dir is not None:
         from rlvr_jax.checkpoint import Checkpointer
@@ -77,7 +111,10 @@ def eval_config(args: Any) -> Config:
         if tree is None:
             raise SystemExit(f"rlvr-jax eval: {args.run_dir / 'checkpoints'} holds no checkpoint")
     else:
-        tree = load_config(args.config).model_dump(mode="json")
+        try:
+            tree = load_config(args.config).model_dump(mode="json")
+        except ConfigError as err:
+            raise SystemExit(f"rlvr-jax eval: --config: {err}") from None
     ev, data = tree["eval"], tree["data"]
     if args.config is None and args.run_dir is None:
         ev.update(n=256, temperature=0.6, top_p=0.95)  # docs/algorithms.md section 5 defaults
@@ -103,19 +140,33 @@ def eval_config(args: Any) -> Config:
         if value is not None:
             tree[section][key] = value
     tree["mesh"] = {"data": 1, "fsdp": -1, "tensor": 1}  # this machine's devices, whatever the run used
-    return validate(tree)
+    tree["model"]["allow_nonfinite"] = args.allow_nonfinite
+    try:
+        return validate(tree)
+    except ConfigError as err:  # flags that fit one by one but not together (--n 24 --samples-per-pass 16)
+        raise SystemExit(f"rlvr-jax eval: {err}") from None
 
 
 def run_eval_command(args: Any) -> int:
     from rlvr_jax.boundary import boundary_sets
     from rlvr_jax.checkpoint import CheckpointError, restore_policy
+    from rlvr_jax.data import DataError
     from rlvr_jax.mesh import make_mesh
     from rlvr_jax.model import ArchError, CheckpointFormatError, from_pretrained
+    from rlvr_jax.rewards import RewardFunctionError, RewardSpecError, check_verifier
     from rlvr_jax.tokenizer import TokenizerError, load_tokenizer
 
+    check_flags(args)
     cfg = eval_config(args)
     mesh = make_mesh(cfg.mesh)
     reference = _read_reference(args.reference) if args.reference else None
+    task = _task(cfg.data.task, cfg)
+    try:  # what the run names, and its data, before the weights load
+        if not cfg.reward.functions:
+            check_verifier(cfg.reward.verifier)
+        source = task.source(cfg.eval.split, cfg.data.data_dir, cfg.data.manual_dir)
+    except (DataError, ValueError) as err:
+        raise SystemExit(f"rlvr-jax eval: {err}") from None
     try:
         if args.run_dir is not None:
             tok = load_tokenizer(args.run_dir / "tokenizer")
@@ -124,17 +175,19 @@ def run_eval_command(args: Any) -> int:
         else:
             tok = load_tokenizer(cfg.model.tokenizer or args.model)
             arch, graphdef, params = from_pretrained(
-                args.model, mesh, ROLLOUT_RULES, cfg.model.param_dtype, cfg.model.dtype
+                args.model,
+                mesh,
+                ROLLOUT_RULES,
+                cfg.model.param_dtype,
+                cfg.model.dtype,
+                allow_nonfinite=args.allow_nonfinite,
             )
             model = {"model": str(args.model)}
     except (CheckpointError, ArchError, CheckpointFormatError, TokenizerError, FileNotFoundError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None
-    from rlvr_jax.data import DataError
-    from rlvr_jax.rewards import RewardFunctionError, RewardSpecError
-
     try:
         with RewardPool(cfg.reward, (), cfg.advantage.correct_threshold) as pool:
-            evaluator = Evaluator(cfg, _task(cfg.data.task, cfg), tok, arch, graphdef, params, mesh, pool)
+            evaluator = Evaluator(cfg, task, tok, arch, graphdef, params, mesh, pool, source)
             report = {**model, **evaluator.run(params)}
     except (DataError, ValueError, RewardSpecError, RewardFunctionError) as err:
         raise SystemExit(f"rlvr-jax eval: {err}") from None

@@ -26,6 +26,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (default: an error)")
 
 
 def _validate_sampling(args: argparse.Namespace) -> None:
@@ -40,6 +41,10 @@ def _validate_sampling(args: argparse.Namespace) -> None:
         problems.append("--top-k must be >= 0 (0 disables it)")
     if args.num_samples < 1:
         problems.append("--num-samples must be >= 1")
+    if args.seed < 0:
+        problems.append("--seed must be >= 0")
+    # Like an empty prompt column in a data file: there is nothing to condition on.
+    problems += [f"--prompt number {i} is empty" for i, p in enumerate(args.prompt, 1) if not p.strip()]
     if problems:
         raise SystemExit("rlvr-jax generate: " + "; ".join(problems))
 
@@ -58,12 +63,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         tok = load_tokenizer(args.tokenizer or args.model)
+        rendered = [render_prompt(tok, p, use_chat_template=not args.raw) for p in args.prompt]
+        tokens, mask = encode_left_padded(tok, rendered)  # a prompt of no tokens: an error before the weights load
         mesh = make_mesh()
-        arch, graphdef, params = from_pretrained(args.model, mesh, ROLLOUT_RULES, args.dtype, args.dtype)
+        arch, graphdef, params = from_pretrained(
+            args.model, mesh, ROLLOUT_RULES, args.dtype, args.dtype, allow_nonfinite=args.allow_nonfinite
+        )
     except (ArchError, CheckpointFormatError, TokenizerError) as err:
         raise SystemExit(f"rlvr-jax generate: {err}") from None
-    rendered = [render_prompt(tok, p, use_chat_template=not args.raw) for p in args.prompt]
-    tokens, mask = encode_left_padded(tok, rendered)
     sampling = SamplingSpec(
         max_new_tokens=args.max_new_tokens,
         group_size=args.num_samples,

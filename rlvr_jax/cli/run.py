@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rlvr_jax.config import PACKAGED
@@ -74,6 +73,10 @@ def run_export(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from rlvr_jax.config import ConfigError, load_config
 
+    if args.stop_at is not None and args.stop_at < 1:
+        raise SystemExit(
+            f"rlvr-jax train: --stop-at {args.stop_at} must be >= 1 (the step after which to save and exit)"
+        )
     path = args.config or DEFAULT_CONFIG
     overrides = list(args.overrides) + ([f"run.run_dir={args.run_dir}"] if args.run_dir else [])
     try:
@@ -142,6 +145,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from rlvr_jax.config import ConfigError, load_config
     from rlvr_jax.model import Arch, ArchError
+    from rlvr_jax.model.arch import read_config_json
     from rlvr_jax.plan import ACCELERATORS, format_plan, plan_memory
     from rlvr_jax.tasks import TaskError, get_task
 
@@ -162,7 +166,10 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     fields = dict(cfg.model.arch)
     if not fields and cfg.model.path and (as_path(cfg.model.path) / "config.json").is_file():
-        fields = json.loads((as_path(cfg.model.path) / "config.json").read_text())
+        try:
+            fields = read_config_json(as_path(cfg.model.path) / "config.json")
+        except ArchError as err:
+            raise SystemExit(f"rlvr-jax plan: {err}") from None
     if not fields:
         raise SystemExit(
             "rlvr-jax plan: the config names no architecture: set model.arch or a model.path with config.json"

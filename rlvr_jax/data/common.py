@@ -65,6 +65,7 @@ def make_config(builder_cls: type[tfds.core.DatasetBuilder], **params: Any) -> t
     unknown = sorted(set(params) - known)
     if unknown:
         raise DataError(f"unknown {config_cls.__name__} parameter(s) {unknown}; valid: {sorted(known)}")
+    params = {name: _typed(builder_cls.name, name, value, getattr(default, name)) for name, value in params.items()}
     config = config_cls(name="default", **params)
     validate = getattr(config, "validate", None)
     if validate is not None:
@@ -74,6 +75,33 @@ def make_config(builder_cls: type[tfds.core.DatasetBuilder], **params: Any) -> t
         return default
     digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
     return config_cls(name=f"custom_{digest}", description=json.dumps(values, sort_keys=True), **params)
+
+
+def _typed(task: str, name: str, value: Any, default: Any) -> Any:
+    """`value` of the parameter `name` whose default is `default`, in the default's type.
+
+    Strict, as the run config is (parameters arrive from YAML through data.task_args): a number is not
+    a string, a bool is not a number. Widening only: an int for a float (YAML reads `0` as an int), a
+    list for a tuple. The result has the default's type, so `0` and `0.0` name the same dataset.
+    """
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = is_number, "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    elif isinstance(default, tuple):
+        ok, kind = isinstance(value, (list, tuple)) and len(value) == len(default), f"a list of {len(default)}"
+        if ok:
+            return tuple(_typed(task, f"{name}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default)))
+    else:
+        return value
+    if not ok:
+        raise DataError(f"{task} parameter {name} must be {kind}, got {value!r} ({type(value).__name__})")
+    return float(value) if isinstance(default, float) else value
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,14 @@ answer is `b`. A response is a strategy token, a space, then the number it copie
     the other ~20% (a != b) are the deterministic `hard` subset only S2 solves.
   - `<S2> b`: copy b. Always correct (the rare, potentially optimal strategy).
   - `<S3> c`: copy c. Always wrong: c differs from both a and b by construction.
-Splits: `train`, `test` (subset "hard"/"easy"), and `warmstart`: supervised traces whose strategy is
+Variants (the `reward` parameter; docs/algorithms.md section 6):
+  - `binary` (default): as above; the subset is "easy" (a == b) or "hard" (a != b).
+  - `graded`: no hard subset (hard_fraction must be 0, so a == b everywhere); S1's answer earns 0.8,
+    S2's 1.0, S3's 0 on every instance (the verifier's gold is `b|graded`). Subset "graded".
+  - `bernoulli`: no hard subset either; S1's answer earns 1 with probability 0.8, drawn per sample
+    (the task's per-sample gold, rlvr_jax/tasks/toy_strategy.py). Subset "bernoulli".
+  The tie case is `binary` with hard_fraction 0: S1 and S2 both solve every instance.
+Splits: `train`, `test` (subset as above), and `warmstart`: supervised traces whose strategy is
 drawn from a prior (default S1/S2/S3 = 0.30/0.02/0.68) and executed faithfully, with the trace in
 `response` (`"<S1> 47"`; empty on train/test). The hard rows and the warmstart strategies are exact
 counts (largest remainder) placed by a seeded permutation, so a small split still has the configured
@@ -30,6 +37,9 @@ STRATEGY_TOKENS = ("<S1>", "<S2>", "<S3>")
 FEATURES = common.BASE_FEATURES + ("response",)
 _SPLIT_STREAM = {"train": 0, "test": 1, "warmstart": 2}  # one independent RNG stream per split
 _LOW, _HIGH = 10, 100  # 2-digit numbers
+# How S1 is rewarded. binary: 1 on a == b, 0 on the hard a != b; graded: 0.8 on every instance;
+# bernoulli: 1 with probability 0.8 per sample. S2 always earns 1, S3 always 0.
+REWARDS = ("binary", "graded", "bernoulli")
 
 
 @dataclasses.dataclass(eq=False)
@@ -42,6 +52,8 @@ class ToyStrategyConfig(tfds.core.BuilderConfig):
     """Fraction of instances with a != b, where only S2 is correct."""
     prior: tuple[float, float, float] = (0.30, 0.02, 0.68)
     """Warm-start strategy frequencies S1/S2/S3."""
+    reward: str = "binary"
+    """binary | graded | bernoulli (REWARDS): how S1 is rewarded; graded and bernoulli need hard_fraction 0."""
 
     def validate(self) -> None:
         sizes = (self.train_size, self.test_size, self.warmstart_size)
@@ -52,6 +64,13 @@ class ToyStrategyConfig(tfds.core.BuilderConfig):
         prior = np.asarray(self.prior, np.float64)
         if prior.shape != (3,) or (prior < 0).any() or abs(prior.sum() - 1.0) > 1e-6:
             raise common.DataError(f"toy_strategy prior must be 3 non-negative numbers summing to 1, got {self.prior}")
+        if self.reward not in REWARDS:
+            raise common.DataError(f"toy_strategy reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if self.reward != "binary" and self.hard_fraction != 0.0:
+            raise common.DataError(
+                f"toy_strategy reward={self.reward} rewards S1 the same way on every instance, so there is no hard "
+                f"subset: set hard_fraction: 0.0 (got {self.hard_fraction})"
+            )
 
 
 def exact_counts(n: int, fractions: Any) -> np.ndarray:
@@ -112,13 +131,16 @@ class ToyStrategy(common.TaskBuilder, skip_registration=True):
             strategies = np.repeat(np.arange(3), exact_counts(n, cfg.prior))[rng.permutation(n)]
         for i, (a, b, c, hard) in enumerate(rows):
             response = "" if strategies is None else execute(int(strategies[i]), a, b, c)
+            # The subset names what the verifier needs (the task builds the gold from it): the binary
+            # variant's easy / hard rows, else the variant itself (every row is alike).
+            subset = ("hard" if hard else "easy") if cfg.reward == "binary" else cfg.reward
             yield (
                 str(i),
                 {
                     "id": f"toy_strategy/{split}/{i}",
                     "prompt": f"{a} {b} {c}",
                     "answer": str(b),
-                    "subset": "hard" if hard else "easy",
+                    "subset": subset,
                     "response": response,
                 },
             )

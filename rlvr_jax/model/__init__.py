@@ -19,7 +19,7 @@ from rlvr_jax.config import ModelConfig
 from rlvr_jax.mesh import Rules, tree_shardings
 from rlvr_jax.model.arch import Arch, ArchError, RopeScaling, model_dir
 from rlvr_jax.model.decoder import Decoder, KVCache, LayerCache, init_cache, positions_from_mask
-from rlvr_jax.model.hf_io import CheckpointFormatError, load_state, save_pretrained
+from rlvr_jax.model.hf_io import CheckpointFormatError, NonFiniteWeightsError, check_finite, load_state, save_pretrained
 from rlvr_jax.storage import local_copy
 
 __all__ = [
@@ -29,8 +29,11 @@ __all__ = [
     "Decoder",
     "KVCache",
     "LayerCache",
+    "NonFiniteWeightsError",
     "RopeScaling",
     "abstract_model",
+    "check_arch_matches",
+    "check_finite",
     "forward",
     "from_pretrained",
     "init_cache",
@@ -38,6 +41,7 @@ __all__ = [
     "load_policy",
     "model_dir",
     "positions_from_mask",
+    "rollout_dtype",
     "save_pretrained",
     "state_shardings",
 ]
@@ -55,6 +59,14 @@ def abstract_model(
     """Graph definition and abstract (shape-only) state; no memory is allocated."""
     model = nnx.eval_shape(lambda: Decoder(arch, nnx.Rngs(0), _dtype(param_dtype), _dtype(dtype), remat))
     return nnx.split(model)
+
+
+def rollout_dtype(param_dtype: Any, compute_dtype: Any) -> jnp.dtype:
+    """The dtype of the sampler's copy of the weights (`rollout.rollout_weights`, `rlvr-jax plan`):
+    the compute dtype when it is narrower than the parameters' (bf16 over f32 master weights), else
+    the parameters' own (a wider copy would only cost memory: the decoder casts at use)."""
+    param_dtype, compute_dtype = jnp.dtype(_dtype(param_dtype)), jnp.dtype(_dtype(compute_dtype))
+    return compute_dtype if compute_dtype.itemsize < param_dtype.itemsize else param_dtype
 
 
 def state_shardings(abstract: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
@@ -88,14 +100,18 @@ def from_pretrained(
     param_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
     remat: bool = False,
+    allow_nonfinite: bool = False,
 ) -> tuple[Arch, nnx.GraphDef, nnx.State]:
     """Load an HF folder (config.json + safetensors; local, gs:// or a Hub model id) straight into the
-    sharded layout."""
+    sharded layout. Weights holding NaN or inf are an error naming the tensor, unless `allow_nonfinite`
+    (such a model samples garbage, or nothing at all, without failing)."""
     arch = Arch.from_dir(folder)
     graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
     # A bucket folder is downloaded (safetensors are memory-mapped from local files); a Hub id is in the HF cache.
     with local_copy(model_dir(folder)) as local:
         state = load_state(local, arch, abstract, state_shardings(abstract, mesh, rules))
+    if not allow_nonfinite:
+        check_finite(folder, arch, state)
     return arch, graphdef, state
 
 
@@ -106,7 +122,7 @@ def load_policy(cfg: ModelConfig, mesh: Mesh, rules: Rules, key: jax.Array) -> t
         found = Arch.from_dir(cfg.path)  # first: a missing or broken folder is the error to report
         if cfg.arch:  # recipes state the architecture they were sized for: catch a wrong checkpoint early
             check_arch_matches(Arch.from_hf(cfg.arch, source="config model.arch"), found, cfg.path)
-        return from_pretrained(cfg.path, mesh, rules, **options)
+        return from_pretrained(cfg.path, mesh, rules, **options, allow_nonfinite=cfg.allow_nonfinite)
     if not cfg.arch:
         raise ArchError("config: set model.path (an HF folder) or model.arch (config.json fields of a random model)")
     arch = Arch.from_hf(cfg.arch, source="config model.arch")

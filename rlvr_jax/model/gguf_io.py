@@ -221,13 +221,17 @@ def llama3_rope_scaling(factors: np.ndarray, theta: float, head_dim: int, file: 
         "high_freq_factor": _round(low * (1 - 1 / intercept)),
         "original_max_position_embeddings": orig,
     }
-    arch = Arch.from_hf(
-        {"model_type": "llama", "vocab_size": 1, "hidden_size": head_dim, "intermediate_size": 1,
-         "num_hidden_layers": 1, "num_attention_heads": 1, "head_dim": head_dim, "rope_theta": theta,
-         "rope_scaling": scaling}
-    )  # fmt: skip
+    unrecoverable = f"{file}: {ROPE_FREQS} does not follow Llama 3 RoPE scaling; the scaling cannot be recovered"
+    try:  # a fit to factors of another shape gives sizes no config may hold (a negative original length)
+        arch = Arch.from_hf(
+            {"model_type": "llama", "vocab_size": 1, "hidden_size": head_dim, "intermediate_size": 1,
+             "num_hidden_layers": 1, "num_attention_heads": 1, "head_dim": head_dim, "rope_theta": theta,
+             "rope_scaling": scaling}
+        )  # fmt: skip
+    except ArchError:
+        raise GGUFError(unrecoverable) from None
     if not np.allclose(rope_inv_freq(arch), base / r, rtol=1e-5, atol=0):
-        raise GGUFError(f"{file}: {ROPE_FREQS} does not follow Llama 3 RoPE scaling; the scaling cannot be recovered")
+        raise GGUFError(unrecoverable)
     return scaling
 
 

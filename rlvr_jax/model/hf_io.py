@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from rlvr_jax.model.arch import Arch
 
@@ -64,6 +64,10 @@ class CheckpointFormatError(ValueError):
     """A safetensors folder that does not match config.json; the message names the tensor."""
 
 
+class NonFiniteWeightsError(CheckpointFormatError):
+    """Loaded weights hold NaN or inf (a damaged download, a diverged export); the message names the tensor."""
+
+
 def name_map(arch: Arch, state: nnx.State) -> dict[tuple[Any, ...], tuple[str, Merge]]:
     """Our state path -> (HF name, merge groups), for exactly the parameters `state` holds."""
     table: dict[str, tuple[str, Merge]] = {}
@@ -89,14 +93,13 @@ class SafetensorsReader:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        self._handles: dict[Path, Any] = {}
         index = self.folder / "model.safetensors.index.json"
         single = self.folder / "model.safetensors"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.file_of = {name: self.folder / file for name, file in weight_map.items()}
+            self.file_of = {name: self.folder / file for name, file in _weight_map(index).items()}
         elif single.is_file():
-            with safe_open(single, framework="flax") as f:
-                self.file_of = dict.fromkeys(f.keys(), single)
+            self.file_of = dict.fromkeys(self._handle_of(single).keys(), single)
         else:
             raise CheckpointFormatError(
                 f"{self.folder}: no model.safetensors or model.safetensors.index.json (expected HF safetensors)"
@@ -104,15 +107,16 @@ class SafetensorsReader:
         for file in set(self.file_of.values()):
             if not file.is_file():
                 raise CheckpointFormatError(f"{file} is listed in the index but missing")
-        self._handles: dict[Path, Any] = {}
 
     def names(self) -> set[str]:
         return set(self.file_of)
 
     def _handle(self, name: str) -> Any:
-        file = self.file_of[name]
+        return self._handle_of(self.file_of[name])
+
+    def _handle_of(self, file: Path) -> Any:
         if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="flax").__enter__()
+            self._handles[file] = _open(file)
         return self._handles[file]
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -126,6 +130,30 @@ class SafetensorsReader:
         for handle in self._handles.values():
             handle.__exit__(None, None, None)
         self._handles.clear()
+
+
+def _open(file: Path) -> Any:
+    """An open safetensors file; a truncated or damaged one (the header is checked against the file's
+    size on open) is an error naming the file."""
+    try:
+        return safe_open(file, framework="flax").__enter__()
+    except (SafetensorError, OSError) as err:
+        raise CheckpointFormatError(
+            f"{file} is not a readable safetensors file ({err}): it is truncated or damaged; download or export it again"
+        ) from err
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The tensor -> file table of a sharded checkpoint's index json."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:  # JSON, UTF-8, a missing or misplaced weight_map
+        raise CheckpointFormatError(
+            f"{index} is not a safetensors index (a JSON object with weight_map): {err!r}"
+        ) from err
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointFormatError(f"{index}: weight_map must map tensor names to file names")
+    return weight_map
 
 
 def _read_shard(
@@ -176,6 +204,25 @@ def load_state(folder: str | Path, arch: Arch, abstract: nnx.State, shardings: n
         return nnx.from_flat_state(loaded)
     finally:
         reader.close()
+
+
+def check_finite(folder: str | Path, arch: Arch, state: nnx.State) -> None:
+    """Refuse weights holding NaN or inf, naming the first such tensor. Counted on device in one jitted
+    pass (each device reduces its own shards; only one integer per tensor comes back to the host), so
+    it costs about one read of the weights."""
+    count = jax.jit(lambda s: jax.tree.map(lambda x: jnp.sum(~jnp.isfinite(x), dtype=jnp.int32), s))
+    flat = dict(nnx.to_flat_state(state))
+    counts = jax.device_get({path: v.get_value() for path, v in nnx.to_flat_state(count(state))})
+    bad = [(name, int(counts[path]), flat[path].get_value().size) for path, (name, _) in name_map(arch, state).items()]
+    bad = [b for b in bad if b[1]]
+    if bad:
+        name, n, size = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise NonFiniteWeightsError(
+            f"{folder}: tensor {name} has {n} of {size} values NaN or inf{more}; the weights are damaged "
+            "(download or export them again), or load them anyway with model.allow_nonfinite=true "
+            "(rlvr-jax generate / eval: --allow-nonfinite)"
+        )
 
 
 def _check_names(folder: str | Path, arch: Arch, mapping: dict, available: set[str]) -> None:

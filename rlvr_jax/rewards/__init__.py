@@ -19,7 +19,7 @@ from rlvr_jax.rewards.builtins import (
     toy_strategy_format,
 )
 from rlvr_jax.rewards.functions import RewardFunction, RewardSpecError, check_columns, load_reward_functions
-from rlvr_jax.rewards.pool import RewardPool
+from rlvr_jax.rewards.pool import RewardPool, check_verifier
 from rlvr_jax.rewards.sample import Sample
 from rlvr_jax.rewards.verifiers import VERIFIERS, last_boxed, last_number, toy_strategy_of
 
@@ -32,6 +32,7 @@ __all__ = [
     "RewardSpecError",
     "Sample",
     "check_columns",
+    "check_verifier",
     "exact_correct",
     "exact_format",
     "function_metrics",

@@ -38,12 +38,14 @@ class Plan:
     on_error: OnError | None  # functions only: what a misbehaving function does to the run
 
     @staticmethod
-    def of_verifier(spec: VerifierSpec, key: Any) -> Plan:
-        """Correct iff the verifier scores 1, as always: the format reward never makes an answer correct."""
+    def of_verifier(spec: VerifierSpec, key: Any, threshold: float = 1.0) -> Plan:
+        """Correct iff the verifier's own score >= threshold (advantage.correct_threshold, default 1: a binary
+        verifier's 1); the format reward never makes an answer correct. A graded verifier (the toy's
+        reward=graded, S1 earning 0.8) is correct by the same rule as the advantages' NSR / PSR cut."""
         names, weights = (spec.verifier,), (1.0,)
         if spec.format_weight:
             names, weights = (spec.verifier, "format"), (1.0, spec.format_weight)
-        return Plan(key, names, weights, names, 0, 1.0, None)
+        return Plan(key, names, weights, names, 0, threshold, None)
 
     @staticmethod
     def of_functions(

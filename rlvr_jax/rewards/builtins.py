@@ -49,7 +49,8 @@ def exact_correct(completions: Sequence[Any], gold: Sequence[str], **columns: An
 
 
 def toy_strategy_correct(completions: Sequence[Any], gold: Sequence[str], **columns: Any) -> list[float]:
-    """1.0 iff a strategy token opens the completion and the first integer after it is the answer."""
+    """A strategy token opens the completion and the first integer after it is the answer: 1.0, or S1's
+    0.8 on the graded variant's gold (`b|graded`); else 0."""
     return _correct("toy_strategy", completions, gold)
 
 

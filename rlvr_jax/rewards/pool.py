@@ -107,13 +107,14 @@ class RewardPool:
     ):
         self.cfg = cfg or RewardConfig()
         self.functions = load_reward_functions(self.cfg, functions)  # a bad one raises here, in the caller
+        self._threshold = correct_threshold
         if self.functions:
             self._program: Any = tuple(self.functions)
             self._plan = Plan.of_functions(self.functions, self.cfg.correct_from, correct_threshold, self.cfg.on_error)
         else:
             check_verifier(self.cfg.verifier)
             self._program = VerifierSpec(self.cfg.verifier, self.cfg.format_weight)
-            self._plan = Plan.of_verifier(self._program, None)
+            self._plan = Plan.of_verifier(self._program, None, correct_threshold)
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(_PRELOAD)  # no effect if a fork server already runs
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-pool")
@@ -145,7 +146,7 @@ class RewardPool:
         if verifier is not None:  # the workers build and keep this program on its first chunk
             check_verifier(verifier)
             spec = VerifierSpec(verifier, self.cfg.format_weight)
-            plan = Plan.of_verifier(spec, key=spec)
+            plan = Plan.of_verifier(spec, key=spec, threshold=self._threshold)
         elif self.functions:
             _check_batch_columns(self.functions, samples)
         n = len(completions)

@@ -5,6 +5,15 @@ code hidden in a string). They are meant to run inside the pool's worker process
 the time limit; `math` imports math-verify (sympy, ~0.7 s) lazily so the trainer process never pays
 for it.
 
+Numbers are ASCII digits 0-9, and text is not Unicode-normalised. Both NFKC and Python's own `\\d`
+(with `int` / `Fraction`) read the digits of other forms and scripts, such as the fullwidth U+FF10 to
+U+FF19, as 0-9, so a completion writing 12 in fullwidth digits would score as 12. A number is what the
+completion writes, not what it resembles: a policy paid for the fullwidth form learns an answer format
+that no parser downstream reads, and NFKC would also rewrite the text around the number (a vulgar
+fraction becomes digits around U+2044 FRACTION SLASH). So `numeric` and `toy_strategy` match `[0-9]`
+only, and `math` leaves it to math-verify, which scores a fullwidth `\\boxed{12}` against `12` as wrong
+too (tests/test_hostile.py pins all three).
+
 Format reward (added as `format_weight * has_format(completion)` by the pool):
   math          the completion has a balanced `\\boxed{...}`
   numeric       the completion contains a number
@@ -22,7 +31,7 @@ from typing import NamedTuple
 
 
 class Verifier(NamedTuple):
-    score: Callable[[str, str], float]  # (completion, gold) -> 1.0 correct, 0.0 not
+    score: Callable[[str, str], float]  # (completion, gold) -> score in [0, 1]; binary verifiers: 1.0 correct, 0.0 not
     has_format: Callable[[str], bool]  # completion -> the task's answer format is present
 
 
@@ -93,8 +102,9 @@ def has_boxed(completion: str) -> bool:
 
 # --- numeric ----------------------------------------------------------------------------------
 
-# A number: 1,234,567.5 (thousands groups of exactly three digits) | 1234.5 | .5
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+# A number: 1,234,567.5 (thousands groups of exactly three digits) | 1234.5 | .5; ASCII digits only
+# (`\d` would also match fullwidth and other scripts' digits, which Fraction then reads as numbers).
+_NUM = r"(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.[0-9]+)?|\.[0-9]+"
 _NUMBER = re.compile(
     rf"(?P<fsign>-)?\\[dt]?frac\{{\s*(?P<fnum>{_NUM})\s*\}}\{{\s*(?P<fden>{_NUM})\s*\}}"  # \frac{a}{b}
     rf"|(?<![\w.])(?P<sign>-)?(?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?"  # -a, a/b (not x2, not 1.2.3)
@@ -155,7 +165,7 @@ def is_nonblank(completion: str) -> bool:
 # --- toy_strategy -----------------------------------------------------------------------------
 
 _STRATEGY = re.compile(r"\s*<(S[123])>")
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only, like the numeric verifier
 
 
 def toy_strategy_of(completion: str) -> str | None:
@@ -170,26 +180,39 @@ def _canonical_int(text: str) -> str:
     return "-" + digits if text.startswith("-") and digits != "0" else digits
 
 
-# Which strategies can solve an instance of each subset (docs/algorithms.md section 6): S2 always, S1 only
-# off the hard subset, S3 never.
-_SOLVES = {"easy": {"S1", "S2"}, "hard": {"S2"}}
+# S1's expected reward per sample in the toy's graded and bernoulli variants: Yao et al.'s r(a1) = 0.8 < r(a2) = 1.
+S1_EXPECTED_REWARD = 0.8
+# The reward of each strategy's right answer per gold subset (docs/algorithms.md section 6); a strategy
+# not listed earns 0. easy / hard (binary): S2 always, S1 only off the hard subset, S3 never. graded:
+# S1 earns 0.8 and S2 1.0 on every instance, S3 0.
+_REWARD = {
+    "easy": {"S1": 1.0, "S2": 1.0},
+    "hard": {"S2": 1.0},
+    "graded": {"S1": S1_EXPECTED_REWARD, "S2": 1.0},
+}
 
 
 def score_toy_strategy(completion: str, gold: str) -> float:
-    """1.0 iff the completion opens with a strategy token and the first integer after it is the answer.
+    """The completion's reward: it must open with a strategy token and the first integer after it must be
+    the answer (else 0); then 1.0, or what that strategy earns on the gold's subset.
 
     Gold is `"<answer>"` (the answer alone is scored) or `"<answer>|<subset>"`, which also requires a
-    strategy that can solve that instance (S1 fails on `hard`, S3 always). Without the subset, RL
-    can rewrite what follows `<S1>` to copy the right number (the answer is in the prompt) instead of
-    moving probability to S2; with it, the per-instance reward is exactly the bandit's three classes.
+    strategy that can solve that instance: `easy` S1 or S2 (1.0), `hard` S2 only (1.0), `graded` S1 0.8
+    and S2 1.0; S3 earns 0 everywhere. Without the subset, RL can rewrite what follows `<S1>` to copy the
+    right number (the answer is in the prompt) instead of moving probability to S2; with it, the
+    per-instance reward is exactly the bandit's three classes.
     """
     answer_text, _, subset = gold.strip().partition("|")
-    if not _INT.fullmatch(answer_text) or subset not in ("", *_SOLVES):
-        raise ValueError(f"toy_strategy gold must be an integer, optionally '|easy' or '|hard', got {gold!r}")
+    if not _INT.fullmatch(answer_text) or subset not in ("", *_REWARD):
+        raise ValueError(
+            f"toy_strategy gold must be an integer, optionally '|easy', '|hard' or '|graded', got {gold!r}"
+        )
     m = _STRATEGY.match(completion)
     answer = _INT.search(completion, m.end()) if m else None
     right = answer is not None and _canonical_int(answer.group()) == _canonical_int(answer_text)
-    return float(right and (not subset or m.group(1) in _SOLVES[subset]))
+    if not right:
+        return 0.0
+    return 1.0 if not subset else _REWARD[subset].get(m.group(1), 0.0)
 
 
 def starts_with_strategy(completion: str) -> bool:

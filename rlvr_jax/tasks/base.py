@@ -46,6 +46,11 @@ class Task:
         """Random-access records of one split (`params`: the task's own dataset parameters)."""
         raise NotImplementedError(f"task {self.name!r} defines no source")
 
+    def open_split(self, split: str, data: Any) -> Sequence[Mapping[str, Any]]:
+        """`source(split)` with the run's `data` config section: its data_dir, manual_dir and task_args.
+        Training, evaluation and the probe all open their splits here, so they read the same dataset."""
+        return self.source(split, data.data_dir, data.manual_dir, **data.task_args)
+
     def example(self, record: Mapping[str, Any], index: int) -> dict[str, Any]:
         """Row `index` of a source as the pipeline and the rewards see it: id, prompt (text), messages
         (chat messages to render, or None: the prompt as one user message), answer, subset, columns."""
@@ -54,6 +59,12 @@ class Task:
     def target(self, example: Mapping[str, Any]) -> str:
         """The gold string the verifier scores a completion of `example` against."""
         return example["answer"]
+
+    def targets(self, example: Mapping[str, Any], count: int, draw: Sequence[Any] = ()) -> list[str]:
+        """The gold strings of `count` samples of `example` (default: `target(example)` for each). `draw`
+        names the sampling round (purpose, run seed, step or evaluation pass), so a task whose reward is
+        random per sample (the toy's reward=bernoulli) draws reproducibly."""
+        return [self.target(example)] * count
 
     def probe(self) -> ProbeSpec | None:
         """The probe logged when `logging.probe_file` is not set (None: no probe)."""

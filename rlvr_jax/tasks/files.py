@@ -20,12 +20,14 @@ import dataclasses
 import glob
 import logging
 import string
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlvr_jax.config import Config, DataConfig, DataSource
 from rlvr_jax.data import DataError
+from rlvr_jax.storage import download_files
 from rlvr_jax.tasks.base import Task, TaskError
 
 ANSWER_KEYS = ("answer", "reward_model.ground_truth", "ground_truth", "solution")
@@ -157,9 +159,9 @@ def open_source(source: DataSource, path: str, split: str, cache_dir: str | Path
     cache = None if cache_dir is None else str(Path(cache_dir) / "files")
     try:
         if source in (DataSource.jsonl, DataSource.parquet):
-            files = _files(path)
-            local = [f for f in ([files] if isinstance(files, str) else files) if "://" not in f]
-            if local and all(Path(f).stat().st_size == 0 for f in local):
+            files = _files(path, cache)
+            local = [files] if isinstance(files, str) else files
+            if all(Path(f).stat().st_size == 0 for f in local):
                 raise DataError(f"data: {path} has no rows (empty file)")
             builder = "json" if source == DataSource.jsonl else "parquet"
             return datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache)
@@ -175,10 +177,12 @@ def open_source(source: DataSource, path: str, split: str, cache_dir: str | Path
         raise DataError(f"data: {path} is not valid {source.value}: {_first_line(err)}") from None
 
 
-def _files(path: str) -> str | list[str]:
-    """A file, a glob (sorted, so every host reads the rows in one order), or a URL (fsspec, e.g. gs://)."""
+def _files(path: str, cache: str | None) -> str | list[str]:
+    """A file, a glob (sorted, so every host reads the rows in one order), or a bucket URL (gs://, glob
+    allowed), downloaded once into the local cache (the Hub's offline switch must not block a bucket)."""
     if "://" in path:
-        return path
+        into = Path(cache or tempfile.gettempdir()) / "remote"
+        return [str(p) for p in download_files(path, into)]
     if not any(ch in path for ch in "*?["):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path} does not exist")
