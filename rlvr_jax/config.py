@@ -609,25 +609,6 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _group_size_fits(self) -> Config:
-        # Checked here, not only at the first step: with G = 1 GRPO / Dr.GRPO give 0 to every rollout,
-        # RLOO and the unbiased std divide by G - 1 = 0 (verl instead falls back to mean 0, std 1).
-        # advantage.schedule phases too: a phase that cannot run would otherwise stop the run when it starts.
-        relative = (Estimator.grpo, Estimator.drgrpo, Estimator.rloo)
-        named = [("advantage.estimator", self.advantage.estimator)] + [
-            (f"advantage.schedule.{i}.estimator", p.estimator) for i, p in enumerate(self.advantage.schedule)
-        ]
-        for key, estimator in named:
-            if self.rollout.group_size < 2 and estimator in relative:
-                unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
-                raise ValueError(
-                    f"{key}={estimator.value} compares rollouts within a group and needs "
-                    f"rollout.group_size >= 2, got {self.rollout.group_size}{unbiased}; sample more per prompt or use "
-                    "an absolute estimator (nsr, psr, w_reinforce)"
-                )
-        return self
-
-    @model_validator(mode="after")
     def _batches_fit(self) -> Config:
         """Settings that each validate but do not work together; every such problem is one line."""
         problems = []
@@ -640,13 +621,21 @@ class Config(_Section):
                 f"optim.micro_batches = {self.optim.mini_batches} * {self.optim.micro_batches} = {parts} equal "
                 f"parts; make that product a divisor of {rows} (the nearest: {_divisors_near(rows, parts)})"
             )
-        estimator = self.advantage.estimator
-        if estimator in GROUP_RELATIVE and self.rollout.group_size < 2:
-            problems.append(
-                f"rollout.group_size={self.rollout.group_size} with advantage.estimator={estimator.value}: the "
-                "estimator compares each sample with the others of its prompt's group; set rollout.group_size >= 2 "
-                "(or advantage.estimator=nsr|psr|w_reinforce)"
-            )
+        # With G = 1 GRPO / Dr.GRPO give 0 to every rollout, RLOO and the unbiased std divide by G - 1 = 0
+        # (verl instead falls back to mean 0, std 1). Every advantage.schedule phase too: a phase that
+        # cannot run would otherwise stop the run when it starts.
+        named = [("advantage.estimator", self.advantage.estimator)] + [
+            (f"advantage.schedule.{i}.estimator", p.estimator) for i, p in enumerate(self.advantage.schedule)
+        ]
+        g = self.rollout.group_size
+        for key, estimator in named:
+            if estimator in GROUP_RELATIVE and g < 2:
+                unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
+                problems.append(
+                    f"rollout.group_size={g} with {key}={estimator.value}: the estimator compares each sample with "
+                    f"the others of its prompt's group and needs rollout.group_size >= 2, got {g}{unbiased}; set "
+                    f"rollout.group_size >= 2 (or {key}=nsr|psr|w_reinforce)"
+                )
         processes = self.mesh.distributed.num_processes
         if processes is not None and self.data.prompts_per_step % processes:
             problems.append(

@@ -144,7 +144,9 @@ def test_one_jitted_stage_per_distinct_setting_and_each_computes_its_phase():
 def test_a_phase_that_cannot_run_is_refused_at_load():
     args = ["rollout.group_size=1", "advantage.estimator=nsr"]
     assert load_config("toy_strategy", [*args, "advantage.schedule=[{at: 50, sign: negative_only}]"])
-    with pytest.raises(ConfigError, match=r"advantage.schedule.1.estimator=rloo compares rollouts within a group"):
+    with pytest.raises(
+        ConfigError, match=r"rollout.group_size=1 with advantage.schedule.1.estimator=rloo: the estimator compares"
+    ):
         load_config("toy_strategy", [*args, "advantage.schedule=[{at: 5, estimator: psr}, {at: 50, estimator: rloo}]"])
 
 
