@@ -8,6 +8,15 @@ Binomials overflow long before n = 1024, so the product is taken directly: every
 [0, 1] (clipped at 0 once i > n - c - 1, where pass@k is exactly 1), and a cumulative product gives
 every k at once. Boundary sets (docs/algorithms.md section 5): problems solved at least once (c > 0) by
 the current and the reference model; gained, lost, kept; and the pass@k difference per k.
+
+The 1/k diagnostic (Yao et al.): the fraction of problems whose empirical correct-probability
+p = c/n exceeds 1/k, for each reported k >= 2 (p > 1 is impossible, so k = 1 is left out). It says
+how many problems a k-sample budget covers *reliably*, where pass@k also counts lucky hits: p > 1/k
+implies pass@k = 1 - (1 - p)^k > 1 - (1 - 1/k)^k, which is 0.75 at k = 2 and decreases towards
+1 - 1/e = 0.632 as k grows. The same bound holds for the unbiased estimate computed here, since
+C(n - c, k) / C(n, k) = prod_i (n - c - i) / (n - i) <= (1 - c/n)^k. The converse fails: a problem
+with p just under 1/k still has pass@k near 0.63, and one with a single lucky success has
+pass@k = k/n > 0 but is below 1/k as soon as k < n.
 """
 
 from __future__ import annotations
@@ -43,13 +52,33 @@ def pass_at_k(n: int, correct: np.ndarray | Sequence[int], ks: Sequence[int] | N
     return {k: float(table[:, k - 1].mean()) if len(table) else float("nan") for k in ks}
 
 
+def above_one_over_k(n: int, correct: np.ndarray | Sequence[int], ks: Sequence[int] | None = None) -> dict[int, float]:
+    """For each k >= 2 (default: k_values(n)), the fraction of problems with c/n > 1/k (as c*k > n: exact)."""
+    ks = [k for k in (ks if ks is not None else k_values(n)) if k >= 2]
+    c = np.asarray(correct, dtype=np.int64)
+    return {k: float(np.mean(c * k > n)) if len(c) else float("nan") for k in ks}
+
+
 def summarize(problems: Sequence[Mapping[str, Any]], n: int) -> dict[str, Any]:
-    """pass@k overall and per named subset from per-problem records {"id", "subset", "c"}."""
+    """pass@k and the 1/k diagnostic overall and per named subset from per-problem records
+    {"id", "subset", "c"}; with each record's "entropy" and "tokens", also the token-weighted mean entropy."""
     correct = np.asarray([p["c"] for p in problems])
-    out: dict[str, Any] = {"problems": len(problems), "pass_at_k": _keyed(pass_at_k(n, correct)), "subsets": {}}
+    out: dict[str, Any] = {"problems": len(problems), **_measures(problems, n, correct), "subsets": {}}
     for subset in sorted({p.get("subset", "") for p in problems} - {""}):
         rows = np.asarray([p.get("subset", "") == subset for p in problems])
-        out["subsets"][subset] = {"problems": int(rows.sum()), "pass_at_k": _keyed(pass_at_k(n, correct[rows]))}
+        chosen = [p for p, keep in zip(problems, rows) if keep]
+        out["subsets"][subset] = {"problems": int(rows.sum()), **_measures(chosen, n, correct[rows])}
+    return out
+
+
+def _measures(problems: Sequence[Mapping[str, Any]], n: int, correct: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "pass_at_k": _keyed(pass_at_k(n, correct)),
+        "above_1_over_k": _keyed(above_one_over_k(n, correct)),
+    }
+    if problems and all("tokens" in p and "entropy" in p for p in problems):
+        tokens = sum(p["tokens"] for p in problems)
+        out["entropy"] = sum(p["entropy"] * p["tokens"] for p in problems) / max(tokens, 1)
     return out
 
 

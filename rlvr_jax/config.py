@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import itertools
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -361,6 +362,44 @@ class RewardConfig(_Section):
         return self
 
 
+ONSET = "onset"  # a schedule phase that starts when the online stage detector fires (rlvr_jax/stages.py)
+_PHASE_KEYS = ("at", "delay", "sign", "estimator")
+
+
+class SchedulePhase(_Section):
+    """One phase of advantage.schedule: from step `at` on, these settings replace the advantage's own."""
+
+    at: int | str
+    """A step count (the phase is in force from the step after that many steps are done; 0: from the
+    start), or "onset": from the probe step at which the online stage detector fires (+ delay)."""
+    delay: int = Field(default=0, ge=0)
+    """With at: onset, start this many steps after the onset."""
+    sign: _mode(SignFilter) | None = None
+    estimator: _mode(Estimator) | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        # One plain message instead of pydantic's per-union-member errors, naming the valid keys.
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"a phase is a mapping such as {{at: 50, sign: negative_only}}, got {raw!r}")
+        unknown = sorted(set(raw) - set(_PHASE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown phase key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(_PHASE_KEYS)}")
+        at = raw.get("at")
+        if not ((isinstance(at, int) and not isinstance(at, bool) and at >= 0) or at == ONSET):
+            raise ValueError(f"at must be a step number >= 0 or {ONSET!r}, got {at!r}")
+        return raw
+
+    @model_validator(mode="after")
+    def _fits(self) -> SchedulePhase:
+        if self.sign is None and self.estimator is None:
+            raise ValueError(f"the phase at {self.at!r} changes nothing: give sign and/or estimator")
+        if self.delay and self.at != ONSET:
+            raise ValueError(f"delay is for at: {ONSET} (the phase at {self.at!r} is already a step number)")
+        return self
+
+
 class AdvantageConfig(_Section):
     estimator: _mode(Estimator) = Estimator.grpo
     sign: _mode(SignFilter) = SignFilter.full
@@ -376,6 +415,32 @@ class AdvantageConfig(_Section):
     """Which rollouts' tokens (or sequences) the loss divides by (docs/algorithms.md section 2): kept
     (NSR: incorrect, PSR: correct, others: all), all, or nonzero (advantage != 0 after the sign filter,
     so GRPO-N divides by its negative tokens only)."""
+
+    # A tuple (lists in YAML convert), so the section stays hashable for jit's static arguments.
+    schedule: Annotated[tuple[SchedulePhase, ...], Strict(False)] = ()
+    """Phases that switch `sign` and/or `estimator` during training, e.g. [{at: onset, sign: negative_only}]
+    or [{at: 50, estimator: nsr}]; each overrides the settings it names from its start on, and the others
+    carry over from the previous phase. Order: step phases by increasing `at`, then onset phases by
+    increasing `delay` (docs/algorithms.md section 2)."""
+
+    @model_validator(mode="after")
+    def _schedule_in_order(self) -> AdvantageConfig:
+        steps = [p.at for p in self.schedule if p.at != ONSET]
+        delays = [p.delay for p in self.schedule if p.at == ONSET]
+        first_onset = next((i for i, p in enumerate(self.schedule) if p.at == ONSET), len(self.schedule))
+        if any(p.at != ONSET for p in self.schedule[first_onset:]):
+            raise ValueError(
+                "schedule: step phases come before the onset phases (an onset's step is not known in advance)"
+            )
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"schedule: the step phases' `at` must increase, got {steps}")
+        if any(b <= a for a, b in itertools.pairwise(delays)):
+            raise ValueError(f"schedule: the onset phases' `delay` must increase, got {delays}")
+        return self
+
+    @property
+    def uses_onset(self) -> bool:
+        return any(p.at == ONSET for p in self.schedule)
 
 
 class LossConfig(_Section):
@@ -466,6 +531,13 @@ class LoggingConfig(_Section):
     text and W&B tables (0: never)."""
     rollouts_per_step: int = Field(default=4, ge=0)
     """Completions logged per such step: the first sample of each of the step's first N prompts (0: all)."""
+    stage_window: int = Field(default=2, ge=1)
+    """Online stage detector (rlvr_jax/stages.py OnlineDetector): the rare class must rise at each of the
+    last N probe points while the leader is lower than N probe points earlier."""
+    stage_rare_ratio: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """A class is rare if its base probability is below this times the base's largest class probability."""
+    stage_min_rise: float = Field(default=0.1, ge=0.0)
+    """The rare class's rise over the window must be at least this fraction of its value at the window's start."""
     progress_bar: bool = True
     block_each_step: bool = False
     """Wait for each update to finish before the step ends, so time/step_s and time/rollout_s split a step
@@ -527,24 +599,15 @@ class Config(_Section):
             raise ValueError("data.path is set but data.source is task: set data.source=jsonl|parquet|hf")
         if not files and self.eval.path:
             raise ValueError("eval.path is for file sources: set data.source=jsonl|parquet|hf, or drop eval.path")
+        if self.advantage.uses_onset and files and not self.logging.probe_file:
+            raise ValueError(
+                f"advantage.schedule: at: {ONSET} needs the probe the stage detector reads; a file dataset has "
+                "none of its own: set logging.probe_file"
+            )
         if files and self.data.task_args:
             raise ValueError(
                 f"data.task_args are a registered task's dataset parameters; data.source={self.data.source.value} "
                 "reads files, which take none: drop data.task_args"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _group_size_fits(self) -> Config:
-        # Checked here, not only at the first step: with G = 1 GRPO / Dr.GRPO give 0 to every rollout,
-        # RLOO and the unbiased std divide by G - 1 = 0 (verl instead falls back to mean 0, std 1).
-        relative = (Estimator.grpo, Estimator.drgrpo, Estimator.rloo)
-        if self.rollout.group_size < 2 and self.advantage.estimator in relative:
-            unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
-            raise ValueError(
-                f"advantage.estimator={self.advantage.estimator.value} compares rollouts within a group and needs "
-                f"rollout.group_size >= 2, got {self.rollout.group_size}{unbiased}; sample more per prompt or use an "
-                "absolute estimator (nsr, psr, w_reinforce)"
             )
         return self
 
@@ -561,13 +624,21 @@ class Config(_Section):
                 f"optim.micro_batches = {self.optim.mini_batches} * {self.optim.micro_batches} = {parts} equal "
                 f"parts; make that product a divisor of {rows} (the nearest: {_divisors_near(rows, parts)})"
             )
-        estimator = self.advantage.estimator
-        if estimator in GROUP_RELATIVE and self.rollout.group_size < 2:
-            problems.append(
-                f"rollout.group_size={self.rollout.group_size} with advantage.estimator={estimator.value}: the "
-                "estimator compares each sample with the others of its prompt's group; set rollout.group_size >= 2 "
-                "(or advantage.estimator=nsr|psr|w_reinforce)"
-            )
+        # With G = 1 GRPO / Dr.GRPO give 0 to every rollout, RLOO and the unbiased std divide by G - 1 = 0
+        # (verl instead falls back to mean 0, std 1). Every advantage.schedule phase too: a phase that
+        # cannot run would otherwise stop the run when it starts.
+        named = [("advantage.estimator", self.advantage.estimator)] + [
+            (f"advantage.schedule.{i}.estimator", p.estimator) for i, p in enumerate(self.advantage.schedule)
+        ]
+        g = self.rollout.group_size
+        for key, estimator in named:
+            if estimator in GROUP_RELATIVE and g < 2:
+                unbiased = " (std=unbiased divides by G - 1 = 0)" if self.advantage.std == StdMode.unbiased else ""
+                problems.append(
+                    f"rollout.group_size={g} with {key}={estimator.value}: the estimator compares each sample with "
+                    f"the others of its prompt's group and needs rollout.group_size >= 2, got {g}{unbiased}; set "
+                    f"rollout.group_size >= 2 (or {key}=nsr|psr|w_reinforce)"
+                )
         processes = self.mesh.distributed.num_processes
         if processes is not None and self.data.prompts_per_step % processes:
             problems.append(
@@ -804,6 +875,7 @@ HARMLESS_ON_RESUME = (
     "model.remat",
     "model.allow_nonfinite",
 )
+STAGE_DETECTOR = ("logging.stage_", "logging.probe_")
 # Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
 STATE_DEFINING = ("model.arch", "model.param_dtype", "warmstart.", "optim.max_grad_norm")
 
@@ -846,9 +918,11 @@ class ConfigChanges:
         for key in sorted(old.keys() | new.keys()):
             if old.get(key, "<unset>") == new.get(key, "<unset>"):
                 continue
+            # The stage detector's settings decide when an onset phase starts: then they change the maths.
+            steers = key.startswith(STAGE_DETECTOR) and cfg.advantage.uses_onset
             kind = (
                 "harmless"
-                if key.startswith(HARMLESS_ON_RESUME)
+                if key.startswith(HARMLESS_ON_RESUME) and not steers
                 else "state"
                 if key.startswith(STATE_DEFINING)
                 else "trajectory"

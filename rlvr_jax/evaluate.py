@@ -1,8 +1,21 @@
 """pass@k evaluation on held-out problems (during training and for `rlvr-jax eval`), and the
-evals/step_<k>.json records it writes."""
+evals/step_<k>.json records it writes.
+
+Besides pass@k the report has, overall and per subset (docs/algorithms.md section 5):
+- `entropy`: the mean token entropy (nats) of the sampled completions, token-weighted over all samples.
+  At each generated position it is the exact entropy of the policy's un-tempered next-token
+  distribution (the definition of the training metric `entropy`), recorded by the sampler from the
+  log-softmax it already computes for log pi(y). Chosen over -mean log pi(y) of the sampled tokens
+  (a free Monte-Carlo estimate) because that estimates the same quantity only at temperature 1 and
+  top-p 1; at the evaluation defaults (0.6, 0.95) it is a cross-entropy between the truncated
+  sampling distribution and the policy, which is neither distribution's entropy. The exact value
+  also has no sampling noise at the position itself. Cost: one multiply-and-sum over V per decode step.
+- `above_1_over_k`: the 1/k boundary diagnostic (rlvr_jax/boundary.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -68,6 +81,7 @@ class Evaluator:
             self.stop,
             int(tokenizer.pad_token_id),
         )
+        sampling = dataclasses.replace(sampling, entropy=True)  # eval/entropy
         self.sampler = make_sampler(arch, graphdef, abstract_params, mesh, ROLLOUT_RULES, sampling)
         self.key = purpose_key(cfg.run.seed, "eval")
         self.cfg, self.task, self.tokenizer, self.pool, self.mesh = cfg, task, tokenizer, pool, mesh
@@ -79,6 +93,7 @@ class Evaluator:
         for (arrays, examples), valid in self.batches:
             prompts = PromptBatch(**global_tree(arrays, self.mesh, ROLLOUT_RULES))
             correct = np.zeros(len(examples), np.int64)
+            entropy, tokens = np.zeros(len(examples)), np.zeros(len(examples), np.int64)
             pending = self.sampler(params, prompts, jax.random.fold_in(self.key, 0))
             for j in range(self.passes):
                 rollout = local_tree(pending)  # this process's problems
@@ -88,10 +103,21 @@ class Evaluator:
                 draw = ("eval", self.cfg.run.seed, j)  # like the sampling keys: the same for every evaluated policy
                 result = self.pool.score(texts, samples(self.task, examples, self.group, draw))
                 correct += result.correct.reshape(len(examples), self.group).sum(axis=1)
+                mask = rollout.mask.reshape(len(examples), -1)  # a problem's G samples side by side
+                entropy += (np.asarray(rollout.entropy, np.float64).reshape(len(examples), -1) * mask).sum(axis=1)
+                tokens += mask.sum(axis=1)
                 reward_sum += float(result.rewards.reshape(len(examples), self.group)[:valid].sum())
             problems += [
-                {"id": e["id"], "subset": e["subset"], "n": self.cfg.eval.n, "c": int(c)}
-                for e, c in zip(examples[:valid], correct[:valid])
+                # entropy: the problem's mean token entropy over its n samples, `tokens` of them
+                {
+                    "id": e["id"],
+                    "subset": e["subset"],
+                    "n": self.cfg.eval.n,
+                    "c": int(c),
+                    "entropy": h / max(t, 1),
+                    "tokens": int(t),
+                }
+                for e, c, h, t in zip(examples[:valid], correct[:valid], entropy[:valid], tokens[:valid])
             ]
         parts = allgather_objects([problems, reward_sum])
         problems, reward_sum = [p for part in parts for p in part[0]], sum(part[1] for part in parts)
@@ -126,9 +152,19 @@ class Evaluator:
 def eval_metrics(report: dict[str, Any]) -> dict[str, float]:
     out = {"eval/reward_mean": report["mean_reward"], "eval/correct_frac": report["pass_at_k"]["1"]}
     out.update({f"eval/pass@{k}": v for k, v in report["pass_at_k"].items()})
+    out.update(_measures(report, ""))
     for name, sub in report["subsets"].items():
         out[f"eval/correct_frac/{name}"] = sub["pass_at_k"]["1"]
         out.update({f"eval/pass@{k}/{name}": v for k, v in sub["pass_at_k"].items()})
+        out.update(_measures(sub, f"/{name}"))
+    return out
+
+
+def _measures(report: dict[str, Any], suffix: str) -> dict[str, float]:
+    """eval/entropy and eval/above_1_over_k@<k> (with a /<subset> suffix) when the report has them."""
+    out = {f"eval/above_1_over_k@{k}{suffix}": v for k, v in report.get("above_1_over_k", {}).items()}
+    if report.get("entropy") is not None:
+        out[f"eval/entropy{suffix}"] = report["entropy"]
     return out
 
 

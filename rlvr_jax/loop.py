@@ -33,7 +33,9 @@ from rlvr_jax.probe import Probe, make_probe, probe_spec
 from rlvr_jax.rewards import RewardPool, check_columns, check_verifier, load_reward_functions
 from rlvr_jax.rng import purpose_key
 from rlvr_jax.rollout import SamplingSpec, make_sampler
-from rlvr_jax.step import StepContext, StepRecord, make_advantages, make_reference, rl_step
+from rlvr_jax.schedule import PhaseState, advance
+from rlvr_jax.stages import OnlineDetector
+from rlvr_jax.step import StepContext, StepRecord, make_phase_advantages, make_reference, rl_step
 from rlvr_jax.storage import ensure_writable, is_hub_id, is_remote, local_cache, upload_dir, write_text_atomic
 from rlvr_jax.summary import format_eval, make_summary
 from rlvr_jax.tasks import FileTask, Task, task_for
@@ -48,7 +50,7 @@ from rlvr_jax.update import (
     total_optimizer_steps,
 )
 from rlvr_jax.wandb_log import check_logging, wandb_run
-from rlvr_jax.writers import LateWriter, MetricWriter, RolloutLog, trim_jsonl
+from rlvr_jax.writers import LateWriter, MetricWriter, RolloutLog, read_jsonl, trim_jsonl
 
 
 def train(
@@ -78,7 +80,8 @@ def train(
         hooks = cadence_hooks(run)
         record, last = None, time.perf_counter()
         for step in range(run.start, run.cfg.run.steps):
-            run.state, record = rl_step(run.ctx, run.state, step)
+            run.phase = advance(run.phase, run.cfg.advantage.schedule, step, run.onset_step)
+            run.state, record = rl_step(run.ctx, run.state, step, run.phase.phase)
             record.stopping = run.stop.should_stop(record.step) or (stop_at is not None and record.step >= stop_at)
             # Wall time since the previous step ended: the update is dispatched asynchronously, so this,
             # not the step's own time/step_s, is what a step costs in steady state.
@@ -121,7 +124,7 @@ class Run:
     state: TrainState
     start: int
     base_eval: dict[str, Any]
-    meta: dict[str, Any]  # what every checkpoint's record holds besides the step
+    meta: dict[str, Any]  # what every checkpoint's record holds besides the step (and the two below)
     ckpt: Checkpointer
     writer: LateWriter
     samples: RolloutLog
@@ -129,6 +132,13 @@ class Run:
     probe: Probe
     stop: StopRequest
     log: Callable[[str], None]
+    # Host-side state that steers the run besides the train state; saved in each checkpoint's meta.
+    stages: OnlineDetector | None = None  # the online stage detector (None: the run has no probe)
+    phase: PhaseState = PhaseState()  # the advantage.schedule phase in force
+
+    @property
+    def onset_step(self) -> int | None:
+        return self.stages.onset_step if self.stages else None
 
 
 def setup(
@@ -167,7 +177,8 @@ def setup(
         "source": str(policy.folder or "random init from model.arch and run.seed"),
         "fingerprint": fingerprint(params),
     }
-    state, start, base_eval = restore_or_init(cfg, ckpt, params, tx, mesh, reference_id, allow_config_change, log)
+    state, start, saved = restore_or_init(cfg, ckpt, params, tx, mesh, reference_id, allow_config_change, log)
+    base_eval = saved["base_eval"] if saved else None
     write_run_files(cfg, run_dir, policy.tokenizer)
     wandb = closing.enter_context(wandb_run(cfg, run_dir, resumed=start > 0))  # finished after the writers close
     metrics = MetricWriter(run_dir, cfg.logging.tensorboard, append=start > 0, wandb=wandb)
@@ -194,6 +205,7 @@ def setup(
         base_eval = {**evaluate(state.params, 0), **probe(state.params)}
         writer.write_now(0, base_eval)
     log(format_eval("base policy", base_eval, task))
+    stages, phase = steering_state(cfg, probe, saved, base_eval, start, log)
     meta = {
         "config": cfg.model_dump(mode="json"),
         "reference": reference_id,
@@ -202,7 +214,55 @@ def setup(
         "mesh": dict(mesh.shape),
         "process_count": jax.process_count(),
     }
-    return Run(cfg, task, ctx, state, start, base_eval, meta, ckpt, writer, samples, evaluate, probe, stop, log)
+    return Run(
+        cfg, task, ctx, state, start, base_eval, meta, ckpt, writer, samples, evaluate, probe, stop, log, stages, phase
+    )
+
+
+def steering_state(
+    cfg: Config,
+    probe: Probe,
+    saved: dict[str, Any] | None,
+    base_eval: dict[str, Any],
+    start: int,
+    log: Callable[[str], None],
+) -> tuple[OnlineDetector | None, PhaseState]:
+    """The online stage detector and the schedule phase to continue from: fresh (the detector has
+    seen the base probe reading), or a checkpoint's (`saved`: its meta record). The detector's state
+    is a function of its settings and the probe readings, so a checkpoint written before it was saved,
+    or under other `logging.stage_*` settings, gets it replayed from metrics.jsonl (already trimmed
+    to the checkpoint). The saved phase holds only for the schedule it was saved under; otherwise
+    (no phase saved, or the schedule changed with --allow-config-change) it is recomputed from the
+    detector's onset, and a phase recomputed so starts at this step."""
+    stages = None
+    if probe.enabled:
+        fresh = OnlineDetector.from_config(cfg.logging)
+        if saved is None:
+            stages = fresh.observe(0, probe_classes(probe, base_eval))
+        elif saved.get("stages") is not None and same_detector(OnlineDetector.from_json(saved["stages"]), fresh):
+            stages = OnlineDetector.from_json(saved["stages"])
+        else:
+            stages = fresh
+            for row in read_jsonl(cfg.run_dir / "metrics.jsonl"):
+                if all(isinstance(row.get(f"probe/pi_{n}"), (int, float)) for n in probe.names):
+                    stages = stages.observe(row["step"], probe_classes(probe, row))
+    schedule = cfg.advantage.model_dump(mode="json")["schedule"]
+    saved_schedule = ((saved or {}).get("config") or {}).get("advantage", {}).get("schedule", [])
+    if saved is not None and saved.get("schedule") is not None and saved_schedule == schedule:
+        phase = PhaseState.from_json(saved["schedule"])
+    else:
+        phase = advance(PhaseState(), cfg.advantage.schedule, start, stages.onset_step if stages else None)
+    if cfg.advantage.uses_onset and stages is not None and not (stages.rare and len(stages.rare) < len(stages.names)):
+        log(
+            "advantage.schedule: the probe's base reading has no rare class (or only rare ones), so the stage "
+            "detector cannot fire and the onset phases will not start"
+        )
+    return stages, phase
+
+
+def same_detector(a: OnlineDetector, b: OnlineDetector) -> bool:
+    """Whether two detectors apply the same rule (window, rare ratio, minimum rise)."""
+    return (a.window, a.rare_ratio, a.min_rise) == (b.window, b.rare_ratio, b.min_rise)
 
 
 NO_TOKENIZER = "config: a random model (model.arch) needs model.tokenizer, or warmstart.enabled=true"
@@ -210,8 +270,8 @@ NO_TOKENIZER = "config: a random model (model.arch) needs model.tokenizer, or wa
 
 def preflight(cfg: Config, task: Task, funcs: Sequence[Callable[..., Any]] = ()) -> None:
     """The checks that need more than the config itself but only seconds: the policy's architecture
-    (model.arch, a model folder's config.json), the tokenizer's source, the verifier's name and the
-    split of the prompts over processes."""
+    (model.arch, a model folder's config.json), the tokenizer's source, the verifier's name, the probe
+    an advantage.schedule onset phase reads, and the split of the prompts over processes."""
     model = cfg.model
     if model.path is None and not model.arch:
         raise ConfigError("config: set model.path (an HF folder) or model.arch (config.json fields of a random model)")
@@ -232,6 +292,11 @@ def preflight(cfg: Config, task: Task, funcs: Sequence[Callable[..., Any]] = ())
             check_verifier(cfg.reward.verifier)
         except ValueError as err:
             raise ConfigError(f"reward.verifier: {err}") from None
+    if cfg.advantage.uses_onset and probe_spec(cfg, task) is None:
+        raise ConfigError(
+            f"advantage.schedule: at: onset needs the probe the stage detector reads; task {task.name!r} has "
+            "none: set logging.probe_file"
+        )
     if cfg.data.prompts_per_step % jax.process_count():
         raise ConfigError(
             f"data.prompts_per_step={cfg.data.prompts_per_step} does not divide over the {jax.process_count()} "
@@ -268,7 +333,7 @@ def step_context(
         sampler=sampler,
         reference=reference,
         pool=pool,
-        advantages=make_advantages(cfg),
+        advantages=make_phase_advantages(cfg),
         update=update,
         tokenizer=tok,
         stop_ids=stop_ids,
@@ -335,7 +400,8 @@ def restore_or_init(
     allow_config_change: bool,
     log: Callable[[str], None],
 ) -> tuple[TrainState, int, dict[str, Any] | None]:
-    """(state, first step, base evaluation or None): the latest usable checkpoint, else a fresh state."""
+    """(state, first step, the checkpoint's meta record or None): the latest usable checkpoint, else a
+    fresh state."""
     target = abstract_train_state(params, tx, mesh, TRAIN_RULES)
     resumed = ckpt.restore_latest(
         target, lambda meta: check_resumable(meta, cfg, reference_id, allow_config_change, log), log
@@ -347,7 +413,7 @@ def restore_or_init(
     log(f"resuming from checkpoint step {start} ({ckpt.directory / str(start)})")
     trim_jsonl(cfg.run_dir / "metrics.jsonl", start)
     trim_jsonl(cfg.run_dir / "rollouts.jsonl", start)
-    return state, start, meta["base_eval"]
+    return state, start, meta
 
 
 def data_dir(cfg: Config, run_dir: Any) -> Path:
@@ -419,7 +485,7 @@ def cadence_hooks(run: Run) -> Hooks:
     cfg = run.cfg
     hooks = Hooks(last_step=cfg.run.steps)
     if run.probe.enabled:
-        hooks.add("probe", lambda r: r.host_metrics.update(run.probe(run.state.params)), every=cfg.logging.probe_every)
+        hooks.add("probe", lambda r: probe_and_detect(run, r), every=cfg.logging.probe_every)
     hooks.add("eval", lambda r: r.host_metrics.update(run.evaluate(run.state.params, r.step)), every=cfg.eval.every)
     hooks.add("metrics", lambda r: run.writer.push(r.step, r.device_metrics, r.host_metrics))
     hooks.add(
@@ -439,10 +505,25 @@ def cadence_hooks(run: Run) -> Hooks:
     return hooks
 
 
+def probe_and_detect(run: Run, record: StepRecord) -> None:
+    """The probe, then the online stage detector on its reading (host side, a few comparisons)."""
+    values = run.probe(run.state.params)
+    record.host_metrics.update(values)
+    if run.stages is not None:
+        run.stages = run.stages.observe(record.step, probe_classes(run.probe, values))
+        record.host_metrics.update(run.stages.metrics(record.step))
+
+
+def probe_classes(probe: Probe, values: dict[str, Any]) -> dict[str, float]:
+    """The named classes' probabilities of a probe reading, in probe order (what the detectors read)."""
+    return {name: values[f"probe/pi_{name}"] for name in probe.names}
+
+
 def save_checkpoint(run: Run, step: int) -> None:
     run.writer.persist()  # the metrics row of `step` is in the run dir before its checkpoint
     run.samples.persist()
-    run.ckpt.save(step, run.state, {**run.meta, "data": {"next_batch": step}}, run.writer.last)
+    steering = {"stages": run.stages.to_json() if run.stages else None, "schedule": run.phase.to_json()}
+    run.ckpt.save(step, run.state, {**run.meta, "data": {"next_batch": step}, **steering}, run.writer.last)
 
 
 def progress_hook(cfg: Config, start: int) -> Callable[[StepRecord], None]:
@@ -481,10 +562,13 @@ def final_evaluation(run: Run, record: StepRecord | None) -> dict[str, Any] | No
 
 def finish(run: Run, final_eval: dict[str, Any], seconds: float) -> dict[str, Any]:
     run.log(format_eval("final policy", final_eval, run.task))
-    summary = make_summary(run.cfg, run.base_eval, final_eval, seconds, run.writer.last)
+    online = run.stages.report() if run.stages else None
+    summary = make_summary(run.cfg, run.base_eval, final_eval, seconds, run.writer.last, online, run.phase)
     if jax.process_index() == 0:
         write_text_atomic(run.cfg.run_dir / "summary.json", json.dumps(summary, indent=2))
         plot_run(run.cfg.run_dir)
     run.log(summary["stages"]["summary"])
+    if online is not None:
+        run.log(summary["stages"]["online_summary"])
     run.log(f"summary written to {run.cfg.run_dir / 'summary.json'}")
     return summary

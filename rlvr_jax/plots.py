@@ -2,6 +2,7 @@
 
 figures/training.png   reward and held-out pass@1, token entropy, probe class probabilities
 figures/probe.png      probe class probabilities over steps (log scale), with the detected transition
+                       and the online detector's stage-2 onset
 figures/dynamics.png   per advantage sign: pi_old of the sampled tokens, saturated / rare fractions,
                        log-prob change and top-1 mass change made by the update
 figures/pass_at_k.png  pass@k against k at every evaluated step (base policy in black), overall and per subset
@@ -101,6 +102,8 @@ def _probe(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
     stage = detect_transition(steps, probs)
     if stage.get("transition"):
         ax.axvline(stage["step"], color="k", ls="--", lw=0.8, label=f"transition (step {stage['step']})")
+    for onset in series(rows, "stage/onset_step")[1][:1]:  # the online detector's onset, logged once
+        ax.axvline(onset, color="tab:purple", ls=":", lw=1.0, label=f"online onset (step {onset:.0f})")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title("probe: class probability at the decision position")

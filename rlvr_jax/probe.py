@@ -3,16 +3,25 @@
 A probe file (YAML, or JSONL with one item per line) names fixed held-out prompts, the decision
 position of each (the next token after the chat template's generation prompt plus an optional
 `response_prefix`), and token classes (class name -> token strings). Every `logging.probe_every`
-steps the run logs `probe/pi_<class>` (the class's softmax mass, averaged over the items that
-define it) and `probe/pi_rest` (the mass outside every class of an item).
+steps the run logs, from one forward pass fetched in one transfer (docs/algorithms.md section 4):
+
+    probe/pi_<class>             the class's softmax mass, averaged over the items that define it
+    probe/pi_rest                the mass outside every class of an item
+    probe/pi_<class>/<subset>    the same over the items of one subset (and probe/pi_rest/<subset>)
+    probe/logit_<class>          log sum_{v in class} exp(z_v) of the raw logits z, item mean
+    probe/zc_<class>             the same minus the item's mean logit over the vocabulary (shift-free)
+    probe/entropy[/<subset>]     entropy (nats) of the whole next-token distribution, item mean
+
+An item's subset is optional: `subset:` in the file, or the held-out example's subset for
+`from_split` items (the toy task: hard, easy).
 
 YAML:
     classes: {S1: ["<S1>"], S2: ["<S2>"], S3: ["<S3>"]}   # default classes of every item
     prompts:                                              # a list of items ...
-      - {prompt: "17 42 17", response_prefix: ""}
+      - {prompt: "17 42 17", response_prefix: "", subset: easy}
       - {prompt: "3 8 1", classes: {S2: ["<S2>"]}}        # ... an item may name its own classes
     # ... or held-out prompts of the run's task:  prompts: {from_split: test, count: 64}
-JSONL: one {"prompt", "response_prefix"?, "classes"} object per line.
+JSONL: one {"prompt", "response_prefix"?, "classes", "subset"?} object per line.
 
 A task may ship its own probe (`Task.probe`), used when no probe file is given: the toy task's is
 pi(S1), pi(S2), pi(S3) and the rest at response position 0 of 64 held-out prompts (also written out
@@ -25,7 +34,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -33,7 +42,7 @@ import yaml
 
 from rlvr_jax.config import Config, ConfigError, packaged_names, resolve_config
 from rlvr_jax.data import PromptPipeline
-from rlvr_jax.dynamics import class_probabilities
+from rlvr_jax.dynamics import probe_statistics
 from rlvr_jax.tokenizer import encode_left_padded, render_prompt
 from rlvr_jax.types import PromptBatch
 
@@ -47,6 +56,7 @@ class ProbeItem:
     prompt: str
     response_prefix: str = ""
     classes: dict[str, list[str]] | None = None  # None: the file's default classes
+    subset: str | None = None  # reported on its own as probe/pi_<class>/<subset> (None: only overall)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +104,16 @@ def load_probe_file(path: str | Path) -> ProbeSpec:
 def _item(raw: Any, where: str, default_classes: dict[str, list[str]]) -> ProbeItem:
     if not isinstance(raw, dict) or not isinstance(raw.get("prompt"), str):
         raise ProbeError(f"{where}: an item needs a `prompt` string")
-    unknown = set(raw) - {"prompt", "response_prefix", "classes"}
+    unknown = set(raw) - {"prompt", "response_prefix", "classes", "subset"}
     if unknown:
-        raise ProbeError(f"{where}: unknown keys {sorted(unknown)} (valid: prompt, response_prefix, classes)")
+        raise ProbeError(f"{where}: unknown keys {sorted(unknown)} (valid: prompt, response_prefix, classes, subset)")
     classes = _classes(raw["classes"], f"{where}: classes") if "classes" in raw else None
     if classes is None and not default_classes:
         raise ProbeError(f"{where}: no classes (give `classes` here or at the top of the file)")
-    return ProbeItem(raw["prompt"], str(raw.get("response_prefix", "")), classes)
+    subset = raw.get("subset")
+    if subset is not None and (not isinstance(subset, str) or not subset or "/" in subset):
+        raise ProbeError(f"{where}: subset must be a non-empty name without '/', got {subset!r}")
+    return ProbeItem(raw["prompt"], str(raw.get("response_prefix", "")), classes, subset)
 
 
 def _classes(raw: Any, where: str) -> dict[str, list[str]]:
@@ -128,16 +141,33 @@ def _checked(spec: ProbeSpec, path: Path) -> ProbeSpec:
 
 
 class Probe:
-    """Callable params -> {"probe/pi_<class>": p, ..., "probe/pi_rest": p}; disabled when there is no probe."""
+    """Callable params -> the probe's metrics (module docstring); disabled when there is no probe."""
 
-    def __init__(self, fn: Callable | None, names: list[str]):
-        self.fn, self.names, self.enabled = fn, names, fn is not None
+    def __init__(self, fn: Callable | None, arrays: ProbeArrays | None = None):
+        self.fn, self.enabled = fn, fn is not None
+        self.names = arrays.names if arrays else []
+        self.subsets = arrays.subsets if arrays else []
+        # (subset, class) pairs with at least one item: only those get a per-subset key.
+        self.defined = (arrays.in_subset @ arrays.applies > 0) if arrays else np.zeros((0, 0), bool)
 
     def __call__(self, params: Any) -> dict[str, float]:
         if self.fn is None:
             return {}
-        values = np.asarray(jax.device_get(self.fn(params)))
-        return {f"probe/pi_{name}": float(v) for name, v in zip(self.names + ["rest"], values)}
+        out = jax.device_get(self.fn(params))  # one transfer, at the probe's cadence only
+        classes = self.names + ["rest"]
+        metrics = {f"probe/pi_{name}": float(v) for name, v in zip(classes, np.asarray(out["pi"]))}
+        for s, subset in enumerate(self.subsets):
+            values = np.asarray(out["pi_subset"][s])
+            for c, name in enumerate(classes):
+                if name == "rest" or self.defined[s, c]:
+                    metrics[f"probe/pi_{name}/{subset}"] = float(values[c])
+        for c, name in enumerate(self.names):
+            metrics[f"probe/logit_{name}"] = float(out["logit"][c])
+            metrics[f"probe/zc_{name}"] = float(out["zc"][c])
+        metrics["probe/entropy"] = float(out["entropy"])
+        for s, subset in enumerate(self.subsets):
+            metrics[f"probe/entropy/{subset}"] = float(out["entropy_subset"][s])
+        return metrics
 
 
 def probe_spec(cfg: Config, task: Any) -> ProbeSpec | None:
@@ -148,25 +178,38 @@ def probe_spec(cfg: Config, task: Any) -> ProbeSpec | None:
 def make_probe(spec: ProbeSpec | None, cfg: Config, task: Any, tokenizer: Any, graphdef: Any) -> Probe:
     """The probe as a jitted function of the params (`spec` from `probe_spec`, checked before any work)."""
     if spec is None:
-        return Probe(None, [])
-    prompts, names, member, applies = probe_arrays(spec, cfg, task, tokenizer)
+        return Probe(None)
+    arrays = probe_arrays(spec, cfg, task, tokenizer)
     from flax import nnx
 
-    fn = jax.jit(lambda p: class_probabilities(nnx.merge(graphdef, p), prompts, member, applies))
-    return Probe(fn, names)
+    a = arrays
+    fn = jax.jit(
+        lambda p: probe_statistics(nnx.merge(graphdef, p), a.prompts, a.member, a.applies, a.class_ids, a.in_subset)
+    )
+    return Probe(fn, arrays)
 
 
-def probe_arrays(
-    spec: ProbeSpec, cfg: Config, task: Any, tok: Any
-) -> tuple[PromptBatch, list[str], np.ndarray, np.ndarray]:
-    """Prompts (left padded, decision position last), class names, membership f32[C, V], applies f32[B, C]."""
+class ProbeArrays(NamedTuple):
+    """The probe set as arrays (numpy: the jitted probe bakes them in as constants, which every host can do)."""
+
+    prompts: PromptBatch  # left padded, decision position last
+    names: list[str]  # class names
+    member: np.ndarray  # f32[C, V]: 1 where token v spells class c
+    applies: np.ndarray  # f32[B, C]: 1 where item b defines class c
+    class_ids: np.ndarray  # i32[C, K]: each class's token ids, padded with -1
+    subsets: list[str]  # subset names (sorted)
+    in_subset: np.ndarray  # f32[S, B]: 1 where item b belongs to subset s
+
+
+def probe_arrays(spec: ProbeSpec, cfg: Config, task: Any, tok: Any) -> ProbeArrays:
+    """The items of `spec` (from_split: held-out prompts of the task, with their subsets) as arrays."""
     items = spec.items
     if spec.from_split is not None:
         split, count = spec.from_split
         data = cfg.data.model_copy(update={"prompts_per_step": count})
         source = task.open_split(split, cfg.data)
         _, examples = PromptPipeline(source, data, tok, cfg.run.seed + 1, normalize=task.example).batch(0)
-        items = [ProbeItem(e["prompt"]) for e in examples]
+        items = [ProbeItem(e["prompt"], subset=e.get("subset") or None) for e in examples]
     names = list(dict.fromkeys([*spec.classes] + [c for it in items for c in (it.classes or {})]))
     vocab = len(tok)
     member = np.zeros((len(names), vocab), np.float32)
@@ -176,14 +219,21 @@ def probe_arrays(
             c = names.index(name)
             applies[b, c] = 1.0
             member[c, [_token_id(tok, s, name) for s in strings]] = 1.0
+    ids = [np.flatnonzero(row) for row in member]
+    class_ids = np.full((len(names), max(map(len, ids), default=1)), -1, np.int32)
+    for c, row in enumerate(ids):
+        class_ids[c, : len(row)] = row
+    subsets = sorted({it.subset for it in items if it.subset})
+    in_subset = np.zeros((len(subsets), len(items)), np.float32)  # S may be 0: no per-subset keys
+    for s, name in enumerate(subsets):
+        in_subset[s] = [it.subset == name for it in items]
     texts = [
         render_prompt(tok, it.prompt, cfg.data.chat_template, cfg.data.plain_template) + it.response_prefix
         for it in items
     ]
     tokens, mask = encode_left_padded(tok, texts)
-    # numpy, not device arrays: the jitted probe bakes them in as constants, which every host can do.
     prompts = PromptBatch(tokens=np.asarray(tokens), mask=np.asarray(mask), index=np.arange(len(items)))
-    return prompts, names, member, applies
+    return ProbeArrays(prompts, names, member, applies, class_ids, subsets, in_subset)
 
 
 def _token_id(tok: Any, text: str, name: str) -> int:

@@ -32,6 +32,9 @@ class SamplingSpec:
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
     stop_on_eos: bool = True  # False: always generate max_new_tokens (benchmarks)
+    # Record the entropy of the un-tempered next-token distribution at every generated position
+    # (evaluation's eval/entropy). Off for training rollouts, whose traced graph stays as it was.
+    entropy: bool = False
 
     @classmethod
     def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> SamplingSpec:
@@ -59,6 +62,7 @@ class SamplerState:
     eos: jax.Array  # bool[B*G]
     lengths: jax.Array  # i32[B*G]
     step: jax.Array  # i32[]: tokens generated so far
+    entropy: jax.Array | None = None  # f32[B*G, M] when sampling.entropy, else None
 
 
 def sequence_keys(key: jax.Array, prompt_index: jax.Array, group_size: int) -> jax.Array:
@@ -86,24 +90,32 @@ def filter_logits(logits: jax.Array, sampling: SamplingSpec) -> jax.Array:
 
 def sample_tokens(
     logits: jax.Array, keys: jax.Array, step: jax.Array, sampling: SamplingSpec
-) -> tuple[jax.Array, jax.Array]:
-    """(token i32[B], log pi(token) f32[B] under the un-tempered policy: PPO's logp_old)."""
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """(token i32[B], log pi(token) f32[B] under the un-tempered policy: PPO's logp_old, and the
+    un-tempered distribution's entropy f32[B] when sampling.entropy, else None)."""
     if sampling.temperature == 0.0:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
         filtered = filter_logits(logits, sampling)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
         token = jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-    return token, logp
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    logp = jnp.take_along_axis(logp_all, token[:, None], axis=-1)[:, 0]
+    # The log-softmax is already there for logp: the exact entropy costs one more pass over V.
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1) if sampling.entropy else None
+    return token, logp, entropy
 
 
-def _record(state: SamplerState, token: jax.Array, logp: jax.Array, sampling: SamplingSpec) -> SamplerState:
+def _record(
+    state: SamplerState, token: jax.Array, logp: jax.Array, sampling: SamplingSpec, entropy: jax.Array | None = None
+) -> SamplerState:
     """Write the step's token (pad once a sequence is done) and update the stop bookkeeping."""
     live = ~state.done
     token = jnp.where(live, token, sampling.pad_id)
     col = state.step
     hit_stop = live & jnp.isin(token, jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)) & sampling.stop_on_eos
+    if entropy is not None:
+        state = state.replace(entropy=state.entropy.at[:, col].set(jnp.where(live, entropy, 0.0)))
     return state.replace(
         tokens=state.tokens.at[:, col].set(token),
         logp=state.logp.at[:, col].set(jnp.where(live, logp, 0.0)),
@@ -135,9 +147,10 @@ def prefill(model: nnx.Module, prompts: PromptBatch, key: jax.Array, sampling: S
         eos=jnp.zeros((n,), bool),
         lengths=jnp.zeros((n,), jnp.int32),
         step=jnp.zeros((), jnp.int32),
+        entropy=jnp.zeros((n, m), jnp.float32) if sampling.entropy else None,
     )
-    token, logp = sample_tokens(repeat(logits[:, -1]), state.seq_keys, state.step, sampling)
-    return _record(state, token, logp, sampling)
+    token, logp, entropy = sample_tokens(repeat(logits[:, -1]), state.seq_keys, state.step, sampling)
+    return _record(state, token, logp, sampling, entropy)
 
 
 def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec) -> SamplerState:
@@ -152,8 +165,8 @@ def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec) -> Sa
         positions = (s.prompt_lens + s.step - 1)[:, None]
         logits, cache = model(prev, positions, s.key_mask, s.cache, prompt_len + s.step - 1)
         s = s.replace(cache=cache)
-        token, logp = sample_tokens(logits[:, 0], s.seq_keys, s.step, sampling)
-        return _record(s, token, logp, sampling)
+        token, logp, entropy = sample_tokens(logits[:, 0], s.seq_keys, s.step, sampling)
+        return _record(s, token, logp, sampling, entropy)
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -169,10 +182,11 @@ def finish(prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec) ->
         lengths=state.lengths,
         eos=state.eos,
         logp=state.logp,
+        entropy=state.entropy,
     )
 
 
-def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int) -> SamplerState:
+def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int, entropy: bool) -> SamplerState:
     batch = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (n,) + (1,) * len(rest))  # noqa: E731
     cache_sh = sharding_for(
         ("batch", "cache_seq", "kv_heads", "head_dim"), mesh, rules, (n, slots, arch.num_kv_heads, arch.head_dim)
@@ -188,6 +202,7 @@ def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int) -
         eos=batch(),
         lengths=batch(),
         step=replicated(mesh),
+        entropy=batch(None) if entropy else None,
     )
 
 
@@ -245,7 +260,7 @@ def make_sampler(
     def compiled(b: int, p: int) -> tuple[Callable, Callable]:
         if (b, p) not in jitted:
             n, m = b * sampling.group_size, sampling.max_new_tokens
-            st_sh = _state_shardings(arch, mesh, rules, n, p + m)
+            st_sh = _state_shardings(arch, mesh, rules, n, p + m, sampling.entropy)
             pb = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (b,) + (1,) * len(rest))  # noqa: E731
             prompt_sh = PromptBatch(tokens=pb(None), mask=pb(None), index=pb())
             jitted[(b, p)] = (

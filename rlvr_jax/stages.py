@@ -1,8 +1,14 @@
-"""The exploitation -> exploration stage detector, on the probe's class probabilities over steps.
+"""Exploitation -> exploration stage detectors, on the probe's class probabilities over steps.
 
 RLVR's two-stage dynamic (docs/algorithms.md section 1): first the mass of already-likely rewarded
 tokens saturates (exploitation), then a token that was rare under the base policy takes over
-(exploration). The rule, stated so a reader can check it against the figure:
+(exploration). Two detectors answer two questions:
+
+- `OnlineDetector`: when does stage 2 *begin*, on the paper's definition (the rare class's
+  probability rises while the leader's falls)? It runs during training, one probe reading at a
+  time, so a schedule can act on it (`advantage.schedule`, `at: onset`); its rule is in its docstring.
+- `detect_transition` (offline, after the run): did the rare class *take over*? Its rule, stated so
+  a reader can check it against the figure:
 
   * rare classes: those whose base-policy probability (first probe point) is below
     `rare_ratio` (default 0.1) times the base policy's largest class probability;
@@ -17,6 +23,8 @@ never took over" is a measured statement, not a missing one.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +33,9 @@ import numpy as np
 
 def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[float]]]:
     """Steps with a probe reading and each named class's probability (rest excluded)."""
-    names = sorted({k[len("probe/pi_") :] for r in rows for k in r if k.startswith("probe/pi_")} - {"rest"})
+    # probe/pi_<class> only: per-subset keys (probe/pi_<class>/<subset>) are not classes of their own
+    keys = {k for r in rows for k in r if k.startswith("probe/pi_") and k.count("/") == 1}
+    names = sorted({k[len("probe/pi_") :] for k in keys} - {"rest"})
     probed = [r for r in rows if all(isinstance(r.get(f"probe/pi_{n}"), (int, float)) for n in names)] if names else []
     return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
 
@@ -104,3 +114,182 @@ def describe(report: Mapping[str, Any]) -> str:
             f"class {report['best_rare_class']} peaked at {report['best_rare_peak']:.4f} (step {report['best_rare_peak_step']})"
         )
     return "no exploitation -> exploration transition" + (f" ({report['reason']})" if "reason" in report else "")
+
+
+# --- the online detector ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineDetector:
+    """The onset of stage 2 on the paper's definition, decided one probe reading at a time.
+
+    Immutable: `observe(step, probs)` returns the detector after that reading, so its state is a
+    plain value, saved in every checkpoint's meta record (`to_json` / `from_json`) and restored on
+    resume. Readings are the probe's named classes (rest excluded), in probe order. The rule, with W
+    = `window` (logging.stage_window) probe points:
+
+      * rare classes: base probability (the first reading) below `rare_ratio` x the base's largest
+        (logging.stage_rare_ratio; the offline detector's definition);
+      * the leader at a reading: the non-rare class with the largest probability at that reading;
+      * the onset is the first reading t (at least W readings after the first) at which
+          1. some rare class r rose at each of the last W probe intervals (p_r strictly increasing
+             over readings t-W, ..., t) and by at least a factor 1 + `min_rise` over the window
+             (logging.stage_min_rise), and
+          2. the leader L fell over the window: p_L(t) < p_L(t-W), and
+          3. L has peaked after the base: its highest probability so far was reached at a reading
+             after the first, so exploitation first raised it and it has now turned down.
+        If several rare classes qualify, the one with the largest relative rise is reported.
+
+    Condition 3 keeps the start of training out: there the base leader (the toy's S3) falls while
+    the rewarded class rises, and a rare class may tick up, but the falling class only ever fell.
+    The rare class is read on a relative scale (it starts near 0.01) and must rise W times in a row,
+    which noise in the exploitation stage, where it drifts down, seldom does; the leader, near
+    saturation, moves by thousandths, so its fall is read over the window as a whole.
+
+    The onset latches: once it fires, `stage/onset` stays 1 and a schedule switched on it stays
+    switched. Whether the rise lasted is in `report()` (`sustained`: the rare class is above its
+    onset value at the last reading), and the offline detector says whether it took over.
+    """
+
+    window: int = 2
+    rare_ratio: float = 0.1
+    min_rise: float = 0.1
+    names: tuple[str, ...] = ()
+    first_step: int | None = None
+    base: tuple[float, ...] = ()
+    peak: tuple[float, ...] = ()  # each class's highest probability so far ...
+    peak_step: tuple[int, ...] = ()  # ... and the step of its first occurrence
+    recent: tuple[tuple[int, tuple[float, ...]], ...] = ()  # the last W + 1 readings (step, probabilities)
+    last: tuple[float, ...] = ()  # the latest reading (for `sustained`)
+    onset: dict[str, Any] | None = None  # set once, when the rule fires
+
+    @classmethod
+    def from_config(cls, logging_cfg: Any) -> OnlineDetector:
+        return cls(logging_cfg.stage_window, logging_cfg.stage_rare_ratio, logging_cfg.stage_min_rise)
+
+    @property
+    def rare(self) -> tuple[int, ...]:
+        top = max(self.base, default=0.0)
+        return tuple(i for i, p in enumerate(self.base) if p < self.rare_ratio * top)
+
+    @property
+    def onset_step(self) -> int | None:
+        return None if self.onset is None else int(self.onset["step"])
+
+    def observe(self, step: int, probs: Mapping[str, float]) -> OnlineDetector:
+        """The detector after the probe reading of `step` (probe order of the class names)."""
+        if not self.names:  # the first reading is the base
+            names = tuple(probs)
+            values = tuple(float(probs[n]) for n in names)
+            return dataclasses.replace(
+                self,
+                names=names,
+                first_step=step,
+                base=values,
+                peak=values,
+                peak_step=(step,) * len(values),
+                recent=((step, values),),
+                last=values,
+            )
+        values = tuple(float(probs[n]) for n in self.names)
+        higher = [v > p for v, p in zip(values, self.peak)]
+        state = dataclasses.replace(
+            self,
+            peak=tuple(v if h else p for v, p, h in zip(values, self.peak, higher)),
+            peak_step=tuple(step if h else s for s, h in zip(self.peak_step, higher)),
+            recent=(self.recent + ((step, values),))[-(self.window + 1) :],
+            last=values,
+        )
+        if state.onset is None:
+            onset = state._rule()
+            if onset is not None:
+                state = dataclasses.replace(state, onset=onset)
+        return state
+
+    def _rule(self) -> dict[str, Any] | None:
+        if len(self.recent) < self.window + 1:
+            return None
+        rare = self.rare
+        common = [i for i in range(len(self.names)) if i not in rare]
+        if not rare or not common:
+            return None
+        steps = [s for s, _ in self.recent]
+        series = list(zip(*(v for _, v in self.recent)))  # per class, the window's readings
+        leader = max(common, key=lambda i: series[i][-1])
+        falling = series[leader][-1] < series[leader][0]
+        peaked = self.peak_step[leader] != self.first_step
+        if not (falling and peaked):
+            return None
+        rising = [
+            i
+            for i in rare
+            if all(b > a for a, b in itertools.pairwise(series[i]))
+            and series[i][-1] >= (1.0 + self.min_rise) * series[i][0]
+        ]
+        if not rising:
+            return None
+        r = max(rising, key=lambda i: series[i][-1] / max(series[i][0], 1e-30))
+        return {
+            "step": steps[-1],
+            "rise_start_step": steps[0],
+            "rare_class": self.names[r],
+            "rare_from": series[r][0],
+            "rare_to": series[r][-1],
+            "leader": self.names[leader],
+            "leader_from": series[leader][0],
+            "leader_to": series[leader][-1],
+            "leader_peak": self.peak[leader],
+            "leader_peak_step": self.peak_step[leader],
+        }
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """stage/onset (1 from the onset on, else 0) and, at the reading that fired, stage/onset_step."""
+        out = {"stage/onset": float(self.onset is not None)}
+        if self.onset_step == step:
+            out["stage/onset_step"] = float(step)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """For summary.json: the rule's parameters and the onset (or that there was none)."""
+        out: dict[str, Any] = {
+            "rule": f"a rare class (base < {self.rare_ratio} x the base leader) rises at each of the last "
+            f"{self.window} probe points and by >= {self.min_rise:.0%} while the leader, which peaked after "
+            "the base, is lower than W points earlier",
+            "rare_classes": [self.names[i] for i in self.rare],
+            "onset_step": self.onset_step,
+        }
+        if self.onset is not None:
+            r = self.names.index(self.onset["rare_class"])
+            out.update(self.onset, sustained=self.last[r] > self.onset["rare_to"])
+            del out["step"]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OnlineDetector:
+        """The inverse of `to_json` after a JSON round trip (lists back to tuples; floats are exact)."""
+        return cls(
+            window=int(data["window"]),
+            rare_ratio=float(data["rare_ratio"]),
+            min_rise=float(data["min_rise"]),
+            names=tuple(data["names"]),
+            first_step=data["first_step"],
+            base=tuple(data["base"]),
+            peak=tuple(data["peak"]),
+            peak_step=tuple(data["peak_step"]),
+            recent=tuple((int(s), tuple(v)) for s, v in data["recent"]),
+            last=tuple(data["last"]),
+            onset=data["onset"],
+        )
+
+
+def describe_onset(report: Mapping[str, Any]) -> str:
+    if report.get("onset_step") is None:
+        return "online detector: no stage-2 onset"
+    return (
+        f"online detector: stage-2 onset at step {report['onset_step']} ({report['rare_class']} rose "
+        f"{report['rare_from']:.4f} -> {report['rare_to']:.4f} from step {report['rise_start_step']} while "
+        f"{report['leader']} fell {report['leader_from']:.4f} -> {report['leader_to']:.4f})"
+    )

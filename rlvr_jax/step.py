@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import advantage as adv_lib
-from rlvr_jax.config import Config, SignFilter
+from rlvr_jax.config import AdvantageConfig, Config, SignFilter
 from rlvr_jax.data import PromptPipeline, StepBatch
 from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES
 from rlvr_jax.rewards import RewardPool, RewardResult, Sample, function_metrics
 from rlvr_jax.rollout import Sampler
+from rlvr_jax.schedule import phase_settings
 from rlvr_jax.tasks import Task
 from rlvr_jax.tokenizer import decode_completions
 from rlvr_jax.types import PromptBatch, Rollout, TrainBatch, TrainState
@@ -43,7 +44,9 @@ class StepContext:
     sampler: Sampler
     reference: Reference | None  # log pi_ref of the sampled tokens (only when loss.kl_beta > 0)
     pool: RewardPool
-    advantages: Advantages  # (rewards[B, G], correct[B, G] or None) -> (adv, weight, adv before the sign filter)
+    # One jitted advantage stage per advantage.schedule phase (index 0: the advantage section's own
+    # settings): (rewards[B, G], correct[B, G] or None) -> (adv, weight, adv before the sign filter)
+    advantages: tuple[Advantages, ...]
     update: Update  # (state, batch, measure dynamics) -> (state, device metrics)
     tokenizer: Any
     stop_ids: tuple[int, ...]
@@ -67,8 +70,8 @@ class StepRecord:
     stopping: bool = False  # set by the loop when a stop was requested or --stop-at reached
 
 
-def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState, StepRecord]:
-    """Step `step` (0-based) of training."""
+def rl_step(ctx: StepContext, state: TrainState, step: int, phase: int = 0) -> tuple[TrainState, StepRecord]:
+    """Step `step` (0-based) of training, with the advantage settings of schedule phase `phase`."""
     start = time.perf_counter()
     batch = ctx.prompts.batch(step)  # this process's rows of the step's prompts
     prompts = PromptBatch(**global_tree(batch.arrays, ctx.mesh, ROLLOUT_RULES))
@@ -78,7 +81,7 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     sampled = time.perf_counter() - start
     texts, scored = score(ctx, host, batch, step)
     rewards, correct = group_rewards(ctx, scored)
-    adv, weight, adv_unfiltered = ctx.advantages(rewards, correct)
+    adv, weight, adv_unfiltered = ctx.advantages[phase](rewards, correct)
     train_batch = to_train_batch(rollout, adv, weight, logp_ref, adv_unfiltered)
     state, device_metrics = ctx.update(state, train_batch, dynamics_due(ctx.cfg, step))
     if ctx.cfg.logging.block_each_step:
@@ -86,6 +89,8 @@ def rl_step(ctx: StepContext, state: TrainState, step: int) -> tuple[TrainState,
     device_metrics = {**device_metrics, **adv_lib.group_stats(rewards, ctx.cfg.advantage.correct_threshold, correct)}
     host_metrics = rollout_metrics(ctx.task, host, scored, batch, texts, time.perf_counter() - start)
     host_metrics["time/rollout_s"] = sampled
+    if ctx.cfg.advantage.schedule:
+        host_metrics["advantage/phase"] = phase
     g = ctx.cfg.rollout.group_size
     index, prompts = np.repeat(batch.arrays["index"], g), [e["prompt"] for e in batch.examples for _ in range(g)]
     return state, StepRecord(step + 1, device_metrics, host_metrics, index, host, texts, scored.rewards, prompts)
@@ -146,16 +151,29 @@ def dynamics_due(cfg: Config, step: int) -> bool:
     return (step + 1) % cfg.logging.dynamics_every == 0
 
 
-def make_advantages(cfg: Config) -> Advantages:
-    """The advantage stage, jitted: (adv, weight) as configured, and adv before the sign filter (the
-    dynamics statistics split tokens by their rollout's own sign)."""
-    unfiltered = cfg.advantage.model_copy(update={"sign": SignFilter.full})
+def make_advantages(cfg: Config, settings: AdvantageConfig | None = None) -> Advantages:
+    """The advantage stage, jitted: (adv, weight) as configured (or with `settings`, a schedule
+    phase's), and adv before the sign filter (the dynamics statistics split tokens by their rollout's
+    own sign)."""
+    settings = settings or cfg.advantage
+    unfiltered = settings.model_copy(update={"sign": SignFilter.full})
 
     def fn(rewards: jax.Array, correct: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
-        filtered = adv_lib.advantages(rewards, cfg.advantage, correct)
+        filtered = adv_lib.advantages(rewards, settings, correct)
         return (*filtered, adv_lib.advantages(rewards, unfiltered, correct)[0])
 
     return jax.jit(fn)
+
+
+def make_phase_advantages(cfg: Config) -> tuple[Advantages, ...]:
+    """One jitted advantage stage per schedule phase (rlvr_jax/schedule.py); phases with the same
+    settings share one. (A phase that cannot run, a group-relative estimator with group_size 1, is
+    refused at config load.)"""
+    built: dict[AdvantageConfig, Advantages] = {}
+    for settings in phase_settings(cfg.advantage):
+        if settings not in built:
+            built[settings] = make_advantages(cfg, settings)
+    return tuple(built[s] for s in phase_settings(cfg.advantage))
 
 
 def make_reference(cfg: Config, graphdef: Any, params: Any) -> Reference | None:

@@ -7,8 +7,10 @@ import numpy as np
 from rlvr_jax.boundary import boundary_over_training
 from rlvr_jax.config import Config
 from rlvr_jax.evaluate import read_evals
+from rlvr_jax.schedule import PhaseState
+from rlvr_jax.schedule import describe as describe_schedule
 from rlvr_jax.stages import describe as describe_stages
-from rlvr_jax.stages import detect_transition, probe_series
+from rlvr_jax.stages import describe_onset, detect_transition, probe_series
 from rlvr_jax.tasks import Task
 from rlvr_jax.writers import read_jsonl
 
@@ -28,12 +30,25 @@ def format_eval(name: str, values: dict[str, float], task: Task) -> str:
     return f"{name}: {shown}"
 
 
-def make_summary(cfg: Config, first: dict, final: dict, seconds: float, last: dict) -> dict:
+def make_summary(
+    cfg: Config,
+    first: dict,
+    final: dict,
+    seconds: float,
+    last: dict,
+    online: dict | None = None,
+    phase: PhaseState | None = None,
+) -> dict:
+    """summary.json. `stages` holds the offline detector's report as it always was, plus `onset_step`
+    and `online` (the online detector's report, `online` given) and `online_summary`."""
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
     history = [r["reward/mean"] for r in rows if isinstance(r.get("reward/mean"), (int, float))]
     evals = read_evals(cfg.run_dir)
     stage = detect_transition(*probe_series(rows))
-    return {
+    stages = {**stage, "summary": describe_stages(stage)}
+    if online is not None:
+        stages.update(onset_step=online["onset_step"], online=online, online_summary=describe_onset(online))
+    out = {
         "run": cfg.run.name,
         "steps": cfg.run.steps,
         "seconds_this_session": round(seconds, 1),
@@ -42,7 +57,7 @@ def make_summary(cfg: Config, first: dict, final: dict, seconds: float, last: di
         "final": final,
         "train_reward_first_10": float(np.mean(history[:10])) if history else None,
         "train_reward_last_10": float(np.mean(history[-10:])) if history else None,
-        "stages": {**stage, "summary": describe_stages(stage)},
+        "stages": stages,
         "pass_at_k_over_training": [
             {
                 "step": e["step"],
@@ -54,3 +69,6 @@ def make_summary(cfg: Config, first: dict, final: dict, seconds: float, last: di
         "boundary_over_training": boundary_over_training(evals),
         "last_metrics": last,
     }
+    if cfg.advantage.schedule:
+        out["advantage_schedule"] = describe_schedule(cfg.advantage, phase or PhaseState())
+    return out

@@ -27,6 +27,7 @@ class Rollout:
     lengths: jax.Array  # i32[B*G], generated tokens per sequence
     eos: jax.Array  # bool[B*G], True: stopped on a stop id; False: hit max_new_tokens
     logp: jax.Array  # f32[B*G, M], log pi(y_t) under the un-tempered policy (PPO's logp_old)
+    entropy: jax.Array | None = None  # f32[B*G, M], the un-tempered policy's entropy (evaluation only)
 
     @property
     def finish_reasons(self) -> list[str]:

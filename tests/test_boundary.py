@@ -6,7 +6,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from rlvr_jax.boundary import boundary_sets, k_values, pass_at_k, pass_at_k_table, summarize
+from rlvr_jax.boundary import above_one_over_k, boundary_sets, k_values, pass_at_k, pass_at_k_table, summarize
 
 
 def brute_force(n, c, k):
@@ -63,9 +63,42 @@ def test_summary_per_subset():
     out = summarize(problems, 4)
     assert out["problems"] == 4 and list(out["pass_at_k"]) == ["1", "2", "4"]
     assert out["pass_at_k"]["1"] == pytest.approx((0 + 2 + 4 + 1) / 16)
+    # 1/k diagnostic: c/n > 1/k, i.e. c > 2 for k = 2 and c > 1 for k = 4 (k = 1 would need c > n)
+    assert out["above_1_over_k"] == {"2": 0.25, "4": 0.5} and "entropy" not in out
     assert out["subsets"] == {
-        "hard": {"problems": 2, "pass_at_k": {"1": 0.25, "2": pytest.approx((0 + 5 / 6) / 2), "4": 0.5}}
+        "hard": {
+            "problems": 2,
+            "pass_at_k": {"1": 0.25, "2": pytest.approx((0 + 5 / 6) / 2), "4": 0.5},
+            "above_1_over_k": {"2": 0.0, "4": 0.5},
+        }
     }
+
+
+def test_above_one_over_k_by_hand_and_its_pass_at_k_bound():
+    # n = 8: c/8 > 1/k <=> c * k > 8. c = 1: no k (1/8 > 1/8 fails); c = 2: k = 8; c = 4: k = 4, 8
+    # (4/8 > 1/2 fails); c = 5: k = 2, 4, 8.
+    assert above_one_over_k(8, [1, 2, 4, 5]) == {2: 0.25, 4: 0.5, 8: 0.75}
+    assert above_one_over_k(12, [0, 12], ks=[1, 3, 12]) == {3: 0.5, 12: 0.5}  # k = 1 is never reported
+    # p = c/n > 1/k implies the unbiased pass@k estimate exceeds 1 - (1 - 1/k)^k (>= 1 - 1/e = 0.632).
+    n = 64
+    table = pass_at_k_table(n, np.arange(n + 1))
+    for k in k_values(n)[1:]:
+        above = np.arange(n + 1) * k > n
+        assert np.all(table[above, k - 1] > 1 - (1 - 1 / k) ** k) and 1 - (1 - 1 / k) ** k > 1 - np.exp(-1)
+    # ... and not conversely: one success in 64 gives pass@32 = 0.5 while 1/64 < 1/32
+    assert table[1, 31] == pytest.approx(0.5) and above_one_over_k(n, [1], ks=[32]) == {32: 0.0}
+
+
+def test_summary_entropy_is_token_weighted_over_problems_and_subsets():
+    problems = [
+        {"id": "a", "subset": "hard", "c": 0, "entropy": 0.5, "tokens": 10},
+        {"id": "b", "subset": "hard", "c": 1, "entropy": 2.0, "tokens": 30},
+        {"id": "c", "subset": "easy", "c": 2, "entropy": 1.0, "tokens": 20},
+    ]
+    out = summarize(problems, 2)
+    assert out["entropy"] == pytest.approx((0.5 * 10 + 2.0 * 30 + 1.0 * 20) / 60)
+    assert out["subsets"]["hard"]["entropy"] == pytest.approx((5 + 60) / 40)
+    assert out["subsets"]["easy"]["entropy"] == pytest.approx(1.0)
 
 
 def test_boundary_sets():

@@ -376,3 +376,15 @@ def test_packaged_configs_resolve_by_name_and_by_their_old_repository_path(tmp_p
 def test_a_removed_key_names_what_replaced_it():
     with pytest.raises(ConfigError, match="'logging.every' was removed: metrics.jsonl has a row every step"):
         load_config(None, ["logging.every=5"])
+
+
+def test_resume_comparison_of_a_non_empty_mapping_whose_default_is_empty():
+    """model.arch defaults to {} and the toy config fills it: resuming the toy run with the same
+    settings changes nothing (it used to read as model.arch: {} -> '<unset>', a state change)."""
+    from rlvr_jax.config import ConfigChanges
+
+    saved = load_config("toy_strategy", ["run.steps=3"]).model_dump(mode="json")
+    changes = ConfigChanges.between(saved, load_config("toy_strategy", ["run.steps=1"]))
+    assert changes == ConfigChanges(harmless=["run.steps: 3 -> 1"], trajectory=[], state=[])
+    changed = ConfigChanges.between(saved, load_config("toy_strategy", ["model.arch.hidden_size=32"]))
+    assert changed.state == ["model.arch.hidden_size: 64 -> 32"]

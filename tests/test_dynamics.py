@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax.config import LossConfig, MeshConfig, OptimConfig
-from rlvr_jax.dynamics import class_probabilities, sampled_token_stats, update_shift_stats
+from rlvr_jax.dynamics import class_probabilities, probe_statistics, sampled_token_stats, update_shift_stats
 from rlvr_jax.loss import completion_logp_top1
 from rlvr_jax.mesh import TRAIN_RULES, make_mesh
 from rlvr_jax.model import forward, init_params
@@ -118,3 +118,61 @@ def test_statistics_split_by_the_unfiltered_advantage(setup):
     positive_tokens = float(np.sum(np.asarray(batch.mask)[np.asarray(batch.adv) > 0]))
     assert m["dyn/tokens/pos"] == positive_tokens > 0 and m["dyn/tokens/zero"] == 0
     assert "dyn/dlogp/pos" in m  # the update's effect on tokens it did not push
+
+
+def test_probe_statistics_by_hand(setup):
+    """Per-subset masses, class logits (raw and centred) and the decision-token entropy, each worked
+    out from the logits of one uncached forward per prompt."""
+    _mesh, graphdef, params, _, _ = setup
+    tokens = jnp.asarray([[1, 1, 5, 6, 7], [8, 9, 10, 11, 12], [1, 3, 4, 2, 6]], jnp.int32)
+    mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]], jnp.int32)
+    member = np.zeros((2, ARCH.vocab_size), np.float32)
+    member[0, 3] = member[1, [4, 5]] = 1.0  # classes A = {3}, B = {4, 5}
+    class_ids = np.array([[3, -1], [4, 5]], np.int32)
+    applies = np.array([[1, 1], [1, 0], [1, 1]], np.float32)  # B is not defined on prompt 1
+    in_subset = np.array([[1, 1, 0], [0, 0, 1]], np.float32)  # subsets: x = {0, 1}, y = {2}
+    from flax import nnx
+
+    got = jax.device_get(
+        probe_statistics(
+            nnx.merge(graphdef, params),
+            PromptBatch(tokens, mask, jnp.arange(3)),
+            *map(jnp.asarray, (member, applies, class_ids, in_subset)),
+        )
+    )
+    z = [
+        np.asarray(forward(graphdef, params, tokens[b : b + 1, s:], mask[b : b + 1, s:])[0, -1])
+        for b, s in ((0, 2), (1, 0), (2, 1))
+    ]
+    p = [np.exp(x - x.max()) / np.exp(x - x.max()).sum() for x in z]
+    mass = np.array([[q[3], q[4] + q[5]] for q in p]) * applies
+    rest = 1 - mass.sum(axis=1)
+    np.testing.assert_allclose(got["pi"], [mass[:, 0].mean(), mass[:, 1].sum() / 2, rest.mean()], rtol=1e-5)
+    x_pi = [(mass[0, 0] + mass[1, 0]) / 2, mass[0, 1] / 1, (rest[0] + rest[1]) / 2]  # B: prompt 0 only in x
+    np.testing.assert_allclose(got["pi_subset"], [x_pi, [mass[2, 0], mass[2, 1], rest[2]]], rtol=1e-5)
+    lse = np.array([[x[3], np.log(np.exp(x[4]) + np.exp(x[5]))] for x in z])
+    np.testing.assert_allclose(got["logit"], [lse[:, 0].mean(), (lse[0, 1] + lse[2, 1]) / 2], rtol=1e-5, atol=1e-6)
+    centred = lse - np.array([[x.mean()] for x in z])
+    np.testing.assert_allclose(
+        got["zc"], [centred[:, 0].mean(), (centred[0, 1] + centred[2, 1]) / 2], rtol=1e-5, atol=1e-6
+    )
+    # A shift of every logit moves `logit` and leaves `zc` and the probabilities alone.
+    assert not np.allclose(got["logit"], got["zc"])
+    h = np.array([-(q * np.log(q)).sum() for q in p])
+    assert got["entropy"] == pytest.approx(h.mean(), rel=1e-5)
+    np.testing.assert_allclose(got["entropy_subset"], [(h[0] + h[1]) / 2, h[2]], rtol=1e-5)
+    # A probe without subsets: the same overall values, empty per-subset arrays.
+    none = jax.device_get(
+        probe_statistics(
+            nnx.merge(graphdef, params),
+            PromptBatch(tokens, mask, jnp.arange(3)),
+            *map(jnp.asarray, (member, applies, class_ids, np.zeros((0, 3), np.float32))),
+        )
+    )
+    assert none["pi_subset"].shape == (0, 3) and none["entropy_subset"].shape == (0,)
+    np.testing.assert_array_equal(none["pi"], got["pi"])
+    # The probe's mass part is class_probabilities, value for value.
+    mass_only = class_probabilities(
+        nnx.merge(graphdef, params), PromptBatch(tokens, mask, jnp.arange(3)), jnp.asarray(member), jnp.asarray(applies)
+    )
+    np.testing.assert_array_equal(np.asarray(mass_only), got["pi"])

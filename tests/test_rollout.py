@@ -1,5 +1,6 @@
 """The KV-cache sampler against uncached forwards, its RNG contract, stopping, filtering, sharding."""
 
+import dataclasses
 import functools
 import json
 import operator
@@ -279,3 +280,23 @@ def test_generate_cli_rejects_bad_arguments(qwen2_dir, tmp_path):
         cli.main(["generate", "--model", str(qwen2_dir), "--prompt", "x", "--top-p", "0"])
     with pytest.raises(SystemExit, match="config.json"):
         cli.main(["generate", "--model", str(tmp_path), "--tokenizer", str(qwen2_dir), "--prompt", "x"])
+
+
+def test_recorded_entropy_is_the_untempered_distributions_and_changes_no_draw(single, samplers):
+    """SamplingSpec(entropy=True), as evaluation uses it: at every generated position the exact entropy
+    of the un-tempered next-token distribution (0 after a stop); tokens and logp as without it."""
+    mesh, arch, graphdef, params = single
+    free = jax.device_get(samplers["sample"](params, _batch(), jax.random.key(4)))
+    stop = int(free.tokens[0, 2])  # a token row 0 draws third: with it as a stop id, some rows stop early
+    spec = SamplingSpec(max_new_tokens=M, pad_id=PAD, temperature=0.8, group_size=3, stop_ids=(stop,))
+    plain = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, spec)
+    measured = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, dataclasses.replace(spec, entropy=True))
+    a = jax.device_get(plain(params, _batch(), jax.random.key(4)))
+    b = jax.device_get(measured(params, _batch(), jax.random.key(4)))
+    assert a.entropy is None
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logp, b.logp)
+    logp = _full_logp(single, b)  # un-tempered log-softmax from one uncached forward
+    expected = -(np.exp(logp) * logp).sum(-1) * b.mask
+    np.testing.assert_allclose(b.entropy, expected, atol=2e-5)
+    assert (b.mask == 0).any() and np.all(b.entropy[b.mask == 0] == 0)  # some rows stopped early

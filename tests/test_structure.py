@@ -28,6 +28,7 @@ ALLOWED = {
     "preemption": set(),
     "boundary": set(),
     "stages": set(),
+    "schedule": {"config"},
     "distributed": {"mesh", "config"},
     "plan": {"config", "mesh", "model"},
     "rng": set(),

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from rlvr_jax import cli
@@ -40,10 +41,19 @@ def test_run_directory_layout(run_dir):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     base, rows = rows[0], rows[1:]  # step 0: the base policy's evaluation and probe
     assert {"eval/pass@1", "eval/pass@4", "eval/pass@4/hard", "probe/pi_S2"} <= base.keys() and "loss" not in base
+    probe_keys = {f"probe/{k}" for c in ("S1", "S2", "S3") for k in (f"pi_{c}", f"logit_{c}", f"zc_{c}")}
+    probe_keys |= {"probe/pi_rest", "probe/entropy"} | {
+        f"probe/{k}/{s}" for k in ("pi_S2", "entropy") for s in ("hard", "easy")
+    }
+    assert probe_keys <= base.keys() and "stage/onset" not in base  # the detector reads step 0 as its base
+    for subset in ("hard", "easy"):  # per subset the classes and the rest sum to 1 as overall
+        assert sum(base[f"probe/pi_{c}/{subset}"] for c in ("S1", "S2", "S3", "rest")) == pytest.approx(1.0, abs=1e-4)
+    assert 0 < base["probe/entropy"] < np.log(512)
     for row in rows:
         assert row.keys() >= REQUIRED
         assert 0.0 <= row["reward/mean"] <= 1.0 and row["time/tokens_per_s"] > 0
-        assert {"probe/pi_S1", "probe/pi_S2", "probe/pi_S3", "probe/pi_rest"} <= row.keys()
+        assert probe_keys <= row.keys() and row["stage/onset"] in (0.0, 1.0)
+        assert "advantage/phase" not in row  # logged only with an advantage.schedule
         assert row["update/skipped_total"] == 0
         assert row["kl"] is not None and abs(row["kl"]) < 1.0  # KL to the frozen initial policy
     # eval.every=2, and at the end; each evaluation's per-problem record is in evals/
@@ -52,6 +62,18 @@ def test_run_directory_layout(run_dir):
     report = json.loads((run_dir / "evals" / "step_000003.json").read_text())
     assert report["n"] == 4 and len(report["problems"]) == 16 and set(report["pass_at_k"]) == {"1", "2", "4"}
     assert report["pass_at_k"]["1"] == rows[-1]["eval/pass@1"]
+    # held-out entropy and the 1/k diagnostic, in the record and in the metrics row
+    assert set(report["above_1_over_k"]) == {"2", "4"} and report["entropy"] == rows[-1]["eval/entropy"] > 0
+    for row in (base, rows[-1]):
+        assert {
+            "eval/entropy",
+            "eval/entropy/hard",
+            "eval/above_1_over_k@2",
+            "eval/above_1_over_k@4/hard",
+        } <= row.keys()
+    fraction = np.mean([p["c"] * 4 > 4 for p in report["problems"]])  # c/n > 1/k at n = k = 4
+    assert rows[-1]["eval/above_1_over_k@4"] == pytest.approx(fraction)
+    assert all(p["tokens"] > 0 and p["entropy"] >= 0 for p in report["problems"])
     # per-sign statistics every step, the post-update pass every logging.dynamics_every=2 steps
     assert all({"dyn/pi_old/pos", "dyn/rare/neg", "dyn/nonzero_adv_token_frac"} <= r.keys() for r in rows)
     assert len(rows[0]["dyn/hist/neg"]) == 10
@@ -61,6 +83,8 @@ def test_run_directory_layout(run_dir):
     assert [e["step"] for e in summary["pass_at_k_over_training"]] == [0, 2, 3]
     assert summary["boundary_over_training"][0]["gained"] == 0 and "transition" in summary["stages"]
     assert summary["steps"] == 3 and summary["advantage"] == {"estimator": "grpo", "sign": "full"}
+    assert "onset_step" in summary["stages"] and summary["stages"]["online"]["rare_classes"] == ["S2"]
+    assert "online detector" in summary["stages"]["online_summary"] and "advantage_schedule" not in summary
     for stage in ("base", "final"):
         probs = [summary[stage][f"probe/pi_{c}"] for c in ("S1", "S2", "S3", "rest")]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
