@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: train test lint clean example-smollm2
+.PHONY: train test lint clean example-smollm2 example-smollm2-report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ $(SMOLLM2)/config.json: | $(VENV)/.installed-smollm2
 example-smollm2: $(SMOLLM2)/config.json
 	$(BIN)/python examples/smollm2_arithmetic/make_data.py runs/smollm2_arithmetic_data
 	$(BIN)/rlvr-jax train --config examples/smollm2_arithmetic/config.yaml --run-dir runs/smollm2_arithmetic_seed$(SEED) run.seed=$(SEED)
+
+# Base vs final over every finished seed of the example (mean +- sd, paired change), the time split, a figure.
+example-smollm2-report:
+	$(BIN)/python examples/smollm2_arithmetic/report.py runs/smollm2_arithmetic_seed* --figure runs/smollm2_arithmetic.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache
