@@ -23,13 +23,32 @@ SUBSETS = ("", "/1-digit", "/2-digit", "/3-digit")
 
 def read_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
+    evals = sorted((run_dir / "evals").glob("step_*.json"))
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a damaged line is skipped, as the trainer's own readers do
-    return {"name": run_dir.name, "summary": summary, "rows": rows}
+    first, last = (json.loads(path.read_text()) for path in (evals[0], evals[-1]))
+    return {"name": run_dir.name, "summary": summary, "rows": rows, "evals": (first, last)}
+
+
+def paired_change(first: dict, last: dict) -> tuple[float, float, int]:
+    """pass@1 change within one run, problem by problem (c/n at the last evaluation minus at the first,
+    same problems): mean and the half-width of its normal 95 % interval over problems."""
+    before = {p["id"]: p["c"] / p["n"] for p in first["problems"]}
+    diffs = [p["c"] / p["n"] - before[p["id"]] for p in last["problems"] if p["id"] in before]
+    half = 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return statistics.mean(diffs), half, len(diffs)
+
+
+def within_runs(runs: list[dict]) -> list[str]:
+    lines = ["| run | pass@1 change, 95 % interval over held-out problems | problems |", "|---|---|---|"]
+    for run in runs:
+        mean, half, count = paired_change(*run["evals"])
+        lines.append(f"| {run['name']} | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | {count} |")
+    return lines
 
 
 def mean_sd(values: list[float]) -> str:
@@ -56,6 +75,23 @@ def accuracy_table(runs: list[dict]) -> list[str]:
                 f"| {metric}{subset or ' (all)'} | {mean_sd(base)} | {mean_sd(final)} | "
                 f"{statistics.mean(change):+.3f} [{min(change):+.3f}, {max(change):+.3f}] | {improved}/{len(runs)} |"
             )
+    return lines
+
+
+def training_trend(runs: list[dict], first: int = 5) -> list[str]:
+    """Training-sample means over the first and last `first` steps of each run (32 samples a step)."""
+    lines = [f"| training samples, mean of steps 1-{first} -> last {first} | {' | '.join(r['name'] for r in runs)} |"]
+    lines.append("|---|" + "---|" * len(runs))
+    for key, label in (("reward/correct_frac", "correct"), ("reward/boxed/mean", "answer in \\boxed{}")):
+        cells = []
+        for run in runs:
+            values = [r[key] for r in run["rows"] if key in r]
+            if len(values) < 2 * first:
+                cells.append("n/a")
+                continue
+            head, tail = statistics.mean(values[:first]), statistics.mean(values[-first:])
+            cells.append(f"{head:.3f} -> {tail:.3f}")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     return lines
 
 
@@ -123,6 +159,10 @@ def main() -> None:
         parser.error(f"no summary.json (the run has not finished) in: {', '.join(missing)}")
     runs = [read_run(r) for r in args.runs]
     print("\n".join(accuracy_table(runs)))
+    print()
+    print("\n".join(within_runs(runs)))
+    print()
+    print("\n".join(training_trend(runs)))
     print()
     print("\n".join(time_split(runs)))
     if args.figure:
