@@ -108,7 +108,11 @@ class Attention(nnx.Module):
 
     def _project(self, x: jax.Array, name: str) -> jax.Array:
         w = getattr(self, name)[...].astype(self.dtype)
-        y = jnp.einsum("btd,nhd->btnh", x, w)
+        heads, h, d = w.shape
+        # A 2-D [heads*H, D] view (a free reshape of the row-major [heads, H, D] weight): XLA's dot
+        # canonicalisation transposes a 3-D operand into a [D, heads*H] copy, which inside the decode
+        # loop re-reads and re-writes the weight every step; a 2-D weight is used in place.
+        y = jnp.einsum("btd,ed->bte", x, w.reshape(heads * h, d)).reshape(*x.shape[:2], heads, h)
         if self.arch.qkv_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return constrain(y, ("batch", None, "q_heads" if name == "q" else "kv_heads", None))
@@ -129,7 +133,9 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start)
             cache = LayerCache(k=k, v=v)
         out = _attend(q, k.astype(self.dtype), v.astype(self.dtype), key_mask, index)
-        y = jnp.einsum("btnh,dnh->btd", out, self.o[...].astype(self.dtype))
+        o = self.o[...].astype(self.dtype)
+        # The same 2-D view for o ([D, N*H]): no per-step transposed copy of the weight.
+        y = jnp.einsum("bte,de->btd", out.reshape(*out.shape[:2], -1), o.reshape(o.shape[0], -1))
         if self.arch.o_bias:
             y = y + self.o_bias[...].astype(self.dtype)
         return constrain(y, ("batch", None, None)), cache
