@@ -12,28 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 SITE=${DEVICE_CHECK_SITE:-/tmp/site}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH=$SITE:$PWD
-fi
-flax_ok() {
-  $PY - <<'EOF'
-import sys
-from importlib import metadata
-try:
-    version = tuple(int(x) for x in metadata.version("flax").split(".")[:3])
-except Exception:
-    sys.exit(1)
-sys.exit(0 if (0, 12, 8) <= version < (0, 13) else 1)
-EOF
-}
-if compgen -G ".whl/fallback/flax-*.whl" >/dev/null && ! flax_ok; then
-  echo "flax outside 0.12.8..0.12.x here: installing $(ls .whl/fallback/flax-*.whl)"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/fallback/flax-*.whl
-  export PYTHONPATH=$SITE:$PWD
-fi
+# shellcheck source=benchmarks/device_wheels.sh
+source benchmarks/device_wheels.sh
+install_device_wheels "$PY" "$SITE"
 
 $PY - <<'EOF'
 import sys
