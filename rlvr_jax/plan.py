@@ -134,10 +134,13 @@ def plan_memory(cfg: Config, arch: Arch, devices: int) -> MemoryPlan:
     kv_heads = arch.num_kv_heads // tensor if arch.num_kv_heads % tensor == 0 else arch.num_kv_heads
     kv_cache = arch.num_layers * 2 * rows * kv_heads * seq * arch.head_dim * act_bytes
     vocab = arch.vocab_size // tensor if arch.vocab_size % tensor == 0 else arch.vocab_size
-    # Prefill: f32 logits at every prompt position (only the last is sampled) and the prompts' own
-    # cache before it is repeated G times. Decode: f32 logits, their log-softmax and the tempered
+    # Prefill: the prompts' own cache before it is repeated G times, and one layer's widest
+    # activation (the MLP's gate and up projections over every prompt token); only the last
+    # position is projected to logits. Decode: f32 logits, their log-softmax and the tempered
     # copy of [rows, V], plus a sort, softmax and cumulative sum under top-p.
-    prefill = prompts * cfg.data.max_prompt_len * vocab * 4 + kv_cache * prompts // max(rows, 1)
+    inter = math.ceil(arch.intermediate_size / tensor)
+    prompt_tokens = prompts * cfg.data.max_prompt_len
+    prefill = kv_cache * prompts // max(rows, 1) + prompt_tokens * 2 * inter * act_bytes + prompts * vocab * 4
     decode = rows * vocab * 4 * (6 if cfg.rollout.top_p < 1.0 else 3)
     parts = cfg.optim.mini_batches * cfg.optim.micro_batches
     micro_rows = math.ceil(rows / parts)

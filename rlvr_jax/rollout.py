@@ -133,7 +133,9 @@ def prefill(model: nnx.Module, prompts: PromptBatch, key: jax.Array, sampling: S
     cache = init_cache(model.arch, b, p + m, model.dtype)
     key_mask = jnp.concatenate([prompts.mask, jnp.ones((b, m), prompts.mask.dtype)], axis=1)
     positions = positions_from_mask(prompts.mask)
-    logits, cache = model(prompts.tokens, positions, key_mask, cache, 0)
+    # Only the last position is sampled: project it alone, so no backend materialises [B, P, V] logits.
+    hidden, cache = model.hidden_states(prompts.tokens, positions, key_mask, cache, 0)
+    logits = model.logits(hidden[:, -1:])
     repeat = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  row b*G + g belongs to prompt b
     n = b * g
     state = SamplerState(
