@@ -59,7 +59,7 @@ def mean_sd(values: list[float]) -> str:
 
 def accuracy_table(runs: list[dict]) -> list[str]:
     lines = [
-        f"| held-out metric (n = {len(runs)} runs) | base | final | change (paired) | runs improved |",
+        f"| held-out metric (n = {len(runs)} runs) | base | final | change: mean [min, max] over runs | runs improved |",
         "|---|---|---|---|---|",
     ]
     for metric in METRICS:
