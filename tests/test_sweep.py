@@ -238,6 +238,29 @@ def test_the_stage2_source_is_the_online_onset_when_every_run_has_it(tmp_path):
         table.summarize(plan, ["hard"], "peak")
 
 
+def test_an_onset_that_stalls_is_not_a_takeover(tmp_path):
+    """The online onset (the rare class rising while the leader falls) in every run, but in seed 2 the
+    rare class never leads: stage 2 3/3, rare class leading at the end 2/3, both in the table."""
+    plan = make_plan(_study(tmp_path, seeds=(0, 1, 2)))
+    for run in plan.runs:
+        _fake_run(run, onset=30, online=True)
+        if run.seed == 2:
+            path = run.run_dir / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["stages"]["transition"] = False
+            path.write_text(json.dumps(summary))
+    result = table.summarize(plan, ["hard"])
+    full = result["combos"][0]
+    assert (full["stage2"]["reached"], full["stage2"]["n"]) == (3, 3)
+    assert (full["takeover"]["reached"], full["takeover"]["n"]) == (2, 3)
+    assert full["takeover"]["wilson95"] == pytest.approx(list(stats.wilson(2, 3)))
+    markdown = table.to_markdown(result)
+    assert "| stage 2 [95 % CI] | onset step | rare class leads at end [95 % CI] | reward |" in markdown
+    assert "| full | 3/3 | 1.00 [0.44, 1.00] (3/3) | 30 [30, 30] | 0.67 [0.21, 0.94] (2/3) |" in markdown
+    # With the end-of-run detector as the stage-2 source the column would repeat it: not shown.
+    assert "rare class leads" not in table.to_markdown(table.summarize(plan, ["hard"], "transition"))
+
+
 # --- a real sweep ----------------------------------------------------------------------------------
 
 

@@ -104,8 +104,12 @@ def summarize(plan: Plan, subsets: Sequence[str] | None = None, source: str = "a
     source = choose_source([r["_summary"] for r in complete], source)
     for r in complete:
         # None: the run's summary lacks this detector's output (no probe, or an older run): unknown, not "no".
-        reached, step = stage2(r.pop("_summary"), source) or (None, None)
+        summary = r.pop("_summary")
+        reached, step = stage2(summary, source) or (None, None)
         r["stage2"] = {"reached": reached, "onset_step": step}
+        # The onset (rare class rising while the leader falls) does not mean the rare class wins: whether
+        # it leads at the end is the end-of-run detector's answer, reported beside it.
+        r["takeover"] = {"reached": (stage2(summary, "transition") or (None, None))[0]}
     names = subsets if subsets is not None else sorted({s for r in complete for s in r["accuracy"]})
     rows = [
         _combo_row(c.name, c.overrides, [r for r in records if r["combo"] == c.name], names) for c in plan.study.combos
@@ -128,9 +132,7 @@ def summarize(plan: Plan, subsets: Sequence[str] | None = None, source: str = "a
 
 def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets: Sequence[str]) -> dict[str, Any]:
     done = [r for r in records if r["complete"]]
-    known = [r for r in done if r["stage2"]["reached"] is not None]
-    reached = [r for r in known if r["stage2"]["reached"]]
-    interval = wilson(len(reached), len(known))
+    reached = [r for r in done if r["stage2"]["reached"]]
     ks = {r["k"] for r in done if r["k"] is not None}
     return {
         "combo": name,
@@ -138,12 +140,8 @@ def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets
         "planned": len(records),
         "complete": len(done),
         "failed": sum(r["failed"] is not None for r in records),
-        "stage2": {
-            "reached": len(reached),
-            "n": len(known),  # complete runs whose summary has the detector's output
-            "fraction": len(reached) / len(known) if known else None,
-            "wilson95": list(interval) if interval else None,
-        },
+        "stage2": _rate(done, "stage2"),
+        "takeover": _rate(done, "takeover"),
         "onset_step": median_range(
             [r["stage2"]["onset_step"] for r in reached if r["stage2"]["onset_step"] is not None]
         ),
@@ -156,6 +154,19 @@ def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets
             for s in subsets
         },
         "entropy": _stat(done, lambda r: r["entropy"]),
+    }
+
+
+def _rate(done: list[dict], key: str) -> dict[str, Any]:
+    """How many complete runs reached `key` (of those whose summary says: n), with a Wilson 95 % interval."""
+    known = [r for r in done if r.get(key, {}).get("reached") is not None]
+    hits = sum(bool(r[key]["reached"]) for r in known)
+    interval = wilson(hits, len(known))
+    return {
+        "reached": hits,
+        "n": len(known),
+        "fraction": hits / len(known) if known else None,
+        "wilson95": list(interval) if interval else None,
     }
 
 
@@ -261,15 +272,25 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
         "onset step median [min, max] over the runs that reached it; the other columns are the final evaluation "
         "(held-out) as mean ± sd (sample sd) over the complete runs; entropy: the probe's `probe/entropy` at the end.",
     ]
+    takeover = table["stage2_source"] != "transition"
+    if takeover:
+        lines += [
+            "",
+            f"Rare class leads at the end: {STAGE2_SOURCES['transition']}; fraction with a Wilson 95 % interval. "
+            "An onset that does not end in this is a stage 2 that began and stalled.",
+        ]
     if command:
         lines += ["", f"Regenerate: `{command}`"]
-    header = ["combination", "runs", "stage 2 [95 % CI]", "onset step", "reward"]
+    header = ["combination", "runs", "stage 2 [95 % CI]", "onset step"]
+    header += ["rare class leads at end [95 % CI]"] if takeover else []
+    header += ["reward"]
     header += [f"accuracy {s}" for s in subsets] + [k] + [f"{k} {s}" for s in subsets] + ["entropy"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["combos"]:
         n = row["complete"]
         runs = f"{n}/{row['planned']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         cells = [row["combo"], runs, _fraction(row["stage2"], n), _onset(row["onset_step"])]
+        cells += [_fraction(row["takeover"], n)] if takeover else []
         cells += [_mean_sd(row["reward"], n)] + [_mean_sd(row["accuracy"][s], n) for s in subsets]
         cells += [_mean_sd(row["pass_at_k"], n)] + [_mean_sd(row["pass_at_k_subsets"][s], n) for s in subsets]
         cells += [_mean_sd(row["entropy"], n)]
