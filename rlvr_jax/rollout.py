@@ -52,7 +52,7 @@ class SamplingSpec:
 
 @struct.dataclass
 class SamplerState:
-    cache: KVCache  # per layer [B*G, S, K, H], S = P + M
+    cache: KVCache  # per layer [B*G, K, S, H], S = P + M
     key_mask: jax.Array  # i32[B*G, S]: prompt mask, then ones for generated slots
     prompt_lens: jax.Array  # i32[B*G]: real prompt tokens (position of the first new token)
     seq_keys: jax.Array  # key[B*G]
@@ -228,7 +228,7 @@ def finish(prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec) ->
 def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int, entropy: bool) -> SamplerState:
     batch = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (n,) + (1,) * len(rest))  # noqa: E731
     cache_sh = sharding_for(
-        ("batch", "cache_seq", "kv_heads", "head_dim"), mesh, rules, (n, slots, arch.num_kv_heads, arch.head_dim)
+        ("batch", "kv_heads", "cache_seq", "head_dim"), mesh, rules, (n, arch.num_kv_heads, slots, arch.head_dim)
     )
     return SamplerState(
         cache=tuple(LayerCache(k=cache_sh, v=cache_sh) for _ in range(arch.num_layers)),
