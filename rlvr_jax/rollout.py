@@ -52,7 +52,7 @@ class SamplingSpec:
 
 @struct.dataclass
 class SamplerState:
-    cache: KVCache  # per layer [B*G, S, K, H], S = P + M
+    cache: KVCache  # per layer [B*G, K, S, H], S = P + M
     key_mask: jax.Array  # i32[B*G, S]: prompt mask, then ones for generated slots
     prompt_lens: jax.Array  # i32[B*G]: real prompt tokens (position of the first new token)
     seq_keys: jax.Array  # key[B*G]
@@ -88,6 +88,44 @@ def filter_logits(logits: jax.Array, sampling: SamplingSpec) -> jax.Array:
     return scaled
 
 
+_BLOCK = 128  # inverse-CDF search: vocabulary blocks of this many tokens
+
+
+def inverse_cdf_draw(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One token i32[B] per row from softmax(logits [B, V]), from one uniform per row: the first token
+    whose cumulative probability exceeds u * total.
+
+    `jax.random.categorical` draws a Gumbel for every vocabulary entry, V threefry hashes a row, which
+    was most of a batch-64 decode step on CPU. Here the search is two-level, because a cumulative sum
+    over V lowers to a slow reduce-window: the cumulative mass of V/128 block sums picks the block,
+    then that block's 128 cumulative sums pick the token. Resolution: u has 24 random bits, so a token
+    below about 6e-8 of the mass is drawn less often than its probability (Gumbel-max in f32 has a like
+    floor, about 1e-8). A token of probability exactly 0 (outside top-k / top-p) is never drawn.
+    """
+    b, v = logits.shape
+    pad = -v % _BLOCK
+    logits = jnp.pad(logits.astype(jnp.float32), ((0, 0), (0, pad)), constant_values=-jnp.inf)
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)).reshape(b, -1, _BLOCK)
+    block_mass = weights.sum(axis=-1)  # [B, V/128]
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    u = jax.vmap(jax.random.uniform)(keys) * block_cdf[:, -1]
+    block = _first_above(block_cdf, u[:, None], block_mass > 0)
+    before = jnp.where(
+        block > 0, jnp.take_along_axis(block_cdf, jnp.maximum(block - 1, 0)[:, None], axis=-1)[:, 0], 0.0
+    )
+    inside = jnp.take_along_axis(weights, block[:, None, None], axis=1)[:, 0]  # [B, 128]
+    offset = _first_above(jnp.cumsum(inside, axis=-1), (u - before)[:, None], inside > 0)
+    return (block * _BLOCK + offset).astype(jnp.int32)
+
+
+def _first_above(cdf: jax.Array, u: jax.Array, positive: jax.Array) -> jax.Array:
+    """Per row, the first index whose cumulative mass exceeds u among entries of positive mass; where
+    rounding leaves none above u (u within an ulp of the total), the last entry of positive mass."""
+    hit = (cdf > u) & positive
+    last = positive.shape[-1] - 1 - jnp.argmax(positive[:, ::-1], axis=-1)
+    return jnp.where(hit.any(axis=-1), jnp.argmax(hit, axis=-1), last)
+
+
 def sample_tokens(
     logits: jax.Array, keys: jax.Array, step: jax.Array, sampling: SamplingSpec
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
@@ -96,9 +134,8 @@ def sample_tokens(
     if sampling.temperature == 0.0:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
-        filtered = filter_logits(logits, sampling)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        token = jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
+        token = inverse_cdf_draw(step_keys, filter_logits(logits, sampling))
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     logp = jnp.take_along_axis(logp_all, token[:, None], axis=-1)[:, 0]
     # The log-softmax is already there for logp: the exact entropy costs one more pass over V.
@@ -191,7 +228,7 @@ def finish(prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec) ->
 def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int, entropy: bool) -> SamplerState:
     batch = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (n,) + (1,) * len(rest))  # noqa: E731
     cache_sh = sharding_for(
-        ("batch", "cache_seq", "kv_heads", "head_dim"), mesh, rules, (n, slots, arch.num_kv_heads, arch.head_dim)
+        ("batch", "kv_heads", "cache_seq", "head_dim"), mesh, rules, (n, arch.num_kv_heads, slots, arch.head_dim)
     )
     return SamplerState(
         cache=tuple(LayerCache(k=cache_sh, v=cache_sh) for _ in range(arch.num_layers)),

@@ -1,15 +1,17 @@
-"""The compiled decode loop moves no weight: no transposed/copied q/k/v/o (or any other parameter) per token.
+"""The compiled decode loop moves no weight and no KV cache: no transposed/copied q/k/v/o (or any other
+parameter) and no transposed layer cache per token.
 
 benchmarks/decode_hlo.py classifies every copy/transpose in the decode `while` body; here it runs on a
-tiny model (every weight >= 32 KiB, so a weight copy would be classified as one). A positive control
-puts the old 3-D q/k/v einsum back and checks the same scan does find its per-step weight copies, so
-the assertion cannot pass by finding nothing at all.
+tiny model (every weight >= 32 KiB, so a weight copy would be classified as one). Positive controls put
+the old 3-D q/k/v einsum, or a dot-based decode attention, back and check the same scan does find their
+per-step copies, so the assertions cannot pass by finding nothing at all.
 """
 
 import importlib.util
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -47,14 +49,39 @@ def decode_hlo():
     return module
 
 
-def _weight_ops(decode_hlo, batch: int) -> dict:
+def _moves(decode_hlo, batch: int) -> dict:
     hlo, cache_bytes, _ = decode_hlo.compiled_decode(ARCH, batch, prompt_len=8, new_tokens=8, dtype=jnp.float32)
-    return decode_hlo.summarize(decode_hlo.layout_ops(hlo, cache_bytes))["weight"]
+    return decode_hlo.summarize(decode_hlo.layout_ops(hlo, cache_bytes))
+
+
+def _weight_ops(decode_hlo, batch: int) -> dict:
+    return _moves(decode_hlo, batch)["weight"]
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_no_weight_copy_in_decode_loop(decode_hlo, batch):
-    assert _weight_ops(decode_hlo, batch) == dict(count=0, bytes=0)
+def test_no_weight_or_cache_copy_in_decode_loop(decode_hlo, batch):
+    """Neither a weight nor a layer's KV cache is copied or transposed per decode step."""
+    moves = _moves(decode_hlo, batch)
+    assert moves["weight"] == dict(count=0, bytes=0)
+    assert moves["cache"] == dict(count=0, bytes=0)
+
+
+def test_scan_finds_cache_transposes_of_a_dot_attention(decode_hlo, monkeypatch):
+    """Positive control: decode attention as two einsums (the prefill path) makes XLA:CPU transpose a
+    layer's cache per step at batch 1; the scan finds those moves."""
+
+    def einsum_attend(q, k, v, key_mask, index):
+        b, t, n, h = q.shape
+        qg = q.reshape(b, t, k.shape[1], n // k.shape[1], h)
+        scores = jnp.einsum("btkrh,bksh->bkrts", qg, k).astype(jnp.float32)
+        mask = (jnp.arange(k.shape[2])[None, :] <= index + jnp.arange(t)[:, None])[None] & key_mask[:, None, :].astype(
+            bool
+        )
+        probs = jax.nn.softmax(jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min), axis=-1)
+        return jnp.einsum("bkrts,bksh->btkrh", probs.astype(v.dtype), v).reshape(b, t, n, h)
+
+    monkeypatch.setattr(decoder, "_attend", einsum_attend)
+    assert _moves(decode_hlo, 1)["cache"]["count"] >= ARCH.num_layers
 
 
 def test_scan_finds_3d_projection_copies(decode_hlo, monkeypatch):

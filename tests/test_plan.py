@@ -111,7 +111,7 @@ def test_rollout_copy_and_kv_cache_are_exact_on_the_sharded_mesh(dtype):
     rows = cfg.data.prompts_per_step * cfg.rollout.group_size
     slots = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
     cache = _state_shardings(arch, mesh, ROLLOUT_RULES, rows, slots, entropy=False).cache
-    shape = (rows, slots, arch.num_kv_heads, arch.head_dim)
+    shape = (rows, arch.num_kv_heads, slots, arch.head_dim)
     per_layer = 2 * math.prod(cache[0].k.shard_shape(shape)) * jnp.dtype(dtype).itemsize
     assert plan.kv_cache == arch.num_layers * per_layer
 

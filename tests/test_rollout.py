@@ -15,7 +15,15 @@ from rlvr_jax import rollout as rollout_lib
 from rlvr_jax.config import MeshConfig
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh
 from rlvr_jax.model import forward, from_pretrained, state_shardings
-from rlvr_jax.rollout import SamplingSpec, filter_logits, make_sampler, rollout_weights, sample_tokens
+from rlvr_jax.rollout import (
+    SamplingSpec,
+    _first_above,
+    filter_logits,
+    inverse_cdf_draw,
+    make_sampler,
+    rollout_weights,
+    sample_tokens,
+)
 from rlvr_jax.tokenizer import encode_left_padded, load_tokenizer
 from rlvr_jax.types import PromptBatch
 
@@ -198,6 +206,37 @@ def test_filtering_never_samples_outside_the_set(top_k, top_p):
         np.testing.assert_array_equal(filtered[row], allowed)
         assert allowed[draws[:, row]].all()
         assert len(set(draws[:, row])) > 1 or allowed.sum() == 1
+
+
+def test_inverse_cdf_draws_follow_the_softmax():
+    """200k draws over a 300-token vocabulary (not a multiple of the 128-token block: the padding is
+    exercised) whose mass spans blocks, a block boundary pair and -inf tokens: the counts pass a
+    chi-square test against softmax at p = 1e-5 (fixed keys: deterministic), and no -inf token is drawn."""
+    logits = np.array(jax.random.normal(jax.random.key(3), (300,)) * 2.0)
+    logits[[127, 128]] = 6.0  # the two likeliest tokens straddle the first block boundary
+    logits[[0, 5, 129, 299]] = -np.inf
+    n = 200_000
+    keys = jax.random.split(jax.random.key(4), n)
+    draws = np.asarray(jax.jit(inverse_cdf_draw)(keys, jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, 300))))
+    counts = np.bincount(draws, minlength=300)
+    assert counts[[0, 5, 129, 299]].sum() == 0
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    expected = probs * n
+    big = expected >= 5  # pool the tail so every bin has >= 5 expected
+    observed = np.append(counts[big], counts[~big].sum())
+    expect = np.append(expected[big], expected[~big].sum())
+    chi2 = float(((observed - expect) ** 2 / expect).sum())
+    df = len(observed) - 1
+    z = 4.265  # upper 1e-5 normal quantile; Wilson-Hilferty for the chi-square quantile
+    assert chi2 < df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3, (chi2, df)
+
+
+def test_first_above_skips_zero_mass_and_falls_back_to_the_last_positive():
+    cdf = jnp.array([[0.2, 0.5, 0.5, 1.0]] * 3)
+    positive = jnp.array([[True, True, False, True]] * 3)
+    u = jnp.array([[0.3], [0.5], [1.0]])  # 1.0: rounding left nothing above u
+    np.testing.assert_array_equal(np.asarray(_first_above(cdf, u, positive)), [1, 3, 3])
 
 
 def test_bf16_compute_samples_from_a_bf16_copy_as_before(qwen2_dir, monkeypatch):
