@@ -34,6 +34,8 @@ def test_wilson_interval_matches_hand_computed_values():
         assert stats.wilson(k, 16) == pytest.approx(interval, abs=2e-5), k
     assert stats.wilson(0, 10) == pytest.approx((0.0, 0.27753), abs=2e-5)  # the textbook 0 of 10
     assert stats.wilson(0, 0) is None
+    for n in range(1, 41):  # every interval holds its own fraction, exactly at 0/n and n/n
+        assert all(lo <= k / n <= hi for k in range(n + 1) for lo, hi in [stats.wilson(k, n)]), n
     with pytest.raises(ValueError):
         stats.wilson(5, 4)
 

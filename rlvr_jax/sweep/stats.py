@@ -24,7 +24,8 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # The bounds hold p exactly: at 0/n and n/n rounding would otherwise leave 1 - 1e-16 below p = 1.
+    return min(p, max(0.0, center - half)), max(p, min(1.0, center + half))
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, float | int | None]:
