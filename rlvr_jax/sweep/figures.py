@@ -83,21 +83,30 @@ def _probe_bands(table: dict[str, Any], path: Path) -> Path | None:
 
 
 def _stage2(table: dict[str, Any], path: Path) -> Path:
+    """Per combination, the fraction of runs reaching stage 2 and, when the onset detector is the source,
+    beside it the fraction whose rare class leads at the end, each with its Wilson interval."""
     plt = _plt()
     rows = table["combos"]
+    bars = [("stage2", f"stage 2 ({table['stage2_source']})", "tab:blue")]
+    if table["stage2_source"] != "transition":
+        bars.append(("takeover", "rare class leads at the end", "tab:orange"))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 1.5), 3.6))
-    x = np.arange(len(rows))
-    fractions = [r["stage2"]["fraction"] or 0.0 for r in rows]
-    lows = [f - r["stage2"]["wilson95"][0] if r["stage2"]["wilson95"] else 0.0 for f, r in zip(fractions, rows)]
-    highs = [r["stage2"]["wilson95"][1] - f if r["stage2"]["wilson95"] else 0.0 for f, r in zip(fractions, rows)]
-    ax.bar(x, fractions, color="tab:blue", alpha=0.7)
-    ax.errorbar(x, fractions, yerr=[lows, highs], fmt="none", ecolor="k", capsize=4)
-    for xi, r in zip(x, rows):
-        ax.annotate(f"{r['stage2']['reached']}/{r['stage2']['n']}", (xi, 1.02), ha="center", fontsize=8)
-    ax.set_xticks(x, [r["combo"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("fraction reaching stage 2")
-    ax.set_title(f"stage 2 by {table['stage2_source']} (Wilson 95 % interval)", fontsize=9)
+    width = 0.8 / len(bars)
+    for i, (key, label, color) in enumerate(bars):
+        x = np.arange(len(rows)) + (i - (len(bars) - 1) / 2) * width
+        rates = [r.get(key) or {"fraction": None, "wilson95": None, "reached": 0, "n": 0} for r in rows]
+        fractions = [r["fraction"] or 0.0 for r in rates]
+        lows = [f - r["wilson95"][0] if r["wilson95"] else 0.0 for f, r in zip(fractions, rates)]
+        highs = [r["wilson95"][1] - f if r["wilson95"] else 0.0 for f, r in zip(fractions, rates)]
+        ax.bar(x, fractions, width=width, color=color, alpha=0.7, label=label)
+        ax.errorbar(x, fractions, yerr=[lows, highs], fmt="none", ecolor="k", capsize=3)
+        for xi, r in zip(x, rates):
+            ax.annotate(f"{r['reached']}/{r['n']}", (xi, 1.02), ha="center", fontsize=7)
+    ax.set_xticks(np.arange(len(rows)), [r["combo"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("fraction of runs")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("stage 2 over seeds (Wilson 95 % intervals)", fontsize=9)
     return _save(fig, path)
 
 
