@@ -10,12 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import ForeignLoad
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's rlvr_jax before any installed one (an editable install may point at another worktree).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import ForeignLoad
+
 from rlvr_jax.rollout import inverse_cdf_draw
 
 
