@@ -36,8 +36,6 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# This checkout's rlvr_jax before any installed one (an editable install may point at another worktree).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import ForeignLoad
 
 from rlvr_jax import checkpoint as ckpt_lib

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# This checkout's rlvr_jax before any installed one (an editable install may point at another worktree):
+# every benchmark imports this module before rlvr_jax, so the repository root goes first here, once.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

@@ -41,8 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# This checkout's rlvr_jax before any installed one (an editable install may point at another worktree).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import ForeignLoad
 
 MIB = 1 << 20

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# This checkout's rlvr_jax before any installed one (an editable install may point at another worktree).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import ForeignLoad
 

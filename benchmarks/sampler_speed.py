@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# This checkout's rlvr_jax before any installed one (an editable install may point at another worktree).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import ForeignLoad
 
@@ -36,10 +34,10 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args()
+    fns = {"categorical": jax.jit(_categorical), "inverse_cdf": jax.jit(inverse_cdf_draw)}
     for batch in (int(b) for b in args.batches.split(",")):
         logits = jax.random.normal(jax.random.key(0), (batch, args.vocab)) * 3.0
         keys = jax.random.split(jax.random.key(1), batch)
-        fns = {"categorical": jax.jit(_categorical), "inverse_cdf": jax.jit(inverse_cdf_draw)}
         times: dict[str, list[float]] = {name: [] for name in fns}
         for fn in fns.values():
             fn(keys, logits).block_until_ready()

@@ -94,7 +94,7 @@ def _stage2(table: dict[str, Any], path: Path) -> Path:
     width = 0.8 / len(bars)
     for i, (key, label, color) in enumerate(bars):
         x = np.arange(len(rows)) + (i - (len(bars) - 1) / 2) * width
-        rates = [r.get(key) or {"fraction": None, "wilson95": None, "reached": 0, "n": 0} for r in rows]
+        rates = [r[key] for r in rows]
         fractions = [r["fraction"] or 0.0 for r in rates]
         lows = [f - r["wilson95"][0] if r["wilson95"] else 0.0 for f, r in zip(fractions, rates)]
         highs = [r["wilson95"][1] - f if r["wilson95"] else 0.0 for f, r in zip(fractions, rates)]

@@ -159,7 +159,7 @@ def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets
 
 def _rate(done: list[dict], key: str) -> dict[str, Any]:
     """How many complete runs reached `key` (of those whose summary says: n), with a Wilson 95 % interval."""
-    known = [r for r in done if r.get(key, {}).get("reached") is not None]
+    known = [r for r in done if r[key]["reached"] is not None]
     hits = sum(bool(r[key]["reached"]) for r in known)
     interval = wilson(hits, len(known))
     return {
