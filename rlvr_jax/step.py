@@ -20,7 +20,7 @@ import numpy as np
 from rlvr_jax import advantage as adv_lib
 from rlvr_jax.config import AdvantageConfig, Config, SignFilter
 from rlvr_jax.data import PromptPipeline, StepBatch
-from rlvr_jax.distributed import global_rows, global_tree, local_tree, sum_over_processes
+from rlvr_jax.distributed import allgather_objects, global_rows, global_tree, local_tree, sum_over_processes
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES
 from rlvr_jax.rewards import RewardPool, RewardResult, Sample, function_metrics
 from rlvr_jax.rollout import Sampler
@@ -196,11 +196,23 @@ def make_reference(cfg: Config, graphdef: Any, params: Any) -> Reference | None:
     return lambda rollout: fn(frozen, rollout)
 
 
+def decode_row_steps(lengths: np.ndarray, longest: int) -> dict[str, float]:
+    """The decode loop's row-steps and how many of them were spent on rows that had already finished.
+
+    Prefill samples every row's first token; each decode step then runs every row once, until the
+    longest row (`longest`, over all processes) is done. A row of length L needs L - 1 of those steps and
+    idles through the other `longest - L`: the waste that compacting live rows would remove."""
+    steps = max(longest - 1, 0)
+    return {"decode_row_steps": float(lengths.size * steps), "decode_idle": float(np.sum(longest - lengths))}
+
+
 def rollout_metrics(
     task: Task, host: Rollout, result: RewardResult, batch: StepBatch, texts: list[str], seconds: float
 ) -> dict[str, float]:
     """Host-side metrics of the whole step: this process's rollouts, summed over processes."""
     rewards = np.asarray(result.rewards, np.float64)
+    lengths = np.asarray(host.lengths, np.int64)
+    longest = max(allgather_objects(int(lengths.max(initial=0))))  # the decode loop runs until the global longest
     sums = {
         "n": float(rewards.size),
         "reward": float(rewards.sum()),
@@ -208,6 +220,7 @@ def rollout_metrics(
         "correct": float(np.sum(result.correct)),
         "length": float(np.sum(host.lengths)),
         "eos": float(np.sum(host.eos)),
+        **decode_row_steps(lengths, longest),
         "timeouts": float(result.timeouts),
         "errors": float(result.errors),
         "truncated": batch.metrics["data/truncated"],
@@ -224,6 +237,8 @@ def rollout_metrics(
         "reward/correct_frac": total["correct"] / n,
         "rollout/length_mean": total["length"] / n,
         "rollout/eos_frac": total["eos"] / n,
+        "rollout/length_max": float(longest),
+        "rollout/finished_row_frac": total["decode_idle"] / max(total["decode_row_steps"], 1.0),
         "reward/timeouts": total["timeouts"],
         "reward/errors": total["errors"],
         "data/truncated": total["truncated"],

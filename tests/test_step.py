@@ -15,7 +15,7 @@ from rlvr_jax.hooks import Hooks
 from rlvr_jax.loop import prepare_policy, step_context, train, with_data_dir
 from rlvr_jax.mesh import TRAIN_RULES, make_mesh
 from rlvr_jax.rewards import RewardPool
-from rlvr_jax.step import StepRecord, rl_step
+from rlvr_jax.step import StepRecord, decode_row_steps, rl_step
 from rlvr_jax.tasks import Task, get_task, register
 from rlvr_jax.update import init_train_state, make_optimizer, total_optimizer_steps
 from rlvr_jax.writers import to_host
@@ -96,10 +96,23 @@ def test_rl_step_runs_the_stages_and_reports_the_step(two_steps):
         metrics = record.host_metrics
         assert 0.0 <= metrics["reward/mean"] <= 1.0 and 0.0 <= metrics["rollout/frac_digit"] <= 1.0
         assert metrics["time/step_s"] > 0 and {"loss", "entropy", "grad_norm"} <= record.device_metrics.keys()
+        lengths = np.asarray(record.rollout.lengths)
+        assert metrics["rollout/length_max"] == lengths.max()
+        idle = (lengths.max() - lengths).sum() / (lengths.size * (lengths.max() - 1))
+        assert metrics["rollout/finished_row_frac"] == pytest.approx(idle)
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
     assert all(changed), "NSR's -1 on wrong rollouts must move every parameter"
     # Step k draws its own prompts: the two steps' prompt sets differ (a keyed permutation by step).
     assert set(records[0].prompt_index) != set(records[1].prompt_index)
+
+
+def test_the_decode_waste_is_the_idle_row_steps_of_finished_rows():
+    # Rows of 3, 1, 5, 5 tokens: prefill samples each first token, then 4 decode steps run all 4 rows;
+    # the rows idle through 2, 4, 0, 0 of those 16 row-steps.
+    assert decode_row_steps(np.array([3, 1, 5, 5]), 5) == {"decode_row_steps": 16.0, "decode_idle": 6.0}
+    assert decode_row_steps(np.array([1, 1]), 1) == {"decode_row_steps": 0.0, "decode_idle": 0.0}  # no decode step
+    # Another process's longer row keeps this process's rows in the loop: they idle until it is done.
+    assert decode_row_steps(np.array([2, 2]), 6) == {"decode_row_steps": 10.0, "decode_idle": 8.0}
 
 
 def test_train_is_setup_plus_rl_step(two_steps, tmp_path, tiny_tokenizer_dir):
