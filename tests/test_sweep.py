@@ -188,7 +188,8 @@ def _fake_run(run, *, onset=None, reward=0.9, hard=0.5, entropy=None, online=Fal
     final.update({"eval/pass@1": reward, "eval/pass@4": reward + 0.05, "eval/pass@4/hard": hard + 0.1})
     final.update({"probe/pi_A": 0.5, "probe/pi_B": pi_rare[-1]} | ({"probe/entropy": entropy} if entropy else {}))
     stages = {"transition": onset is not None, "rare_classes": ["B"]} | ({"step": onset} if onset else {})
-    stages |= {"onset_step": onset} if online else {}
+    stages |= {"onset_step": onset, "online": {"rare_to": pi_rare[1]}} if online and onset else {}
+    stages |= {"onset_step": onset} if online and not onset else {}
     summary = {"steps": run.steps, "final": final, "stages": stages, "seconds_this_session": 1.0}
     (run.run_dir / "summary.json").write_text(json.dumps(summary))
     rows = [{"step": s, "probe/pi_A": 0.9, "probe/pi_B": p} for s, p in zip((0, 1, 2), pi_rare)]
@@ -257,8 +258,14 @@ def test_an_onset_that_stalls_is_not_a_takeover(tmp_path):
     assert (full["takeover"]["reached"], full["takeover"]["n"]) == (2, 3)
     assert full["takeover"]["wilson95"] == pytest.approx(list(stats.wilson(2, 3)))
     markdown = table.to_markdown(result)
-    assert "| stage 2 [95 % CI] | onset step | rare class leads at end [95 % CI] | reward |" in markdown
-    assert "| full | 3/3 | 1.00 [0.44, 1.00] (3/3) | 30 [30, 30] | 0.67 [0.21, 0.94] (2/3) |" in markdown
+    assert full["onset_level"] == {"n": 3, "median": 0.01, "min": 0.01, "max": 0.01}
+    assert full["takeover_step"] == {"n": 2, "median": 30.0, "min": 30.0, "max": 30.0}  # seed 2 never leads
+    header = (
+        "| stage 2 [95 % CI] | onset step | rare class at onset | rare class leads at end [95 % CI] | leads from step |"
+    )
+    assert header + " reward |" in markdown
+    cells = "| full | 3/3 | 1.00 [0.44, 1.00] (3/3) | 30 [30, 30] | 0.01 [0.01, 0.01] | 0.67 [0.21, 0.94] (2/3) | 30 [30, 30] |"
+    assert cells in markdown
     # With the end-of-run detector as the stage-2 source the column would repeat it: not shown.
     assert "rare class leads" not in table.to_markdown(table.summarize(plan, ["hard"], "transition"))
 
@@ -303,6 +310,53 @@ def test_a_tiny_sweep_stopped_half_way_resumes_without_redoing_finished_runs(tmp
     assert done["complete"] == 4 and not done["missing"] and [r["complete"] for r in done["combos"]] == [2, 2]
     assert "4 of 4 runs complete" in (out / "table.md").read_text()
     assert (out / "figures" / "probe_bands.png").is_file() and (out / "figures" / "stage2.png").is_file()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _metrics(run_dir):
+    """metrics.jsonl without the wall-clock metrics (all under time/)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+@pytest.mark.slow
+def test_extends_continues_the_finished_runs_in_copies_as_an_uninterrupted_run_would(tmp_path):
+    short, long, alone = tmp_path / "short", tmp_path / "long", tmp_path / "alone"
+    sweep = ["sweep", "--config", "toy_strategy", "--seeds", "0", "--jobs", "1", "--combo", "full=advantage.sign=full"]
+    extend = ["--out", str(long), "--extends", str(short), *TINY, "run.steps=4"]
+    assert cli.main([*sweep, "--out", str(short), *TINY]) == 0  # TINY: run.steps=2
+    before = _files(short / "runs")
+
+    # Not finished there yet: the run is marked failed (naming why) and the same command retries it later.
+    (short / "runs" / "full" / "seed0" / "summary.json").rename(short / "hidden.json")
+    assert cli.main([*sweep, *extend]) == 1
+    assert "has not finished: complete that study first" in failure(make_plan(_long_study(long, short)).runs[0])["why"]
+    (short / "hidden.json").rename(short / "runs" / "full" / "seed0" / "summary.json")
+
+    assert cli.main([*sweep, *extend]) == 0
+    assert _files(short / "runs") == before  # the short study is left as it was
+    assert not (long / "base_policy").exists()  # its base policy is reused, not rebuilt
+    extended = long / "runs" / "full" / "seed0"
+    assert json.loads((extended / "summary.json").read_text())["steps"] == 4
+    assert "--extends" in json.loads((long / "study.json").read_text())["command"]
+
+    # The same 4 steps in one go, from the same base policy: the same numbers at every step.
+    run = make_plan(_long_study(long, short)).runs[0]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "rlvr_jax.cli", "train", "--config", "toy_strategy", "--run-dir", str(alone)]
+    subprocess.run([*command, *run.overrides], env=env, check=True, capture_output=True)
+    continued, uninterrupted = _metrics(extended), _metrics(alone)
+    assert [row["step"] for row in continued] == [0, 1, 2, 3, 4]
+    continued[2] = {k: v for k, v in continued[2].items() if not k.startswith("eval/")}  # the short run's last eval
+    assert continued == uninterrupted
+
+
+def _long_study(long, short):
+    combo = spec.Combo("full", ("advantage.sign=full",))
+    return spec.Study("toy_strategy", (0,), (combo,), long, (*TINY, "run.steps=4"), extends=short)
 
 
 def test_the_runner_reports_status_and_cpu_time_and_stops_its_children(tmp_path):

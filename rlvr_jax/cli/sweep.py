@@ -21,6 +21,8 @@ EPILOG = """examples:
       --combo "GRPO-N=advantage.estimator=grpo advantage.sign=negative_only" run.steps=200
   rlvr-jax sweep study.yaml            # config, seeds, out, combos / grid from the file
   rlvr-jax sweep study.yaml --report   # the table and figures of what is complete, nothing run
+  rlvr-jax sweep study.yaml --extends runs/sweeps/short --out runs/sweeps/long run.steps=400
+                                       # the same runs continued to 400 steps (the short study is kept)
 The same command again continues a stopped sweep."""
 
 
@@ -38,7 +40,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         "items",
         nargs="*",
         metavar="[SWEEP.yaml] key=value",
-        help="a sweep file (keys: config, seeds, out, name, jobs, vary_base, overrides, grid, combos) and "
+        help="a sweep file (keys: config, seeds, out, name, jobs, vary_base, extends, overrides, grid, combos) and "
         "dotted overrides for every run (together: all before or all after the flags)",
     )
     p.add_argument("--config", default=None, help="YAML config file or packaged name (as for train)")
@@ -52,6 +54,13 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         help="a named combination of overrides (repeatable; crossed with --grid when both are given)",
     )
     p.add_argument("--out", default=None, help="the study's folder: runs/, base_policy/, table.md, figures/")
+    p.add_argument(
+        "--extends",
+        default=None,
+        metavar="DIR",
+        help="continue the finished runs of the study in DIR to this study's run.steps, in copies under --out "
+        "(DIR is left as it is; its base policies and datasets are reused)",
+    )
     p.add_argument("--name", default=None, help="the study's name in the table (default: sweep)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core, each single-threaded)")
     p.add_argument(
@@ -87,6 +96,7 @@ def study_from_args(args: argparse.Namespace) -> Study:
         "name": args.name,
         "jobs": args.jobs,
         "vary_base": args.vary_base,
+        "extends": args.extends,
         "grid": args.grid,
         "combos": args.combo,
         "overrides": [item for item in args.items if "=" in item],
@@ -183,7 +193,8 @@ def print_plan(plan: Plan) -> None:
         built = (base.folder / "warmstart.json").is_file()
         print(f"base policy {base.key}: {'built' if built else 'to build'} ({base.folder})")
     for run in plan.runs:
-        print(f"{run.combo.name} seed {run.seed}: {'done' if is_done(run) else 'to run'}")
+        source = f" (continues {run.source})" if run.source else ""
+        print(f"{run.combo.name} seed {run.seed}: {'done' if is_done(run) else 'to run'}{source}")
         print("  " + shlex.join(train_command(plan, run)))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -42,6 +43,7 @@ class RunPlan:
     steps: int
     base: Prepared | None
     data: Prepared
+    source: Path | None = None  # with study.extends: the finished run this one starts from (a copy of it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,10 @@ def make_plan(study: Study) -> Plan:
     """Runs in seed-major order (every combination of seed 0, then of seed 1, ...), so a sweep stopped
     half-way has the same number of seeds in every combination."""
     out = study.out.absolute()
+    if study.extends is not None and not (study.extends / "study.json").is_file():
+        raise ConfigError(
+            f"--extends {study.extends}: not a study folder (no study.json); name the --out of a finished sweep"
+        )
     load_config(study.config, study.overrides)  # the study's own overrides first: their error names no combination
     runs, bases, datasets = [], {}, {}
     for seed in study.seeds:
@@ -79,17 +85,19 @@ def _plan_run(study: Study, out: Path, combo: Combo, seed: int) -> RunPlan:
     cfg = load_config(study.config, chosen)
     extra = [f"run.seed={seed}"]
     base = None
+    home = out if study.extends is None else study.extends.absolute()  # where base policies and datasets live
     if cfg.warmstart.enabled and not cfg.model.path:
-        base = _base(study, out, chosen, cfg, seed)
+        base = _base(study, home, chosen, cfg, seed)
         extra += [f"warmstart.seed={_base_seed(study, cfg, seed)}", "warmstart.enabled=false", "model.arch={}"]
         extra += [f"model.path={base.folder}"]
     if cfg.data.data_dir is None:
-        extra.append(f"data.data_dir={out / 'datasets'}")
+        extra.append(f"data.data_dir={home / 'datasets'}")
     overrides = (*chosen, *extra)
     final = load_config(study.config, overrides)  # validates every run before any work starts
     data = _data(out, final, overrides)
-    run_dir = out / "runs" / combo.folder / f"seed{seed}"
-    return RunPlan(combo, seed, run_dir, overrides, final.run.steps, base, data)
+    folder = Path("runs") / combo.folder / f"seed{seed}"
+    source = None if study.extends is None else home / folder
+    return RunPlan(combo, seed, out / folder, overrides, final.run.steps, base, data, source)
 
 
 def vary_base_seed(seed: int) -> int:
@@ -147,11 +155,33 @@ def stale(study: Study, run: RunPlan) -> list[str]:
 
 def is_done(run: RunPlan) -> bool:
     """A run is done when its summary.json says it trained run.steps steps."""
-    path = run.run_dir / "summary.json"
+    return finished_steps(run.run_dir) == run.steps
+
+
+def finished_steps(run_dir: Path) -> int | None:
+    """The steps a finished run trained (its summary.json), or None when it has not finished."""
     try:
-        return json.loads(path.read_text()).get("steps") == run.steps
+        return json.loads((run_dir / "summary.json").read_text()).get("steps")
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def start_from_source(run: RunPlan) -> str | None:
+    """With study.extends: make the run folder a copy of the finished run it continues (once; the source is
+    left as it is). Returns why it cannot start, or None."""
+    if run.source is None or (run.run_dir / "config.yaml").is_file():
+        return None  # not extending, or copied (or started) already
+    steps = finished_steps(run.source)
+    if steps is None:
+        return f"the run it extends, {run.source}, has not finished: complete that study first"
+    if steps > run.steps:
+        return f"the run it extends, {run.source}, trained {steps} steps, more than this study's run.steps={run.steps}"
+    partial = run.run_dir.with_name(run.run_dir.name + ".copying")
+    shutil.rmtree(partial, ignore_errors=True)  # a copy cut short by a kill
+    shutil.copytree(run.source, partial, ignore=shutil.ignore_patterns(FAILED, "train.log"))
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # no run started here: at most an earlier failure record
+    partial.rename(run.run_dir)  # whole or not at all: a half copy is never resumed
+    return None
 
 
 FAILED = "sweep_failed.json"  # in a run folder: the last attempt failed (why, exit status, log)

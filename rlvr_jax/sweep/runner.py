@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from rlvr_jax.sweep.plan import FAILED, Plan, Prepared, RunPlan, is_done, mark_failed
+from rlvr_jax.sweep.plan import FAILED, Plan, Prepared, RunPlan, is_done, mark_failed, start_from_source
 
 # XLA's CPU backend has no "N threads" flag: single-threaded Eigen is the one switch it has.
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
@@ -221,6 +221,11 @@ def run_all(runner: Runner, plan: Plan) -> list[Outcome]:
     failed_bases = {b.key for b in plan.bases if not (b.folder / "warmstart.json").is_file()}
     todo, outcomes = [], []
     for run in plan.runs:
+        cannot_start = start_from_source(run)
+        if cannot_start:
+            mark_failed(run, cannot_start, run.run_dir / FAILED)
+            outcomes.append(Outcome(label(run), "failed", 0.0, 0.0, run.run_dir / FAILED))
+            continue
         if is_done(run):
             continue
         if run.base is not None and run.base.key in failed_bases:

@@ -50,6 +50,10 @@ class Study:
     named: tuple[Combo, ...] = ()
     grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """How the combinations were given (named ones, grid axes): the regenerating command repeats them."""
+    extends: Path | None = None
+    """Another study's folder whose finished runs this one continues to its own run.steps: each run starts as
+    a copy of the run with the same combination and seed there (left untouched), and the base policies and
+    datasets are read from there. A longer budget then costs only the added steps, on the same seeds."""
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> tuple[int, ...]:
@@ -146,7 +150,7 @@ def cross(named: Sequence[Combo], grid: Sequence[Combo]) -> tuple[Combo, ...]:
 
 # --- the sweep file ------------------------------------------------------------------------------
 
-FILE_KEYS = ("config", "seeds", "out", "name", "jobs", "vary_base", "overrides", "grid", "combos")
+FILE_KEYS = ("config", "seeds", "out", "name", "jobs", "vary_base", "overrides", "grid", "combos", "extends")
 
 
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
@@ -209,6 +213,9 @@ def make_study(file_fields: Mapping[str, Any], cli: Mapping[str, Any]) -> Study:
         raise SweepSpecError(f"missing {', '.join(missing)} (on the command line or in the sweep file)")
     grid = [parse_grid_axis(t) for t in [*file_fields.get("grid", []), *cli.get("grid", [])]]
     named = [parse_combo(t) for t in [*file_fields.get("combos", []), *cli.get("combos", [])]]
+    extends = Path(pick("extends")) if pick("extends") is not None else None
+    if extends is not None and extends.absolute() == Path(pick("out")).absolute():
+        raise SweepSpecError(f"--extends {extends}: a study cannot extend its own folder; give it another --out")
     jobs = pick("jobs")
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise SweepSpecError(f"--jobs / jobs must be a positive integer (processes at once), got {jobs!r}")
@@ -223,6 +230,7 @@ def make_study(file_fields: Mapping[str, Any], cli: Mapping[str, Any]) -> Study:
         jobs=jobs,
         named=tuple(named),
         grid=tuple((key, tuple(values)) for key, values in grid),
+        extends=extends,
     )
 
 
@@ -231,6 +239,7 @@ def command(study: Study, *extra: str) -> str:
     seeds = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in _ranges(study.seeds))
     words = ["rlvr-jax", "sweep", "--config", study.config, "--seeds", seeds, "--out", str(study.out)]
     words += ["--name", study.name] + (["--vary-base"] if study.vary_base else []) + list(extra)
+    words += ["--extends", str(study.extends)] if study.extends is not None else []
     for combo in study.named:
         words += ["--combo", f"{combo.name}={' '.join(combo.overrides)}"]
     for key, values in study.grid:

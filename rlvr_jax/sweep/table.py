@@ -82,6 +82,9 @@ def run_record(run: RunPlan, subsets: Sequence[str] | None) -> dict[str, Any]:
         "stages": {
             key: stages.get(key) for key in ("transition", "step", "onset_step", "rare_classes") if key in stages
         },
+        # The rising rare class's probability when the online detector fired: an onset from 1e-4 is noise
+        # the detector cannot tell from a start; the table shows the level beside the rate.
+        "onset_level": (stages.get("online") or {}).get("rare_to"),
         "reward": final.get("eval/reward_mean"),
         "train_reward_last_10": summary.get("train_reward_last_10"),
         "accuracy": {s: final.get(f"eval/correct_frac/{s}") for s in names},
@@ -109,7 +112,8 @@ def summarize(plan: Plan, subsets: Sequence[str] | None = None, source: str = "a
         r["stage2"] = {"reached": reached, "onset_step": step}
         # The onset (rare class rising while the leader falls) does not mean the rare class wins: whether
         # it leads at the end is the end-of-run detector's answer, reported beside it.
-        r["takeover"] = {"reached": (stage2(summary, "transition") or (None, None))[0]}
+        leads, since = stage2(summary, "transition") or (None, None)
+        r["takeover"] = {"reached": leads, "step": since}
     names = subsets if subsets is not None else sorted({s for r in complete for s in r["accuracy"]})
     rows = [
         _combo_row(c.name, c.overrides, [r for r in records if r["combo"] == c.name], names) for c in plan.study.combos
@@ -145,6 +149,8 @@ def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets
         "onset_step": median_range(
             [r["stage2"]["onset_step"] for r in reached if r["stage2"]["onset_step"] is not None]
         ),
+        "onset_level": median_range([r["onset_level"] for r in reached if r.get("onset_level") is not None]),
+        "takeover_step": median_range([r["takeover"]["step"] for r in done if r["takeover"].get("step") is not None]),
         "reward": _stat(done, lambda r: r["reward"]),
         "accuracy": {s: _stat(done, lambda r, s=s: r["accuracy"].get(s)) for s in subsets},
         "k": min(ks) if len(ks) == 1 else None,  # None: the runs' largest k differ (then no pass@k)
@@ -217,10 +223,11 @@ def _fraction(s2: dict[str, Any], complete: int) -> str:
     )
 
 
-def _onset(onset: dict[str, Any]) -> str:
+def _onset(onset: dict[str, Any], digits: int | None = None) -> str:
     if not onset["n"]:
         return "n/a"
-    return f"{onset['median']:g} [{onset['min']:g}, {onset['max']:g}]"
+    fmt = "g" if digits is None else f".{digits}g"
+    return f"{onset['median']:{fmt}} [{onset['min']:{fmt}}, {onset['max']:{fmt}}]"
 
 
 def _missing(table: dict[str, Any], shown: int = 8) -> str:
@@ -276,13 +283,15 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
     if takeover:
         lines += [
             "",
-            f"Rare class leads at the end: {STAGE2_SOURCES['transition']}; fraction with a Wilson 95 % interval. "
-            "An onset that does not end in this is a stage 2 that began and stalled.",
+            f"Rare class leads at the end: {STAGE2_SOURCES['transition']}; fraction with a Wilson 95 % interval, "
+            "and the probe step from which it leads (median [min, max]). An onset that does not end in this is a "
+            "stage 2 that began and stalled. Rare class at onset: the rising rare class's probe probability when "
+            "the online detector fired (median [min, max]).",
         ]
     if command:
         lines += ["", f"Regenerate: `{command}`"]
     header = ["combination", "runs", "stage 2 [95 % CI]", "onset step"]
-    header += ["rare class leads at end [95 % CI]"] if takeover else []
+    header += ["rare class at onset", "rare class leads at end [95 % CI]", "leads from step"] if takeover else []
     header += ["reward"]
     header += [f"accuracy {s}" for s in subsets] + [k] + [f"{k} {s}" for s in subsets] + ["entropy"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -290,7 +299,8 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
         n = row["complete"]
         runs = f"{n}/{row['planned']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         cells = [row["combo"], runs, _fraction(row["stage2"], n), _onset(row["onset_step"])]
-        cells += [_fraction(row["takeover"], n)] if takeover else []
+        if takeover:
+            cells += [_onset(row["onset_level"], 2), _fraction(row["takeover"], n), _onset(row["takeover_step"])]
         cells += [_mean_sd(row["reward"], n)] + [_mean_sd(row["accuracy"][s], n) for s in subsets]
         cells += [_mean_sd(row["pass_at_k"], n)] + [_mean_sd(row["pass_at_k_subsets"][s], n) for s in subsets]
         cells += [_mean_sd(row["entropy"], n)]
