@@ -249,7 +249,7 @@ def _base_line(study: dict[str, Any]) -> str:
         return "Base policy: the config's model.path (no warm start), the same for every run."
     if study["vary_base"]:
         return (
-            f"Base policy: one warm start per seed (warmstart.seed = run.seed; {len(bases)} base policies): the "
+            f"Base policy: one warm start per seed (warmstart.seed = 2 x run.seed; {len(bases)} base policies): the "
             "spread over seeds is whole-pipeline variance (warm start and RL)."
         )
     return (
