@@ -218,7 +218,7 @@ def rollout_metrics(
         "reward": float(rewards.sum()),
         "reward_sq": float((rewards**2).sum()),
         "correct": float(np.sum(result.correct)),
-        "length": float(np.sum(host.lengths)),
+        "length": float(lengths.sum()),
         "eos": float(np.sum(host.eos)),
         **decode_row_steps(lengths, longest),
         "timeouts": float(result.timeouts),
