@@ -29,6 +29,7 @@ from rlvr_jax.types import TrainBatch
 from rlvr_jax.update import init_train_state, jit_step
 
 END_OF_TURN = "<|im_end|>"
+TRACE_NEUTRAL_TASK_ARGS = ("reward",)  # task_args that leave every warm-start trace as it is
 
 
 def warmstart_seed(cfg: Config) -> int:
@@ -47,8 +48,12 @@ def fingerprint(cfg: Config) -> dict:
         "max_prompt_len": cfg.data.max_prompt_len,
         "max_new_tokens": cfg.rollout.max_new_tokens,
     }
-    if cfg.data.task_args:  # the choice traces' instances; only when set, so older caches stay valid
-        out["task_args"] = cfg.data.task_args
+    # The choice traces' instances; only when set, so older caches stay valid. `reward` only names how the
+    # verifier scores S1 (the rows' subset label): the traces' prompts and responses do not depend on it,
+    # so the graded variant and the tie case share one base policy.
+    shaping = {k: v for k, v in cfg.data.task_args.items() if k not in TRACE_NEUTRAL_TASK_ARGS}
+    if shaping:
+        out["task_args"] = shaping
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax.config import DataConfig
+from rlvr_jax.config import DataConfig, load_config
 from rlvr_jax.data import DataError, PromptPipeline, decode_record
 from rlvr_jax.data.official import last_boxed
 from rlvr_jax.data.toy_strategy import STRATEGY_TOKENS, exact_counts, execute, toy_tokenizer, warmstart_examples
@@ -22,6 +22,7 @@ from rlvr_jax.rewards.verifiers import score_toy_strategy
 from rlvr_jax.tasks import get_task
 from rlvr_jax.tasks.toy_strategy import bernoulli_draws
 from rlvr_jax.tokenizer import load_tokenizer, render_prompt
+from rlvr_jax.warmstart import TRACE_NEUTRAL_TASK_ARGS, fingerprint
 
 TOY = dict(train_size=1000, test_size=200, warmstart_size=4000)  # warmstart big enough to see a 2% prior
 
@@ -142,6 +143,28 @@ def test_toy_tie_variant_s1_and_s2_always_correct(tmp_path):
     traces = warmstart_examples(tmp_path, hard_fraction=0.0, warmstart_size=1000)
     assert all(len(set(t["prompt"].split()[:2])) == 1 for t in traces)
     assert sorted(t["response"][:4] for t in traces) == ["<S1>"] * 300 + ["<S2>"] * 20 + ["<S3>"] * 680
+
+
+def test_warmstart_traces_do_not_depend_on_the_reward_variant(tmp_path):
+    # Why the warm-start fingerprint leaves `reward` out (TRACE_NEUTRAL_TASK_ARGS): the graded, bernoulli
+    # and tie (binary) variants train on the same traces, so they can share one base policy.
+    assert TRACE_NEUTRAL_TASK_ARGS == ("reward",)
+    traces = {
+        reward: [
+            (t["prompt"], t["response"])
+            for t in warmstart_examples(tmp_path, hard_fraction=0.0, reward=reward, warmstart_size=300)
+        ]
+        for reward in ("binary", "graded", "bernoulli")
+    }
+    assert traces["binary"] == traces["graded"] == traces["bernoulli"]
+    assert len(set(traces["binary"])) > 100  # real traces, not an empty or constant split
+    cfgs = [
+        load_config("toy_tie"),
+        load_config("toy_graded"),
+        load_config("toy_strategy", ["data.task_args.reward=bernoulli", "data.task_args.hard_fraction=0.0"]),
+    ]
+    assert fingerprint(cfgs[0]) == fingerprint(cfgs[1]) == fingerprint(cfgs[2])
+    assert fingerprint(cfgs[0]) != fingerprint(load_config("toy_strategy"))  # hard_fraction does shape them
 
 
 def test_toy_bernoulli_variant_s1_wins_0_8_per_sample_reproducibly(tmp_path):
