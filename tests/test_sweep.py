@@ -200,7 +200,7 @@ def test_the_table_from_run_folders(tmp_path):
     plan = make_plan(_study(tmp_path, seeds=(0, 1, 2, 3)))
     by = {(r.combo.name, r.seed): r for r in plan.runs}
     for seed, onset in enumerate([40, None, 80, 60]):
-        _fake_run(by["full", seed], onset=onset, reward=0.9 + 0.02 * seed, hard=0.5)
+        _fake_run(by["full", seed], onset=onset, reward=0.9 + 0.02 * seed, hard=0.5, pi_rare=(0.02, 0.01, 0.1 * seed))
     for seed in range(3):  # neg seed 3 is missing (not run yet)
         _fake_run(by["neg", seed], reward=0.8, hard=0.0, entropy=0.1 * (seed + 1))
     result = table.summarize(plan, ["hard"])
@@ -217,8 +217,10 @@ def test_the_table_from_run_folders(tmp_path):
     markdown = table.to_markdown(result, "rlvr-jax sweep ...")
     assert "7 of 8 runs complete (not run or not finished: neg seed 3)" in markdown and "RL-seed variance" in markdown
     assert "| full | 4/4 | 0.75 [0.30, 0.95] (3/4) | 60 [40, 80] | 0.930 ± 0.026 | 0.500 ± 0.000 |" in markdown
-    assert "| pass@4 | pass@4 hard | entropy |" in markdown and "n/a |\n| neg | 3/4 |" in markdown
-    assert "0.200 ± 0.100 |\n" in markdown  # the entropy of the runs that report it
+    assert "| pass@4 | pass@4 hard | entropy | probe at end (median) |" in markdown
+    assert "n/a | A 0.5, B 0.15 |\n| neg | 3/4 |" in markdown
+    assert "0.200 ± 0.100 | A 0.5, B 0.5 |\n" in markdown  # the entropy of the runs that report it
+    assert full["probe_final"]["B"] == pytest.approx({"n": 4, "median": 0.15, "min": 0.0, "max": 0.3})
     made = figures.draw(result, tmp_path / "figures")
     assert sorted(p.name for p in made) == ["probe_bands.png", "stage2.png"] and all(p.stat().st_size for p in made)
     assert figures.seed_series([r for r in result["runs"] if r["combo"] == "full"])[1]["B"].shape == (4, 3)

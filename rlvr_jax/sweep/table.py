@@ -160,6 +160,12 @@ def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets
             for s in subsets
         },
         "entropy": _stat(done, lambda r: r["entropy"]),
+        # Where the probe ends, per class: in the tie case no class is better, so this (a rare class kept or
+        # lost) is the outcome, not a takeover.
+        "probe_final": {
+            c: median_range([r["probe_final"][c] for r in done if c in r["probe_final"]])
+            for c in sorted({c for r in done for c in r["probe_final"]})
+        },
     }
 
 
@@ -230,6 +236,12 @@ def _onset(onset: dict[str, Any], digits: int | None = None) -> str:
     return f"{onset['median']:{fmt}} [{onset['min']:{fmt}}, {onset['max']:{fmt}}]"
 
 
+def _probe_medians(classes: dict[str, dict[str, Any]]) -> str:
+    """`S1 0.0012, S2 1, S3 0.00031`: each class's median final probe probability over the runs."""
+    cells = [f"{c} {m['median']:.2g}" for c, m in classes.items() if m["n"]]
+    return ", ".join(cells) or "n/a"
+
+
 def _missing(table: dict[str, Any], shown: int = 8) -> str:
     failed = {f["run"] for f in table["failed"]}
     missing = [m for m in table["missing"] if m not in failed]
@@ -277,7 +289,8 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
         f"Stage 2: {table['stage2_rule']}. Fraction of complete runs reaching it with a Wilson 95 % interval "
         "(runs whose summary lacks the detector's output count as unknown, not as not reached); "
         "onset step median [min, max] over the runs that reached it; the other columns are the final evaluation "
-        "(held-out) as mean ± sd (sample sd) over the complete runs; entropy: the probe's `probe/entropy` at the end.",
+        "(held-out) as mean ± sd (sample sd) over the complete runs; entropy: the probe's `probe/entropy` at the end; "
+        "probe at end: each class's final probe probability, median over the runs.",
     ]
     takeover = table["stage2_source"] != "transition"
     if takeover:
@@ -294,6 +307,7 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
     header += ["rare class at onset", "rare class leads at end [95 % CI]", "leads from step"] if takeover else []
     header += ["reward"]
     header += [f"accuracy {s}" for s in subsets] + [k] + [f"{k} {s}" for s in subsets] + ["entropy"]
+    header += ["probe at end (median)"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["combos"]:
         n = row["complete"]
@@ -303,6 +317,6 @@ def to_markdown(table: dict[str, Any], command: str | None = None) -> str:
             cells += [_onset(row["onset_level"], 2), _fraction(row["takeover"], n), _onset(row["takeover_step"])]
         cells += [_mean_sd(row["reward"], n)] + [_mean_sd(row["accuracy"][s], n) for s in subsets]
         cells += [_mean_sd(row["pass_at_k"], n)] + [_mean_sd(row["pass_at_k_subsets"][s], n) for s in subsets]
-        cells += [_mean_sd(row["entropy"], n)]
+        cells += [_mean_sd(row["entropy"], n), _probe_medians(row["probe_final"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
