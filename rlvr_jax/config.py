@@ -290,6 +290,12 @@ class RolloutConfig(_Section):
     top_k: int = Field(default=0, ge=0)
     """0 disables top-k."""
     stop_on_eos: bool = True
+    compact_rows: int = Field(default=0, ge=0)
+    """Live-row compaction. 0: the decode loop runs every row until the longest one stops. k > 0: each
+    time a k-th of the batch has finished, the live rows move to a batch that much smaller (KV cache
+    with them), so finished rows stop costing decode steps; one host sync and (first time only) one
+    compile per batch size. Every row keeps its key and step, so the same tokens are drawn; the
+    recorded log-probs can differ in the last bit (XLA picks other kernels for a smaller batch)."""
 
 
 class OnError(str, enum.Enum):

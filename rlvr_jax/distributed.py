@@ -39,6 +39,8 @@ def local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a global array whose first axis is sharded over processes (or replicated)."""
     if jax.process_count() == 1 or x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
+    if x.ndim == 0:  # a replicated scalar: every process holds it whole
+        return np.asarray(x.addressable_shards[0].data)
     blocks: dict[int, np.ndarray] = {}
     for shard in x.addressable_shards:
         start = (shard.index[0].start or 0) if x.ndim else 0

@@ -8,6 +8,7 @@ sits in, the mesh, or the host count. Shapes are static; nothing syncs with the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -35,6 +36,9 @@ class SamplingSpec:
     # Record the entropy of the un-tempered next-token distribution at every generated position
     # (evaluation's eval/entropy). Off for training rollouts, whose traced graph stays as it was.
     entropy: bool = False
+    # Live-row compaction (rollout.compact_rows): 0 runs every row until the longest is done; k > 0
+    # drops finished rows whenever at least 1/k of the batch has finished (see `_decode_compacting`).
+    compact_rows: int = 0
 
     @classmethod
     def from_config(cls, cfg: RolloutConfig, stop_ids: tuple[int, ...], pad_id: int) -> SamplingSpec:
@@ -47,6 +51,7 @@ class SamplingSpec:
             stop_ids=tuple(stop_ids),
             pad_id=pad_id,
             stop_on_eos=cfg.stop_on_eos,
+            compact_rows=cfg.compact_rows,
         )
 
 
@@ -192,12 +197,13 @@ def prefill(model: nnx.Module, prompts: PromptBatch, key: jax.Array, sampling: S
     return _record(state, token, logp, sampling, entropy)
 
 
-def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec) -> SamplerState:
-    """Generate until every sequence stopped or max_new_tokens; exits early when all are done."""
+def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec, floor: int = 0) -> SamplerState:
+    """Generate until every sequence stopped or max_new_tokens; exits early when all are done, or once
+    no more than `floor` rows are still live (the compacting sampler then moves them to a smaller batch)."""
     prompt_len = state.key_mask.shape[1] - sampling.max_new_tokens
 
     def cond(s: SamplerState) -> jax.Array:
-        return (s.step < sampling.max_new_tokens) & ~jnp.all(s.done)
+        return (s.step < sampling.max_new_tokens) & (jnp.sum(~s.done) > floor)
 
     def body(s: SamplerState) -> SamplerState:
         prev = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)  # [B*G, 1]
@@ -210,9 +216,42 @@ def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec) -> Sa
     return jax.lax.while_loop(cond, body, state)
 
 
-def finish(prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec) -> Rollout:
+def live_rows(state: SamplerState) -> jax.Array:
+    return jnp.sum(~state.done).astype(jnp.int32)
+
+
+def compact(state: SamplerState, origin: jax.Array, rows: int, total: int) -> tuple[SamplerState, jax.Array]:
+    """The live rows (and finished ones as padding up to `rows`) moved to a batch of `rows`, cache
+    included; `origin` maps each row to its row in the full batch, `total` (out of range) for padding.
+    Every row keeps its key, prompt and step, so it draws exactly what it would have drawn in place."""
+    keep = jnp.argsort(state.done, stable=True)[:rows]  # live rows first, in their order
+    small = jax.tree.map(lambda x: x if x.ndim == 0 else x[keep], state)
+    return small, jnp.where(small.done, total, origin[keep])
+
+
+def write_back(full: SamplerState, small: SamplerState, origin: jax.Array) -> SamplerState:
+    """The compacted rows' outputs written into the full batch's rows (padding rows are dropped)."""
+    put = lambda a, b: a.at[origin].set(b, mode="drop")  # noqa: E731
+    return full.replace(
+        tokens=put(full.tokens, small.tokens),
+        logp=put(full.logp, small.logp),
+        lengths=put(full.lengths, small.lengths),
+        eos=put(full.eos, small.eos),
+        done=put(full.done, small.done),
+        step=small.step,
+        entropy=None if full.entropy is None else put(full.entropy, small.entropy),
+    )
+
+
+def finish(
+    prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec, row_steps: jax.Array | None = None
+) -> Rollout:
+    """The rollout of the full batch. row_steps: the decode loop's row-steps when it compacted (else
+    every row ran every step after the prefill's: rows x (step - 1))."""
     g, m = sampling.group_size, sampling.max_new_tokens
     mask = (jnp.arange(m)[None, :] < state.lengths[:, None]).astype(jnp.int32)
+    if row_steps is None:
+        row_steps = state.tokens.shape[0] * jnp.maximum(state.step - 1, 0)
     return Rollout(
         prompt_tokens=jnp.repeat(prompts.tokens, g, axis=0),
         prompt_mask=jnp.repeat(prompts.mask, g, axis=0),
@@ -222,6 +261,7 @@ def finish(prompts: PromptBatch, state: SamplerState, sampling: SamplingSpec) ->
         eos=state.eos,
         logp=state.logp,
         entropy=state.entropy,
+        decode_row_steps=jnp.asarray(row_steps, jnp.int32),
     )
 
 
@@ -290,30 +330,87 @@ def make_sampler(
     def prefill_fn(params, prompts, key):
         return prefill(nnx.merge(graphdef, params), prompts, key, sampling)
 
-    def decode_fn(params, state):
-        return decode(nnx.merge(graphdef, params), state, sampling)
+    jitted: dict[tuple[int, ...], Callable] = {}
+    finish_jit = jax.jit(functools.partial(finish, sampling=sampling))
+    states = lambda n, p: _state_shardings(arch, mesh, rules, n, p + sampling.max_new_tokens, sampling.entropy)  # noqa: E731
 
-    jitted: dict[tuple[int, int], tuple[Callable, Callable]] = {}
-    finish_jit = jax.jit(lambda prompts, state: finish(prompts, state, sampling))
+    def once(key: tuple, make: Callable[[], Callable]) -> Callable:
+        if key not in jitted:
+            jitted[key] = make()
+        return jitted[key]
 
-    def compiled(b: int, p: int) -> tuple[Callable, Callable]:
-        if (b, p) not in jitted:
-            n, m = b * sampling.group_size, sampling.max_new_tokens
-            st_sh = _state_shardings(arch, mesh, rules, n, p + m, sampling.entropy)
+    def prefill_at(b: int, p: int) -> Callable:
+        def make():
             pb = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (b,) + (1,) * len(rest))  # noqa: E731
             prompt_sh = PromptBatch(tokens=pb(None), mask=pb(None), index=pb())
-            jitted[(b, p)] = (
-                jax.jit(prefill_fn, in_shardings=(param_sh, prompt_sh, None), out_shardings=st_sh),
-                jax.jit(decode_fn, in_shardings=(param_sh, st_sh), out_shardings=st_sh, donate_argnums=1),
+            fn = lambda params, prompts, key: prefill(nnx.merge(graphdef, params), prompts, key, sampling)  # noqa: E731
+            return jax.jit(
+                fn, in_shardings=(param_sh, prompt_sh, None), out_shardings=states(b * sampling.group_size, p)
             )
-        return jitted[(b, p)]
+
+        return once(("prefill", b, p), make)
+
+    def decode_at(n: int, p: int, floor: int) -> Callable:
+        def make():
+            fn = lambda params, state: decode(nnx.merge(graphdef, params), state, sampling, floor)  # noqa: E731
+            sh = states(n, p)
+            return jax.jit(fn, in_shardings=(param_sh, sh), out_shardings=sh, donate_argnums=1)
+
+        return once(("decode", n, p, floor), make)
+
+    def compact_at(n: int, rows: int, total: int, p: int) -> Callable:
+        def make():
+            origin_sh = sharding_for(("batch",), mesh, rules, (rows,))
+            fn = lambda state, origin: compact(state, origin, rows, total)  # noqa: E731
+            return jax.jit(fn, out_shardings=(states(rows, p), origin_sh))
+
+        return once(("compact", n, rows, p), make)
+
+    progress = jax.jit(lambda s: jnp.stack([s.step, live_rows(s)]), out_shardings=replicated(mesh))
+    write = jax.jit(write_back)
+
+    def compacting_decode(params: nnx.State, state: SamplerState, p: int) -> tuple[SamplerState, int]:
+        """Decode in stretches: each runs until the live rows fit a batch `unit` rows smaller, then they
+        move there (`compact`) and the next stretch runs on that batch; the outputs are written back
+        into the full batch's rows. Host syncs: one per stretch. Returns the full batch and its
+        row-steps."""
+        n = state.tokens.shape[0]
+        unit = compaction_unit(n, sampling.compact_rows, batch_shards(mesh, rules, n))
+        full, origin, rows, row_steps = None, jnp.arange(n, dtype=jnp.int32), n, 0
+        step, _ = (int(x) for x in jax.device_get(progress(state)))
+        while True:
+            state = decode_at(rows, p, rows - unit)(params, state)
+            done_at, live = (int(x) for x in jax.device_get(progress(state)))
+            row_steps += rows * (done_at - step)
+            step = done_at
+            full = state.replace(cache=()) if full is None else write(full, state, origin)
+            if live == 0 or step >= sampling.max_new_tokens:
+                return full, row_steps
+            smaller = -(-live // unit) * unit
+            state, origin = compact_at(rows, smaller, n, p)(state, origin)
+            rows = smaller
 
     def sampler(params: nnx.State, prompts: PromptBatch, key: jax.Array) -> Rollout:
         b, p = prompts.tokens.shape
-        prefill_jit, decode_jit = compiled(b, p)
         params = to_rollout(params)
         with jax.set_mesh(mesh):
-            state = decode_jit(params, prefill_jit(params, prompts, key))
-            return finish_jit(prompts, state)
+            state = prefill_at(b, p)(params, prompts, key)
+            if not sampling.compact_rows:
+                return finish_jit(prompts, decode_at(state.tokens.shape[0], p, 0)(params, state))
+            state, row_steps = compacting_decode(params, state, p)
+            return finish_jit(prompts, state, row_steps=row_steps)
 
     return sampler
+
+
+def batch_shards(mesh: Mesh, rules: Rules, n: int) -> int:
+    """How many ways the sampler splits a batch of n rows (data x fsdp)."""
+    sharding = sharding_for(("batch",), mesh, rules, (n,))
+    return n // sharding.shard_shape((n,))[0]
+
+
+def compaction_unit(n: int, parts: int, shards: int) -> int:
+    """The row count a compacting decode's batch shrinks by: about n / parts, a multiple of the batch
+    shards so every smaller batch splits over the same devices (at least one row per shard)."""
+    unit = -(-n // parts)
+    return min(n, -(-unit // shards) * shards)

@@ -196,14 +196,13 @@ def make_reference(cfg: Config, graphdef: Any, params: Any) -> Reference | None:
     return lambda rollout: fn(frozen, rollout)
 
 
-def decode_row_steps(lengths: np.ndarray, longest: int) -> dict[str, float]:
-    """The decode loop's row-steps and how many of them were spent on rows that had already finished.
+def decode_waste(needed: float, ran: float) -> float:
+    """The share of the decode loop's row-steps spent on rows that had already finished.
 
-    Prefill samples every row's first token; each decode step then runs every row once, until the
-    longest row (`longest`, over all processes) is done. A row of length L needs L - 1 of those steps and
-    idles through the other `longest - L`: the waste that compacting live rows would remove."""
-    steps = max(longest - 1, 0)
-    return {"decode_row_steps": float(lengths.size * steps), "decode_idle": float(np.sum(longest - lengths))}
+    Prefill samples every row's first token; a row of length L then needs L - 1 decode steps (`needed`,
+    summed over the batch). The loop ran `ran` row-steps (Rollout.decode_row_steps): every row until the
+    longest one stopped, or fewer with live-row compaction (rollout.compact_rows)."""
+    return (ran - needed) / ran if ran > 0 else 0.0
 
 
 def rollout_metrics(
@@ -212,7 +211,7 @@ def rollout_metrics(
     """Host-side metrics of the whole step: this process's rollouts, summed over processes."""
     rewards = np.asarray(result.rewards, np.float64)
     lengths = np.asarray(host.lengths, np.int64)
-    longest = max(allgather_objects(int(lengths.max(initial=0))))  # the decode loop runs until the global longest
+    longest = max(allgather_objects(int(lengths.max(initial=0))))
     sums = {
         "n": float(rewards.size),
         "reward": float(rewards.sum()),
@@ -220,7 +219,7 @@ def rollout_metrics(
         "correct": float(np.sum(result.correct)),
         "length": float(lengths.sum()),
         "eos": float(np.sum(host.eos)),
-        **decode_row_steps(lengths, longest),
+        "decode_needed": float(np.sum(np.maximum(lengths - 1, 0))),
         "timeouts": float(result.timeouts),
         "errors": float(result.errors),
         "truncated": batch.metrics["data/truncated"],
@@ -238,7 +237,8 @@ def rollout_metrics(
         "rollout/length_mean": total["length"] / n,
         "rollout/eos_frac": total["eos"] / n,
         "rollout/length_max": float(longest),
-        "rollout/finished_row_frac": total["decode_idle"] / max(total["decode_row_steps"], 1.0),
+        # decode_row_steps counts the whole (global) batch already: not summed over processes.
+        "rollout/finished_row_frac": decode_waste(total["decode_needed"], float(host.decode_row_steps)),
         "reward/timeouts": total["timeouts"],
         "reward/errors": total["errors"],
         "data/truncated": total["truncated"],

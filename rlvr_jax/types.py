@@ -28,6 +28,9 @@ class Rollout:
     eos: jax.Array  # bool[B*G], True: stopped on a stop id; False: hit max_new_tokens
     logp: jax.Array  # f32[B*G, M], log pi(y_t) under the un-tempered policy (PPO's logp_old)
     entropy: jax.Array | None = None  # f32[B*G, M], the un-tempered policy's entropy (evaluation only)
+    # i32[] (replicated): the row-steps the decode loop ran, over the whole batch (all processes); with
+    # live-row compaction (rollout.compact_rows) fewer than rows x steps.
+    decode_row_steps: jax.Array | None = None
 
     @property
     def finish_reasons(self) -> list[str]:

@@ -339,3 +339,79 @@ def test_recorded_entropy_is_the_untempered_distributions_and_changes_no_draw(si
     expected = -(np.exp(logp) * logp).sum(-1) * b.mask
     np.testing.assert_allclose(b.entropy, expected, atol=2e-5)
     assert (b.mask == 0).any() and np.all(b.entropy[b.mask == 0] == 0)  # some rows stopped early
+
+
+# --- live-row compaction ----------------------------------------------------------------------------
+
+
+def _row_steps_by_hand(lengths, eos, n, unit, m):
+    """The compacting decode's row-steps, from its rule: a stretch on `rows` rows runs while more than
+    rows - unit are live, then the live rows move to the smallest multiple of unit that holds them."""
+    live = lambda step: int(np.sum(~(eos & (lengths <= step))))  # noqa: E731  done = stopped by this step
+    rows, step, total = n, 1, 0
+    while True:
+        while step < m and live(step) > rows - unit:
+            step, total = step + 1, total + rows
+        if live(step) == 0 or step >= m:
+            return total
+        rows = -(-live(step) // unit) * unit
+
+
+@pytest.fixture(scope="module")
+def spread(single):
+    """Samplers whose stop set holds a sixteenth of the vocabulary, so lengths spread from 1 to max_new_tokens."""
+    mesh, arch, graphdef, params = single
+    spec = SamplingSpec(
+        max_new_tokens=20, group_size=8, pad_id=PAD, stop_ids=tuple(range(2, 2 + arch.vocab_size // 16))
+    )
+
+    def make(k):
+        return make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, dataclasses.replace(spec, compact_rows=k))
+
+    return spec, {k: make(k) for k in (0, 4, 32)}
+
+
+def test_compaction_draws_the_same_tokens_in_fewer_row_steps(single, spread):
+    _, samplers = spread
+    plain, *compacted = (jax.device_get(samplers[k](single[3], _batch(), jax.random.key(11))) for k in (0, 4, 32))
+    n, m = plain.tokens.shape
+    assert plain.lengths.min() < m / 3 and plain.eos.any() and not plain.eos.all()  # a real spread
+    assert plain.decode_row_steps == n * (plain.lengths.max() - 1)  # every row runs until the longest stops
+    for k, got in zip((4, 32), compacted):
+        for field in ("tokens", "mask", "lengths", "eos", "prompt_tokens"):
+            np.testing.assert_array_equal(
+                getattr(got, field), getattr(plain, field), err_msg=f"compact_rows={k} {field}"
+            )
+        # A smaller batch may run other matmul kernels: the log-probs agree to rounding, not bit for bit.
+        np.testing.assert_allclose(got.logp, plain.logp, atol=1e-5)
+        unit = rollout_lib.compaction_unit(n, k, 1)
+        assert got.decode_row_steps == _row_steps_by_hand(plain.lengths, plain.eos, n, unit, m)
+        needed = int(np.sum(plain.lengths - 1))
+        assert needed <= got.decode_row_steps < plain.decode_row_steps
+    # One row per unit: no finished row ever takes a decode step.
+    assert compacted[1].decode_row_steps == int(np.sum(plain.lengths - 1))
+
+
+def test_compaction_unit_splits_over_the_batch_shards():
+    assert rollout_lib.compaction_unit(64, 8, 1) == 8
+    assert rollout_lib.compaction_unit(64, 8, 16) == 16  # at least one row per shard
+    assert rollout_lib.compaction_unit(30, 4, 4) == 8  # ceil(30 / 4) = 8, already a multiple of 4
+    assert rollout_lib.compaction_unit(6, 100, 2) == 2
+    assert rollout_lib.compaction_unit(4, 1, 8) == 4  # never more than the batch
+
+
+def test_compaction_on_a_sharded_mesh_draws_the_single_device_tokens(qwen2_dir, single, spread):
+    """On (2, 2, 2) devices the batch splits 4 ways: every smaller batch is a multiple of 4 rows, and the
+    rows move between devices as they are compacted; the tokens are still the single-device ones."""
+    spec, samplers = spread
+    mesh8 = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    arch, graphdef, params8 = from_pretrained(qwen2_dir, mesh8, TRAIN_RULES)
+    sharded = make_sampler(arch, graphdef, params8, mesh8, ROLLOUT_RULES, dataclasses.replace(spec, compact_rows=32))
+    out8 = jax.device_get(sharded(params8, _batch(), jax.random.key(11)))
+    out1 = jax.device_get(samplers[0](single[3], _batch(), jax.random.key(11)))
+    np.testing.assert_array_equal(out8.tokens, out1.tokens)
+    np.testing.assert_array_equal(out8.lengths, out1.lengths)
+    np.testing.assert_allclose(out8.logp, out1.logp, atol=1e-5)
+    n, m = out1.tokens.shape
+    assert rollout_lib.batch_shards(mesh8, ROLLOUT_RULES, n) == 4
+    assert out8.decode_row_steps == _row_steps_by_hand(out1.lengths, out1.eos, n, 4, m) < out1.decode_row_steps

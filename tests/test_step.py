@@ -15,7 +15,8 @@ from rlvr_jax.hooks import Hooks
 from rlvr_jax.loop import prepare_policy, step_context, train, with_data_dir
 from rlvr_jax.mesh import TRAIN_RULES, make_mesh
 from rlvr_jax.rewards import RewardPool
-from rlvr_jax.step import StepRecord, decode_row_steps, rl_step
+from rlvr_jax.rollout import SamplingSpec
+from rlvr_jax.step import StepRecord, decode_waste, rl_step
 from rlvr_jax.tasks import Task, get_task, register
 from rlvr_jax.update import init_train_state, make_optimizer, total_optimizer_steps
 from rlvr_jax.writers import to_host
@@ -107,12 +108,13 @@ def test_rl_step_runs_the_stages_and_reports_the_step(two_steps):
 
 
 def test_the_decode_waste_is_the_idle_row_steps_of_finished_rows():
-    # Rows of 3, 1, 5, 5 tokens: prefill samples each first token, then 4 decode steps run all 4 rows;
-    # the rows idle through 2, 4, 0, 0 of those 16 row-steps.
-    assert decode_row_steps(np.array([3, 1, 5, 5]), 5) == {"decode_row_steps": 16.0, "decode_idle": 6.0}
-    assert decode_row_steps(np.array([1, 1]), 1) == {"decode_row_steps": 0.0, "decode_idle": 0.0}  # no decode step
-    # Another process's longer row keeps this process's rows in the loop: they idle until it is done.
-    assert decode_row_steps(np.array([2, 2]), 6) == {"decode_row_steps": 10.0, "decode_idle": 8.0}
+    # Rows of 3, 1, 5, 5 tokens: prefill samples each first token, then 4 decode steps run all 4 rows
+    # (16 row-steps); the rows need 2, 0, 4, 4 of them and idle through the other 6.
+    assert decode_waste(needed=10, ran=16) == 6 / 16
+    assert decode_waste(needed=0, ran=0) == 0.0  # no decode step at all
+    # Compacted 2 rows at a time: all 4 rows run decode steps 1-2, then only the two 5-token rows run
+    # steps 3-4: 8 + 4 = 12 row-steps.
+    assert decode_waste(needed=10, ran=12) == 2 / 12
 
 
 def test_train_is_setup_plus_rl_step(two_steps, tmp_path, tiny_tokenizer_dir):
@@ -128,6 +130,26 @@ def test_train_is_setup_plus_rl_step(two_steps, tmp_path, tiny_tokenizer_dir):
             if not key.startswith("time/"):
                 assert row[key] == value, key
     assert "eval/pass@2/r1" in rows[2] and "eval/pass@2/r1" not in rows[1]  # eval at the end only
+
+
+def test_a_compacting_run_draws_the_same_rollouts(two_steps, tmp_path, tiny_tokenizer_dir):
+    """rollout.compact_rows through the loop: the same rollouts as the hand-driven plain steps. (This
+    random model rarely stops before max_new_tokens; the saving is tested in tests/test_rollout.py.)"""
+    records, *_ = two_steps
+    cfg = _config(tmp_path, tiny_tokenizer_dir, "rollout.compact_rows=16")
+    assert SamplingSpec.from_config(cfg.rollout, (0,), 0).compact_rows == 16
+    train(cfg, log=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
+    for record, row in zip(records, rows, strict=True):
+        for key in (
+            "reward/mean",
+            "reward/correct_frac",
+            "rollout/length_mean",
+            "rollout/eos_frac",
+            "rollout/length_max",
+        ):
+            assert row[key] == record.host_metrics[key], key
+        assert row["rollout/finished_row_frac"] <= record.host_metrics["rollout/finished_row_frac"]
 
 
 def _record(step: int, stopping: bool = False, **host) -> StepRecord:
