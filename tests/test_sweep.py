@@ -186,7 +186,8 @@ def _fake_run(run, *, onset=None, reward=0.9, hard=0.5, entropy=None, online=Fal
     run.run_dir.mkdir(parents=True)
     final = {"eval/reward_mean": reward, "eval/correct_frac/hard": hard, "eval/correct_frac/easy": 1.0}
     final.update({"eval/pass@1": reward, "eval/pass@4": reward + 0.05, "eval/pass@4/hard": hard + 0.1})
-    final.update({"probe/pi_A": 0.5, "probe/pi_B": pi_rare[-1]} | ({"probe/entropy": entropy} if entropy else {}))
+    final.update({"probe/pi_A": 0.5, "probe/pi_B": pi_rare[-1], "probe/pi_B/hard": 0.9})
+    final.update({"probe/entropy": entropy} if entropy else {})
     stages = {"transition": onset is not None, "rare_classes": ["B"]} | ({"step": onset} if onset else {})
     stages |= {"onset_step": onset, "online": {"rare_to": pi_rare[1]}} if online and onset else {}
     stages |= {"onset_step": onset} if online and not onset else {}

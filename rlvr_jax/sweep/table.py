@@ -164,7 +164,7 @@ def _combo_row(name: str, overrides: Sequence[str], records: list[dict], subsets
         # lost) is the outcome, not a takeover.
         "probe_final": {
             c: median_range([r["probe_final"][c] for r in done if c in r["probe_final"]])
-            for c in sorted({c for r in done for c in r["probe_final"]})
+            for c in sorted({c for r in done for c in r["probe_final"] if "/" not in c})  # not per subset
         },
     }
 
