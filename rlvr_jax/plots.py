@@ -18,7 +18,7 @@ import numpy as np
 
 from rlvr_jax.boundary import boundary_over_training
 from rlvr_jax.evaluate import read_evals
-from rlvr_jax.stages import detect_transition, probe_series
+from rlvr_jax.stages import detect_transition, probe_rest, probe_series
 from rlvr_jax.storage import as_path
 from rlvr_jax.writers import read_jsonl
 
@@ -99,7 +99,7 @@ def _probe(rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
     rest = series(rows, "probe/pi_rest")
     if rest[0]:
         ax.plot(*rest, color="0.6", ls=":", label="rest")
-    stage = detect_transition(steps, probs)
+    stage = detect_transition(steps, probs, rest=probe_rest(rows, steps))
     if stage.get("transition"):
         ax.axvline(stage["step"], color="k", ls="--", lw=0.8, label=f"transition (step {stage['step']})")
     for onset in series(rows, "stage/onset_step")[1][:1]:  # the online detector's onset, logged once

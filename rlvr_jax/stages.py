@@ -14,6 +14,8 @@ tokens saturates (exploitation), then a token that was rare under the base polic
     `rare_ratio` (default 0.1) times the base policy's largest class probability;
   * the transition happened at the first probe step from which a rare class is the leading class
     (largest probability among the named classes) at every later probe point, including the last;
+    where the probe's mass outside the named classes (`rest`) exceeds every class, no class leads
+    (a policy collapsed onto other tokens has not been taken over by a rare strategy);
   * the exploitation stage is the span before it; its peak is the largest probability that a
     non-rare class reaches before the transition.
 
@@ -40,19 +42,36 @@ def probe_series(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[
     return [r["step"] for r in probed], {n: [r[f"probe/pi_{n}"] for r in probed] for n in names}
 
 
+def probe_rest(rows: list[dict[str, Any]], steps: Sequence[int]) -> list[float] | None:
+    """probe/pi_rest (the mass outside the named classes) at the probe steps; None when not logged."""
+    by_step = {r["step"]: r["probe/pi_rest"] for r in rows if isinstance(r.get("probe/pi_rest"), (int, float))}
+    values = [by_step.get(s) for s in steps]
+    return values if values and all(v is not None for v in values) else None
+
+
+REST = -1  # the leader index of a reading where `rest` holds more than every named class
+
+
 def detect_transition(
-    steps: Sequence[int], probs: Mapping[str, Sequence[float]], rare_ratio: float = 0.1
+    steps: Sequence[int],
+    probs: Mapping[str, Sequence[float]],
+    rare_ratio: float = 0.1,
+    rest: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """steps[T] and per-class probabilities [T] (probe order) -> the stage report described above."""
+    """steps[T] and per-class probabilities [T] (probe order), and optionally the rest mass [T] -> the
+    stage report described above."""
     names = list(probs)
     if not names or len(steps) == 0:
         return {"transition": False, "reason": "no probe data"}
     table = np.asarray([probs[n] for n in names], dtype=float)  # [C, T]
-    if table.shape[1] != len(steps):
+    if table.shape[1] != len(steps) or (rest is not None and len(rest) != len(steps)):
         raise ValueError(f"{len(steps)} steps but {table.shape[1]} probe values per class")
     base = table[:, 0]
     rare = [i for i in range(len(names)) if base[i] < rare_ratio * base.max()]
     leader = table.argmax(axis=0)
+    if rest is not None:
+        leader = np.where(np.asarray(rest, dtype=float) > table.max(axis=0), REST, leader)
+    names_rest = [*names, "rest"]  # names_rest[REST] == "rest"
     report: dict[str, Any] = {
         "rule": f"a class with base probability < {rare_ratio} x the base leader's leads "
         "from some probe step to the end",
@@ -63,7 +82,7 @@ def detect_transition(
     start = _first_persistent(leader, set(rare))
     if start is None:
         best = max(rare, key=lambda i: table[i].max()) if rare else None
-        report.update(transition=False, leader_at_end=names[int(leader[-1])])
+        report.update(transition=False, leader_at_end=names_rest[int(leader[-1])])
         if best is not None:
             peak = int(table[best].argmax())
             report.update(
@@ -78,7 +97,7 @@ def detect_transition(
         transition=True,
         step=int(steps[start]),
         new_leader=names[int(leader[start])],
-        previous_leader=names[int(leader[start - 1])] if start else None,
+        previous_leader=names_rest[int(leader[start - 1])] if start else None,
     )
     if start and common:
         i = max(common, key=lambda c: before[c].max())

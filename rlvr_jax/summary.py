@@ -10,7 +10,7 @@ from rlvr_jax.evaluate import read_evals
 from rlvr_jax.schedule import PhaseState
 from rlvr_jax.schedule import describe as describe_schedule
 from rlvr_jax.stages import describe as describe_stages
-from rlvr_jax.stages import describe_onset, detect_transition, probe_series
+from rlvr_jax.stages import describe_onset, detect_transition, probe_rest, probe_series
 from rlvr_jax.tasks import Task
 from rlvr_jax.writers import read_jsonl
 
@@ -44,7 +44,8 @@ def make_summary(
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
     history = [r["reward/mean"] for r in rows if isinstance(r.get("reward/mean"), (int, float))]
     evals = read_evals(cfg.run_dir)
-    stage = detect_transition(*probe_series(rows))
+    steps, probs = probe_series(rows)
+    stage = detect_transition(steps, probs, rest=probe_rest(rows, steps))
     stages = {**stage, "summary": describe_stages(stage)}
     if online is not None:
         stages.update(onset_step=online["onset_step"], online=online, online_summary=describe_onset(online))

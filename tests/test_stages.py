@@ -163,3 +163,22 @@ def test_detector_defaults_are_the_config_defaults():
     from rlvr_jax.config import LoggingConfig
 
     assert OnlineDetector.from_config(LoggingConfig()) == OnlineDetector()
+
+
+def test_a_policy_collapsed_onto_other_tokens_is_not_a_takeover():
+    # A graded GRPO-N run did this: by step 20 the decision token's mass left the three strategies
+    # (rest 0.9999); S2 (6e-5) edged past S1 (2e-5), which without the rest mass read as S2 leading.
+    probs = {"S1": [0.29, 0.3, 1e-4, 2e-5], "S2": [0.017, 0.01, 1e-4, 6e-5], "S3": [0.69, 0.6, 1e-5, 1e-8]}
+    rest = [0.0005, 0.09, 0.9998, 0.99992]
+    assert detect_transition(STEPS[:4], probs)["transition"]  # the old reading
+    out = detect_transition(STEPS[:4], probs, rest=rest)
+    assert not out["transition"] and out["leader_at_end"] == "rest"
+    # A small rest mass changes nothing: the two-stage run above keeps its transition at step 40.
+    two_stage = {
+        "S1": [0.30, 0.80, 0.95, 0.60, 0.10, 0.01],
+        "S2": [0.02, 0.01, 0.03, 0.38, 0.89, 0.99],
+        "S3": [0.68, 0.19, 0.02, 0.02, 0.01, 0.00],
+    }
+    assert detect_transition(STEPS, two_stage, rest=[0.001] * 6)["step"] == 40
+    with pytest.raises(ValueError):
+        detect_transition(STEPS, two_stage, rest=[0.0] * 5)

@@ -273,6 +273,27 @@ def test_an_onset_that_stalls_is_not_a_takeover(tmp_path):
     assert "rare class leads" not in table.to_markdown(table.summarize(plan, ["hard"], "transition"))
 
 
+def test_the_table_rejudges_a_collapse_its_summary_called_a_takeover(tmp_path):
+    """summary.json (written before the rest-mass rule) says the rare class B took over at step 30, but
+    its probe readings show the mass left both classes (rest 0.99997): the table re-runs the detector."""
+    plan = make_plan(_study(tmp_path, seeds=(0, 1)))
+    for run in plan.runs:
+        _fake_run(run, onset=30)
+    collapsed = plan.runs[0]
+    rows = [
+        {"step": s, "probe/pi_A": a, "probe/pi_B": b, "probe/pi_rest": r}
+        for s, a, b, r in [(0, 0.9, 0.02, 0.08), (1, 0.5, 0.01, 0.49), (2, 1e-5, 2e-5, 0.99997)]
+    ]
+    (collapsed.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = table.summarize(plan, ["hard"])
+    by_run = {(r["combo"], r["seed"]): r for r in result["runs"]}
+    assert by_run[collapsed.combo.name, collapsed.seed]["stage2"]["reached"] is False
+    assert table.end_of_run_stage(collapsed.run_dir) == {"transition": False, "step": None, "rare_classes": ["B"]}
+    # The other runs logged no rest mass: their summaries' own reports stand.
+    others = [r for key, r in by_run.items() if key != (collapsed.combo.name, collapsed.seed)]
+    assert all(r["stage2"]["reached"] for r in others) and table.end_of_run_stage(plan.runs[1].run_dir) == {}
+
+
 # --- a real sweep ----------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The study table: per-run numbers read back from the run folders, aggregated per combination.
 
-Everything comes from each run's summary.json (its final evaluation and probe, and the stage report),
-so the table can be recomputed at any time from whatever runs are complete. Missing numbers stay
+Everything comes from each run's summary.json (its final evaluation and probe, and the stage report;
+the end-of-run detector is re-run on metrics.jsonl, see `end_of_run_stage`), so the table can be recomputed at any time from whatever runs are complete. Missing numbers stay
 missing ("n/a"); nothing is derived from a stand-in.
 """
 
@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from rlvr_jax.stages import detect_transition, probe_rest, probe_series
 from rlvr_jax.sweep.plan import Plan, RunPlan, failure, is_done
 from rlvr_jax.sweep.spec import _ranges
 from rlvr_jax.sweep.stats import mean_sd, median_range, wilson
+from rlvr_jax.writers import read_jsonl
 
 # --- reaching stage 2 ----------------------------------------------------------------------------
 
@@ -54,6 +57,22 @@ def choose_source(summaries: Sequence[dict[str, Any]], wanted: str = "auto") -> 
 # --- one run -------------------------------------------------------------------------------------
 
 
+def end_of_run_stage(run_dir: Path) -> dict[str, Any]:
+    """`transition`, `step` and `rare_classes` of rlvr_jax/stages.py's end-of-run detector on the run's
+    metrics.jsonl, with the probe's rest mass (a reading where it exceeds every class has no leader:
+    summaries written before that rule counted a collapse onto other tokens as a takeover). Empty
+    when the probe logged no rest mass: then the summary's own report is this rule's."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    steps, probs = probe_series(rows)
+    rest = probe_rest(rows, steps)
+    if rest is None:
+        return {}
+    report = detect_transition(steps, probs, rest=rest)
+    if report.get("reason") == "no probe data":
+        return {}
+    return {"transition": report["transition"], "step": report.get("step"), "rare_classes": report["rare_classes"]}
+
+
 def final_subsets(final: dict[str, Any]) -> list[str]:
     return sorted(k.rsplit("/", 1)[1] for k in final if re.fullmatch(r"eval/correct_frac/[^/]+", k))
 
@@ -69,6 +88,9 @@ def run_record(run: RunPlan, subsets: Sequence[str] | None) -> dict[str, Any]:
     if not is_done(run):
         return {**record, "complete": False, "failed": failure(run)}
     summary = json.loads((run.run_dir / "summary.json").read_text())
+    # The end-of-run detector is re-run on the run's probe readings, so every run in a table is judged by
+    # the same (current) rule, whatever version wrote its summary.json.
+    summary["stages"] = {**(summary.get("stages") or {}), **end_of_run_stage(run.run_dir)}
     final = summary.get("final", {})
     k = largest_k(final)
     names = final_subsets(final) if subsets is None else list(subsets)
