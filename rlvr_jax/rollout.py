@@ -3,6 +3,8 @@
 Randomness is per sequence: each sequence's key is folded from (rollout key, global prompt index,
 sample index) and then with the decode step, so what a prompt draws does not depend on the batch it
 sits in, the mesh, or the host count. Shapes are static; nothing syncs with the host inside.
+With live-row compaction (rollout.compact_rows) the decode runs in stretches, each on a smaller batch
+of the still-live rows: the same tokens, fewer row-steps, one host sync per stretch.
 """
 
 from __future__ import annotations
@@ -220,13 +222,16 @@ def live_rows(state: SamplerState) -> jax.Array:
     return jnp.sum(~state.done).astype(jnp.int32)
 
 
-def compact(state: SamplerState, origin: jax.Array, rows: int, total: int) -> tuple[SamplerState, jax.Array]:
+PADDING = jnp.iinfo(jnp.int32).max  # the origin of a padding row: out of range for any batch, so dropped
+
+
+def compact(state: SamplerState, origin: jax.Array, rows: int) -> tuple[SamplerState, jax.Array]:
     """The live rows (and finished ones as padding up to `rows`) moved to a batch of `rows`, cache
-    included; `origin` maps each row to its row in the full batch, `total` (out of range) for padding.
+    included; `origin` maps each row to its row in the full batch (PADDING for padding rows).
     Every row keeps its key, prompt and step, so it draws exactly what it would have drawn in place."""
     keep = jnp.argsort(state.done, stable=True)[:rows]  # live rows first, in their order
     small = jax.tree.map(lambda x: x if x.ndim == 0 else x[keep], state)
-    return small, jnp.where(small.done, total, origin[keep])
+    return small, jnp.where(small.done, PADDING, origin[keep])
 
 
 def write_back(full: SamplerState, small: SamplerState, origin: jax.Array) -> SamplerState:
@@ -322,13 +327,11 @@ def make_sampler(
     over tensor) and, when the compute dtype is narrower than the parameter dtype (bf16 compute over
     f32 master weights), cast to it in the same jitted copy: see `rollout_weights`. Sequences are
     split over data x fsdp. Prefill and decode are two jits; decode donates the sampler state so the
-    KV cache is updated in place.
+    KV cache is updated in place. With sampling.compact_rows, `compacting_decode` drives the decode
+    jit once per batch size (each compiled the first time it is met).
     """
     param_sh = state_shardings(abstract_params, mesh, rules)
     to_rollout = rollout_weights(graphdef, abstract_params, param_sh)
-
-    def prefill_fn(params, prompts, key):
-        return prefill(nnx.merge(graphdef, params), prompts, key, sampling)
 
     jitted: dict[tuple[int, ...], Callable] = {}
     finish_jit = jax.jit(functools.partial(finish, sampling=sampling))
@@ -343,7 +346,10 @@ def make_sampler(
         def make():
             pb = lambda *rest: sharding_for(("batch",) + rest, mesh, rules, (b,) + (1,) * len(rest))  # noqa: E731
             prompt_sh = PromptBatch(tokens=pb(None), mask=pb(None), index=pb())
-            fn = lambda params, prompts, key: prefill(nnx.merge(graphdef, params), prompts, key, sampling)  # noqa: E731
+
+            def fn(params, prompts, key):
+                return prefill(nnx.merge(graphdef, params), prompts, key, sampling)
+
             return jax.jit(
                 fn, in_shardings=(param_sh, prompt_sh, None), out_shardings=states(b * sampling.group_size, p)
             )
@@ -358,10 +364,10 @@ def make_sampler(
 
         return once(("decode", n, p, floor), make)
 
-    def compact_at(n: int, rows: int, total: int, p: int) -> Callable:
+    def compact_at(n: int, rows: int, p: int) -> Callable:
         def make():
             origin_sh = sharding_for(("batch",), mesh, rules, (rows,))
-            fn = lambda state, origin: compact(state, origin, rows, total)  # noqa: E731
+            fn = lambda state, origin: compact(state, origin, rows)  # noqa: E731
             return jax.jit(fn, out_shardings=(states(rows, p), origin_sh))
 
         return once(("compact", n, rows, p), make)
@@ -387,7 +393,7 @@ def make_sampler(
             if live == 0 or step >= sampling.max_new_tokens:
                 return full, row_steps
             smaller = -(-live // unit) * unit
-            state, origin = compact_at(rows, smaller, n, p)(state, origin)
+            state, origin = compact_at(rows, smaller, p)(state, origin)
             rows = smaller
 
     def sampler(params: nnx.State, prompts: PromptBatch, key: jax.Array) -> Rollout:

@@ -415,3 +415,17 @@ def test_compaction_on_a_sharded_mesh_draws_the_single_device_tokens(qwen2_dir, 
     n, m = out1.tokens.shape
     assert rollout_lib.batch_shards(mesh8, ROLLOUT_RULES, n) == 4
     assert out8.decode_row_steps == _row_steps_by_hand(out1.lengths, out1.eos, n, 4, m) < out1.decode_row_steps
+
+
+def test_one_compacting_sampler_serves_batches_of_every_size(single, spread):
+    """A smaller batch first, then the full one, through the same sampler (compiled functions cached per
+    shape): the full batch still equals the plain sampler's. Padding rows carry an origin out of range for
+    any batch, so a function compiled for the smaller batch cannot write one over a real row."""
+    _, samplers = spread
+    assert rollout_lib.PADDING >= 2**31 - 1
+    tail = jax.device_get(samplers[4](single[3], _batch(PROMPTS[2:], start=2), jax.random.key(11)))
+    whole = jax.device_get(samplers[4](single[3], _batch(), jax.random.key(11)))
+    plain = jax.device_get(samplers[0](single[3], _batch(), jax.random.key(11)))
+    np.testing.assert_array_equal(whole.tokens, plain.tokens)
+    np.testing.assert_array_equal(whole.lengths, plain.lengths)
+    np.testing.assert_array_equal(tail.tokens, plain.tokens[16:])  # rows of prompts 2 and 3
