@@ -39,7 +39,7 @@ class SamplingSpec:
     # (evaluation's eval/entropy). Off for training rollouts, whose traced graph stays as it was.
     entropy: bool = False
     # Live-row compaction (rollout.compact_rows): 0 runs every row until the longest is done; k > 0
-    # drops finished rows whenever at least 1/k of the batch has finished (see `_decode_compacting`).
+    # drops finished rows whenever at least 1/k of the batch has finished (see `compacting_decode`).
     compact_rows: int = 0
 
     @classmethod
@@ -205,7 +205,7 @@ def decode(model: nnx.Module, state: SamplerState, sampling: SamplingSpec, floor
     prompt_len = state.key_mask.shape[1] - sampling.max_new_tokens
 
     def cond(s: SamplerState) -> jax.Array:
-        return (s.step < sampling.max_new_tokens) & (jnp.sum(~s.done) > floor)
+        return (s.step < sampling.max_new_tokens) & (live_rows(s) > floor)
 
     def body(s: SamplerState) -> SamplerState:
         prev = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)  # [B*G, 1]
@@ -383,7 +383,7 @@ def make_sampler(
         n = state.tokens.shape[0]
         unit = compaction_unit(n, sampling.compact_rows, batch_shards(mesh, rules, n))
         full, origin, rows, row_steps = None, jnp.arange(n, dtype=jnp.int32), n, 0
-        step, _ = (int(x) for x in jax.device_get(progress(state)))
+        step = 1  # prefill sampled every row's first token
         while True:
             state = decode_at(rows, p, rows - unit)(params, state)
             done_at, live = (int(x) for x in jax.device_get(progress(state)))
