@@ -126,6 +126,9 @@ class RunConfig(_Section):
     """Number of RL steps (one rollout batch each)."""
     run_dir: str | None = None
     """Where outputs go; default runs/<name>."""
+    compile_cache: str | None = "~/.cache/rlvr-jax/xla"
+    """Persistent XLA compilation cache shared by runs (null: off), so a second run of the same programs
+    starts without compiling them; JAX_COMPILATION_CACHE_DIR, when set, takes its place."""
 
 
 class ModelConfig(_Section):
@@ -868,6 +871,7 @@ HARMLESS_ON_RESUME = (
     "run.steps",
     "run.name",
     "run.run_dir",
+    "run.compile_cache",
     "logging.",
     "checkpoint.",
     "eval.",

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 
 from rlvr_jax.checkpoint import Checkpointer, CheckpointError, fingerprint, move_aside
+from rlvr_jax.compile_cache import use_compile_cache
 from rlvr_jax.config import Config, ConfigChanges, ConfigError, save_config
 from rlvr_jax.data import PromptPipeline
 from rlvr_jax.data.pipeline import scan_prompts
@@ -153,6 +154,7 @@ def setup(
 ) -> Run:
     """Everything before the first step: mesh, policy, data, compiled stages, state, sinks, base evaluation."""
     check_logging(cfg)  # logging.wandb without the package: stop before any expensive work
+    use_compile_cache(cfg.run.compile_cache, log)  # before the first compile (the warm start's included)
     maybe_initialize_distributed(cfg.mesh)
     run_dir = cfg.run_dir
     cfg = with_data_dir(cfg, run_dir)
