@@ -150,6 +150,7 @@ def eval_config(args: Any) -> Config:
 def run_eval_command(args: Any) -> int:
     from rlvr_jax.boundary import boundary_sets
     from rlvr_jax.checkpoint import CheckpointError, restore_policy
+    from rlvr_jax.compile_cache import use_compile_cache
     from rlvr_jax.data import DataError
     from rlvr_jax.mesh import make_mesh
     from rlvr_jax.model import ArchError, CheckpointFormatError, from_pretrained
@@ -158,6 +159,7 @@ def run_eval_command(args: Any) -> int:
 
     check_flags(args)
     cfg = eval_config(args)
+    use_compile_cache(cfg.run.compile_cache, print)  # as train does: a repeated evaluation loads its programs
     mesh = make_mesh(cfg.mesh)
     reference = _read_reference(args.reference) if args.reference else None
     task = _task(cfg.data.task, cfg)
