@@ -134,7 +134,16 @@ def _digest(value: object) -> str:
 
 
 # Settings that do not change a run's numbers in the table: a finished run with other values still counts.
-NOT_IN_THE_RESULT = ("run.steps", "run.name", "run.run_dir", "run.compile_cache", "logging.", "checkpoint.", "mesh.", "reward.workers")
+NOT_IN_THE_RESULT = (
+    "run.steps",
+    "run.name",
+    "run.run_dir",
+    "run.compile_cache",
+    "logging.",
+    "checkpoint.",
+    "mesh.",
+    "reward.workers",
+)
 
 
 def stale(study: Study, run: RunPlan) -> list[str]:
