@@ -1,10 +1,11 @@
 """The persistent XLA compilation cache: a second run of the same programs loads them instead of compiling.
 
-jax keeps compiled executables on disk once `jax_compilation_cache_dir` is set. `rlvr-jax train` turns it
-on by default (`run.compile_cache`, a folder shared by every run of this user), so a rerun, a resumed run
+jax keeps compiled executables on disk once `jax_compilation_cache_dir` is set. `rlvr-jax train` and `eval`
+turn it on by default (`run.compile_cache`, a folder shared by every run of this user), so a rerun, a resumed run
 or a run of another config that compiles the same step reaches step 1 without recompiling. A cache that
 the process already has (JAX_COMPILATION_CACHE_DIR, or the caller's own `jax.config`) wins: the sweep and
-the test suite point every process at one folder of their own.
+the test suite point every process at one folder of their own. jax runs what the folder holds, so it
+must be writable by this user alone (the default is in the user's home).
 """
 
 from __future__ import annotations
