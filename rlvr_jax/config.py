@@ -865,18 +865,23 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # --- resuming -------------------------------------------------------------------------------------
 
-# Keys a resumed run may change freely: they touch neither the saved state nor the training maths
-# (a mesh change re-shards the state on restore; model.path/tokenizer may move, their content is verified).
-HARMLESS_ON_RESUME = (
+# Keys that say how long, where and on what devices a run goes, and what it writes down: never a number
+# in its results (a resumed run may change them; a sweep counts a finished run with other values).
+BOOKKEEPING = (
     "run.steps",
     "run.name",
     "run.run_dir",
     "run.compile_cache",
     "logging.",
     "checkpoint.",
-    "eval.",
     "mesh.",
     "reward.workers",
+)
+# Keys a resumed run may change freely: they touch neither the saved state nor the training maths
+# (a mesh change re-shards the state on restore; model.path/tokenizer may move, their content is verified).
+HARMLESS_ON_RESUME = (
+    *BOOKKEEPING,
+    "eval.",
     "reward.timeout_s",
     "data.data_dir",
     "data.manual_dir",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from rlvr_jax.config import Config, ConfigChanges, ConfigError, load_config
+from rlvr_jax.config import BOOKKEEPING, Config, ConfigChanges, ConfigError, load_config
 from rlvr_jax.sweep.spec import Combo, Study
 from rlvr_jax.warmstart import fingerprint
 
@@ -134,16 +134,7 @@ def _digest(value: object) -> str:
 
 
 # Settings that do not change a run's numbers in the table: a finished run with other values still counts.
-NOT_IN_THE_RESULT = (
-    "run.steps",
-    "run.name",
-    "run.run_dir",
-    "run.compile_cache",
-    "logging.",
-    "checkpoint.",
-    "mesh.",
-    "reward.workers",
-)
+NOT_IN_THE_RESULT = BOOKKEEPING
 
 
 def stale(study: Study, run: RunPlan) -> list[str]:
