@@ -26,6 +26,7 @@ ALLOWED = {
     "rewards": {"config", "types", "rewards"},
     "checkpoint": {"config", "types", "mesh", "model", "distributed", "storage"},
     "preemption": set(),
+    "compile_cache": set(),
     "boundary": set(),
     "stages": set(),
     "schedule": {"config"},
