@@ -2,6 +2,7 @@
 run folders, and one real tiny sweep that is stopped half-way and resumed."""
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -17,7 +18,7 @@ import pytest
 from rlvr_jax import cli
 from rlvr_jax.cli import sweep as sweep_cli
 from rlvr_jax.cli.sweep import add_sweep_parser, study_from_args
-from rlvr_jax.config import load_config, save_config
+from rlvr_jax.config import ConfigError, load_config, save_config
 from rlvr_jax.sweep import figures, spec, stats, table
 from rlvr_jax.sweep import runner as runner_mod
 from rlvr_jax.sweep.plan import FAILED, failure, make_plan, stale, vary_base_seed
@@ -168,6 +169,32 @@ def test_vary_base_warm_starts_each_seed_with_its_own_trace_streams(tmp_path):
     assert {(_config(r).run.seed, _config(r).warmstart.seed) for r in plan.runs} == {(3, 6), (4, 8)}
     streams = [{s, s + 1} for s in (vary_base_seed(k) for k in range(16))]
     assert all(not a & b for i, a in enumerate(streams) for b in streams[i + 1 :])
+
+
+def test_bases_from_reads_another_studys_bases_and_starts_every_run_from_step_zero(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    base_plan = make_plan(_study(first, seeds=(3, 4), vary_base=True))
+    with pytest.raises(ConfigError, match=r"--bases-from .*first: not a study folder \(no study.json\)"):
+        make_plan(_bases_from(second, first))
+    (first / "study.json").parent.mkdir(parents=True)
+    (first / "study.json").write_text("{}")
+    plan = make_plan(_bases_from(second, first))
+    assert [b.folder for b in plan.bases] == [b.folder for b in base_plan.bases]  # the same folders, under first/
+    for run in plan.runs:
+        cfg = _config(run)
+        assert run.source is None and run.run_dir.is_relative_to(second)  # a new run, in this study's folder
+        assert cfg.model.path.startswith(str(first / "base_policy")) and cfg.data.data_dir == str(first / "datasets")
+        assert cfg.optim.lr == 3e-4
+    again = study_from_args(_parse(shlex.split(spec.command(plan.study))[1:]))
+    assert again.bases_from == first
+    with pytest.raises(spec.SweepSpecError, match="--bases-from and --extends: give one"):
+        spec.make_study({}, {"config": "toy_strategy", "seeds": "0", "out": "x", "extends": "a", "bases_from": "b"})
+
+
+def _bases_from(out, bases):
+    combo = spec.Combo("lr", ("optim.lr=3e-4",))
+    study = _study(out, seeds=(3, 4), vary_base=True, combos=(combo,))
+    return dataclasses.replace(study, bases_from=bases)
 
 
 def test_warmstart_seed_defaults_to_run_seed():

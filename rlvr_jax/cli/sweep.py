@@ -40,7 +40,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         "items",
         nargs="*",
         metavar="[SWEEP.yaml] key=value",
-        help="a sweep file (keys: config, seeds, out, name, jobs, vary_base, extends, overrides, grid, combos) and "
+        help="a sweep file (keys: config, seeds, out, name, jobs, vary_base, extends, bases_from, overrides, grid, combos) and "
         "dotted overrides for every run (together: all before or all after the flags)",
     )
     p.add_argument("--config", default=None, help="YAML config file or packaged name (as for train)")
@@ -60,6 +60,12 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="continue the finished runs of the study in DIR to this study's run.steps, in copies under --out "
         "(DIR is left as it is; its base policies and datasets are reused)",
+    )
+    p.add_argument(
+        "--bases-from",
+        default=None,
+        metavar="DIR",
+        help="read the base policies and datasets of the study in DIR (nothing is rebuilt; runs start from step 0)",
     )
     p.add_argument("--name", default=None, help="the study's name in the table (default: sweep)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core, each single-threaded)")
@@ -97,6 +103,7 @@ def study_from_args(args: argparse.Namespace) -> Study:
         "jobs": args.jobs,
         "vary_base": args.vary_base,
         "extends": args.extends,
+        "bases_from": args.bases_from,
         "grid": args.grid,
         "combos": args.combo,
         "overrides": [item for item in args.items if "=" in item],

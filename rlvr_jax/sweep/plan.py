@@ -58,10 +58,9 @@ def make_plan(study: Study) -> Plan:
     """Runs in seed-major order (every combination of seed 0, then of seed 1, ...), so a sweep stopped
     half-way has the same number of seeds in every combination."""
     out = study.out.absolute()
-    if study.extends is not None and not (study.extends / "study.json").is_file():
-        raise ConfigError(
-            f"--extends {study.extends}: not a study folder (no study.json); name the --out of a finished sweep"
-        )
+    for flag, folder in (("--extends", study.extends), ("--bases-from", study.bases_from)):
+        if folder is not None and not (folder / "study.json").is_file():
+            raise ConfigError(f"{flag} {folder}: not a study folder (no study.json); name the --out of a sweep")
     load_config(study.config, study.overrides)  # the study's own overrides first: their error names no combination
     runs, bases, datasets = [], {}, {}
     for seed in study.seeds:
@@ -85,7 +84,7 @@ def _plan_run(study: Study, out: Path, combo: Combo, seed: int) -> RunPlan:
     cfg = load_config(study.config, chosen)
     extra = [f"run.seed={seed}"]
     base = None
-    home = out if study.extends is None else study.extends.absolute()  # where base policies and datasets live
+    home = (study.extends or study.bases_from or out).absolute()  # where base policies and datasets live
     if cfg.warmstart.enabled and not cfg.model.path:
         base = _base(study, home, chosen, cfg, seed)
         extra += [f"warmstart.seed={_base_seed(study, cfg, seed)}", "warmstart.enabled=false", "model.arch={}"]

@@ -54,6 +54,9 @@ class Study:
     """Another study's folder whose finished runs this one continues to its own run.steps: each run starts as
     a copy of the run with the same combination and seed there (left untouched), and the base policies and
     datasets are read from there. A longer budget then costs only the added steps, on the same seeds."""
+    bases_from: Path | None = None
+    """Another study's folder whose base policies and datasets this one reads (none is rebuilt); its runs
+    start from step 0. A new setting is then compared with that study's on the very same base policies."""
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> tuple[int, ...]:
@@ -150,7 +153,7 @@ def cross(named: Sequence[Combo], grid: Sequence[Combo]) -> tuple[Combo, ...]:
 
 # --- the sweep file ------------------------------------------------------------------------------
 
-FILE_KEYS = ("config", "seeds", "out", "name", "jobs", "vary_base", "overrides", "grid", "combos", "extends")
+FILE_KEYS = ("config", "seeds", "out", "name", "jobs", "vary_base", "overrides", "grid", "combos", "extends", "bases_from")
 
 
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
@@ -216,6 +219,9 @@ def make_study(file_fields: Mapping[str, Any], cli: Mapping[str, Any]) -> Study:
     extends = Path(pick("extends")) if pick("extends") is not None else None
     if extends is not None and extends.absolute() == Path(pick("out")).absolute():
         raise SweepSpecError(f"--extends {extends}: a study cannot extend its own folder; give it another --out")
+    bases_from = Path(pick("bases_from")) if pick("bases_from") is not None else None
+    if bases_from is not None and extends is not None:
+        raise SweepSpecError("--bases-from and --extends: give one (--extends already reads the bases of its study)")
     jobs = pick("jobs")
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise SweepSpecError(f"--jobs / jobs must be a positive integer (processes at once), got {jobs!r}")
@@ -231,6 +237,7 @@ def make_study(file_fields: Mapping[str, Any], cli: Mapping[str, Any]) -> Study:
         named=tuple(named),
         grid=tuple((key, tuple(values)) for key, values in grid),
         extends=extends,
+        bases_from=bases_from,
     )
 
 
@@ -240,6 +247,7 @@ def command(study: Study, *extra: str) -> str:
     words = ["rlvr-jax", "sweep", "--config", study.config, "--seeds", seeds, "--out", str(study.out)]
     words += ["--name", study.name] + (["--vary-base"] if study.vary_base else []) + list(extra)
     words += ["--extends", str(study.extends)] if study.extends is not None else []
+    words += ["--bases-from", str(study.bases_from)] if study.bases_from is not None else []
     for combo in study.named:
         words += ["--combo", f"{combo.name}={' '.join(combo.overrides)}"]
     for key, values in study.grid:
