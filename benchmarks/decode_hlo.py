@@ -111,16 +111,17 @@ def layout_ops(hlo: str, cache_bytes: int) -> list[dict]:
         root_args = re.findall(r"%([\w.\-]+)", root.split(" tuple(", 1)[-1]) if " tuple(" in root else []
         invariant = {n for n, i in gte.items() if i < len(root_args) and root_args[i] == n}
         for ln in lines:
+            # Nested loops and calls first: their tuple-typed results do not match _INSTR.
+            nested = re.search(r" while\(.*body=%?([\w.\-]+)", ln)
+            if nested:
+                todo.append(nested.group(1))
+            called = re.search(r"(?:calls|to_apply)=%?([\w.\-]+)", ln)
+            if called and re.search(r" call\(", ln):
+                todo.append(called.group(1))
             m = _INSTR.match(ln)
             if not m:
                 continue
             _, dtype, dims, op, rest = m.groups()
-            nested = re.search(r"body=%?([\w.\-]+)", ln)
-            if op == "while" and nested:
-                todo.append(nested.group(1))
-            called = re.search(r"(?:calls|to_apply)=%?([\w.\-]+)", ln)
-            if op == "call" and called:
-                todo.append(called.group(1))
             is_move = op in ("copy", "transpose") or (op == "fusion" and called and called.group(1) in moves)
             if not is_move or "kind=kCustom" in ln:
                 continue
