@@ -142,6 +142,12 @@ class ModelConfig(_Section):
     """Storage dtype of the parameters."""
     remat: bool = False
     """Recompute each decoder layer in the backward pass (saves activation memory)."""
+    scan_layers: bool = False
+    """Store the decoder layers stacked ([L, ...] per weight) and run them as one `lax.scan` in training:
+    one layer is compiled whatever the depth, and the optimizer updates one leaf per weight, not L. HF
+    files load and export as usual (stacked on load, split on export); the sampler gets a per-layer copy
+    (its decode loop runs the layers unrolled: see README, Compile time). Checkpoints hold the stacked
+    tree, so a run cannot resume with this key changed."""
     arch: dict[str, Any] = Field(default_factory=dict)
     """HF-style config.json fields for a random model when `path` is None."""
     allow_nonfinite: bool = False
@@ -892,7 +898,7 @@ HARMLESS_ON_RESUME = (
 )
 STAGE_DETECTOR = ("logging.stage_", "logging.probe_")
 # Keys that change what the saved state is (shapes, dtypes, the initial policy): never resumable.
-STATE_DEFINING = ("model.arch", "model.param_dtype", "warmstart.", "optim.max_grad_norm")
+STATE_DEFINING = ("model.arch", "model.param_dtype", "model.scan_layers", "warmstart.", "optim.max_grad_norm")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -37,6 +37,7 @@ TRAIN_RULES: Rules = {
     "head_dim": None,
     "mlp": "tensor",
     "norm": None,
+    "layers": None,  # a scan_layers decoder's stacked layer axis: every device holds all layers' shards
 }
 # Rollout: weights only tensor-sharded (replicated over data/fsdp), batch over data x fsdp.
 ROLLOUT_RULES: Rules = {**TRAIN_RULES, "embed": None}

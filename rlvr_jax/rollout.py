@@ -20,7 +20,16 @@ from jax.sharding import Mesh
 
 from rlvr_jax.config import RolloutConfig
 from rlvr_jax.mesh import Rules, replicated, sharding_for
-from rlvr_jax.model import KVCache, LayerCache, init_cache, positions_from_mask, rollout_dtype, state_shardings
+from rlvr_jax.model import (
+    KVCache,
+    LayerCache,
+    abstract_model,
+    init_cache,
+    positions_from_mask,
+    rollout_dtype,
+    state_shardings,
+    to_per_layer,
+)
 from rlvr_jax.model.arch import Arch
 from rlvr_jax.types import PromptBatch, Rollout
 
@@ -293,8 +302,21 @@ def _state_shardings(arch: Arch, mesh: Mesh, rules: Rules, n: int, slots: int, e
 Sampler = Callable[[nnx.State, PromptBatch, jax.Array], Rollout]
 
 
+def unrolled(arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State) -> tuple[nnx.GraphDef, nnx.State, bool]:
+    """The sampler's decoder: a scan_layers policy's per-layer twin (graph, abstract per-layer params,
+    True), or the policy itself (False). The decode loop runs its layers unrolled on per-layer caches:
+    scanned, XLA:CPU cut each layer's weights and cache slice out of the stacked arrays as copies,
+    every token."""
+    model = nnx.merge(graphdef, abstract_params)
+    if not model.scan_layers:
+        return graphdef, abstract_params, False
+    param_dtype = model.embed.get_value().dtype
+    twin, _ = abstract_model(arch, param_dtype, model.dtype, model.remat)
+    return twin, jax.eval_shape(to_per_layer, abstract_params), True
+
+
 def rollout_weights(
-    graphdef: nnx.GraphDef, abstract_params: nnx.State, param_sh: nnx.State
+    graphdef: nnx.GraphDef, abstract_params: nnx.State, param_sh: nnx.State, per_layer: bool = False
 ) -> Callable[[nnx.State], nnx.State]:
     """`params -> the sampler's copy`, made once per rollout.
 
@@ -311,10 +333,12 @@ def rollout_weights(
     compute = nnx.merge(graphdef, abstract_params).dtype
     dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(abstract_params)}
     target = {d: rollout_dtype(d, compute) for d in dtypes}
-    if all(d == t for d, t in target.items()):
+    if all(d == t for d, t in target.items()) and not per_layer:
         return lambda params: jax.device_put(params, param_sh)
+    split = to_per_layer if per_layer else (lambda params: params)  # stacked training params: split once here
     return jax.jit(
-        lambda params: jax.tree.map(lambda x: x.astype(target[jnp.dtype(x.dtype)]), params), out_shardings=param_sh
+        lambda params: jax.tree.map(lambda x: x.astype(target[jnp.dtype(x.dtype)]), split(params)),
+        out_shardings=param_sh,
     )
 
 
@@ -330,8 +354,9 @@ def make_sampler(
     KV cache is updated in place. With sampling.compact_rows, `compacting_decode` drives the decode
     jit once per batch size (each compiled the first time it is met).
     """
+    graphdef, abstract_params, per_layer = unrolled(arch, graphdef, abstract_params)
     param_sh = state_shardings(abstract_params, mesh, rules)
-    to_rollout = rollout_weights(graphdef, abstract_params, param_sh)
+    to_rollout = rollout_weights(graphdef, abstract_params, param_sh, per_layer)
 
     jitted: dict[tuple[int, ...], Callable] = {}
     finish_jit = jax.jit(functools.partial(finish, sampling=sampling))

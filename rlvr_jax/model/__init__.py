@@ -18,7 +18,15 @@ from jax.sharding import Mesh
 from rlvr_jax.config import ModelConfig
 from rlvr_jax.mesh import Rules, tree_shardings
 from rlvr_jax.model.arch import Arch, ArchError, RopeScaling, model_dir
-from rlvr_jax.model.decoder import Decoder, KVCache, LayerCache, init_cache, positions_from_mask
+from rlvr_jax.model.decoder import (
+    Decoder,
+    KVCache,
+    LayerCache,
+    init_cache,
+    positions_from_mask,
+    to_per_layer,
+    to_stacked,
+)
 from rlvr_jax.model.hf_io import CheckpointFormatError, NonFiniteWeightsError, check_finite, load_state, save_pretrained
 from rlvr_jax.storage import local_copy
 
@@ -44,6 +52,8 @@ __all__ = [
     "rollout_dtype",
     "save_pretrained",
     "state_shardings",
+    "to_per_layer",
+    "to_stacked",
 ]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -54,10 +64,14 @@ def _dtype(name: Any) -> Any:
 
 
 def abstract_model(
-    arch: Arch, param_dtype: Any = jnp.float32, dtype: Any = jnp.float32, remat: bool = False
+    arch: Arch,
+    param_dtype: Any = jnp.float32,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+    scan_layers: bool = False,
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and abstract (shape-only) state; no memory is allocated."""
-    model = nnx.eval_shape(lambda: Decoder(arch, nnx.Rngs(0), _dtype(param_dtype), _dtype(dtype), remat))
+    model = nnx.eval_shape(lambda: Decoder(arch, nnx.Rngs(0), _dtype(param_dtype), _dtype(dtype), remat, scan_layers))
     return nnx.split(model)
 
 
@@ -81,13 +95,14 @@ def init_params(
     param_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
     remat: bool = False,
+    scan_layers: bool = False,
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """Random parameters created directly in their sharded layout (never whole on one device)."""
-    graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
+    graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat, scan_layers)
     shardings = state_shardings(abstract, mesh, rules)
 
     def make(key: jax.Array) -> nnx.State:
-        return nnx.split(Decoder(arch, nnx.Rngs(key), _dtype(param_dtype), _dtype(dtype), remat))[1]
+        return nnx.split(Decoder(arch, nnx.Rngs(key), _dtype(param_dtype), _dtype(dtype), remat, scan_layers))[1]
 
     with jax.set_mesh(mesh):  # out_shardings: each device computes only its own shard
         return graphdef, jax.jit(make, out_shardings=shardings)(key)
@@ -100,24 +115,28 @@ def from_pretrained(
     param_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
     remat: bool = False,
+    scan_layers: bool = False,
     allow_nonfinite: bool = False,
 ) -> tuple[Arch, nnx.GraphDef, nnx.State]:
     """Load an HF folder (config.json + safetensors; local, gs:// or a Hub model id) straight into the
     sharded layout. Weights holding NaN or inf are an error naming the tensor, unless `allow_nonfinite`
     (such a model samples garbage, or nothing at all, without failing)."""
     arch = Arch.from_dir(folder)
-    graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat)
+    _, abstract = abstract_model(arch, param_dtype, dtype, remat)  # the files' per-layer tree
     # A bucket folder is downloaded (safetensors are memory-mapped from local files); a Hub id is in the HF cache.
     with local_copy(model_dir(folder)) as local:
         state = load_state(local, arch, abstract, state_shardings(abstract, mesh, rules))
     if not allow_nonfinite:
         check_finite(folder, arch, state)
+    graphdef, stacked = abstract_model(arch, param_dtype, dtype, remat, scan_layers)
+    if scan_layers:  # one jitted stack into the sharded [L, ...] layout (the per-layer arrays are then freed)
+        state = jax.jit(to_stacked, out_shardings=state_shardings(stacked, mesh, rules))(state)
     return arch, graphdef, state
 
 
 def load_policy(cfg: ModelConfig, mesh: Mesh, rules: Rules, key: jax.Array) -> tuple[Arch, nnx.GraphDef, nnx.State]:
     """The policy a run config names: an HF folder (`model.path`) or a random model (`model.arch`)."""
-    options = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat)
+    options = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat, scan_layers=cfg.scan_layers)
     if cfg.path is not None:
         found = Arch.from_dir(cfg.path)  # first: a missing or broken folder is the error to report
         if cfg.arch:  # recipes state the architecture they were sized for: catch a wrong checkpoint early

@@ -212,6 +212,24 @@ def _run_block(block: Block, x, positions, key_mask, cache, index):
     return block(x, positions, key_mask, cache, index)
 
 
+LAYER_AXIS = "layers"  # the leading axis of a scan_layers decoder's stacked layer parameters
+
+
+def stacked_blocks(arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype, dtype: jnp.dtype) -> Block:
+    """One Block whose parameters carry a leading [L] axis (named `layers`, never sharded): what
+    `lax.scan` runs, one slice per layer."""
+
+    @nnx.split_rngs(splits=arch.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(arch, rngs, param_dtype, dtype)
+
+    blocks = make(rngs)
+    for _, var in nnx.to_flat_state(nnx.state(blocks)):
+        var.set_metadata(logical_axes=(LAYER_AXIS, *var.logical_axes))
+    return blocks
+
+
 class Decoder(nnx.Module):
     """Token ids -> f32 logits, optionally through a KV cache."""
 
@@ -222,15 +240,20 @@ class Decoder(nnx.Module):
         param_dtype: jnp.dtype = jnp.float32,
         dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
+        scan_layers: bool = False,
     ):
         self.embed = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
-        self.layers = nnx.List([Block(arch, rngs, param_dtype, dtype) for _ in range(arch.num_layers)])
+        if scan_layers:
+            self.layers = stacked_blocks(arch, rngs, param_dtype, dtype)
+        else:
+            self.layers = nnx.List([Block(arch, rngs, param_dtype, dtype) for _ in range(arch.num_layers)])
         self.final_norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, param_dtype)
         if not arch.tie_word_embeddings:
             self.lm_head = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
         self.arch = arch
         self.dtype = dtype
         self.remat = remat
+        self.scan_layers = scan_layers
 
     def hidden_states(
         self,
@@ -245,12 +268,27 @@ class Decoder(nnx.Module):
         # come out sharded on D and need a full rematerialisation to reach the batch layout.
         table = constrain(self.embed[...], ("vocab", None))
         x = constrain(jnp.take(table, tokens, axis=0).astype(self.dtype), ("batch", None, None))
+        if self.scan_layers:
+            if cache is not None:
+                raise ValueError("a scan_layers decoder runs without a KV cache: sample with `to_per_layer` weights")
+            return self.final_norm(self._scan(x, positions, key_mask)), None
         run = nnx.remat(_run_block) if self.remat else _run_block
         new_cache = []
         for i, block in enumerate(self.layers):
             x, layer_cache = run(block, x, positions, key_mask, None if cache is None else cache[i], index)
             new_cache.append(layer_cache)
         return self.final_norm(x), (None if cache is None else tuple(new_cache))
+
+    def _scan(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """The stacked layers under `lax.scan`: one layer is traced and compiled whatever the depth, and
+        the optimizer sees one [L, ...] leaf per weight instead of L leaves."""
+        graphdef, params = nnx.split(self.layers)
+
+        def body(x, layer_params):
+            return nnx.merge(graphdef, layer_params)(x, positions, key_mask, None, 0)[0], None
+
+        body = jax.checkpoint(body) if self.remat else body
+        return jax.lax.scan(body, x, params)[0]
 
     def head_weight(self) -> jax.Array:
         """The output projection [V, D] in the compute dtype (the embedding when tied)."""
@@ -282,6 +320,41 @@ def head_logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
 def init_cache(arch: Arch, batch: int, slots: int, dtype: jnp.dtype) -> KVCache:
     shape = (batch, arch.num_kv_heads, slots, arch.head_dim)  # [B, K, S, H]
     return tuple(LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)) for _ in range(arch.num_layers))
+
+
+def to_per_layer(state: nnx.State) -> nnx.State:
+    """A scan_layers decoder's parameters in the per-layer tree (`layers.{i}...`) that the unrolled decoder,
+    the sampler, the HF writer and the name tables use; a per-layer tree comes back as it is."""
+    flat = nnx.to_flat_state(state)
+    if not any(path[0] == "layers" and not isinstance(path[1], int) for path, _ in flat):
+        return state
+    out = []
+    for path, var in flat:
+        if path[0] != "layers":
+            out.append((path, var))
+            continue
+        axes = var.logical_axes[1:]
+        value = var.get_value()
+        out += [(("layers", i, *path[1:]), var.replace(value[i], logical_axes=axes)) for i in range(value.shape[0])]
+    return nnx.from_flat_state(out)
+
+
+def to_stacked(state: nnx.State) -> nnx.State:
+    """Per-layer parameters stacked into a scan_layers decoder's tree (`layers...` with a leading [L])."""
+    flat = nnx.to_flat_state(state)
+    layers: dict[tuple, list] = {}
+    out = []
+    for path, var in flat:
+        if path[0] == "layers" and isinstance(path[1], int):
+            layers.setdefault(path[2:], []).append((path[1], var))
+        else:
+            out.append((path, var))
+    for rest, items in layers.items():
+        items.sort(key=lambda item: item[0])
+        first = items[0][1]
+        value = jnp.stack([var.get_value() for _, var in items])
+        out.append((("layers", *rest), first.replace(value, logical_axes=(LAYER_AXIS, *first.logical_axes))))
+    return nnx.from_flat_state(out)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

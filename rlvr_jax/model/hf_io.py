@@ -22,6 +22,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 
 from rlvr_jax.model.arch import Arch
+from rlvr_jax.model.decoder import to_per_layer
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def save_pretrained(
     from safetensors.flax import save_file
 
     folder = Path(folder)
-    tensors = dict(_host_arrays(arch, state))
+    tensors = dict(_host_arrays(arch, to_per_layer(state)))  # a scan_layers tree as the files' layers
     if not (jax.process_index() == 0 if write is None else write):
         return folder
     folder.mkdir(parents=True, exist_ok=True)

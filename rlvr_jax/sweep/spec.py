@@ -153,7 +153,19 @@ def cross(named: Sequence[Combo], grid: Sequence[Combo]) -> tuple[Combo, ...]:
 
 # --- the sweep file ------------------------------------------------------------------------------
 
-FILE_KEYS = ("config", "seeds", "out", "name", "jobs", "vary_base", "overrides", "grid", "combos", "extends", "bases_from")
+FILE_KEYS = (
+    "config",
+    "seeds",
+    "out",
+    "name",
+    "jobs",
+    "vary_base",
+    "overrides",
+    "grid",
+    "combos",
+    "extends",
+    "bases_from",
+)
 
 
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
