@@ -93,9 +93,10 @@ def _sharded_bytes(abstract: Any, mesh_shape: dict[str, int], rules: Rules) -> i
     )
 
 
-def _rollout_copy_bytes(abstract: Any, mesh_shape: dict[str, int], compute_dtype: str) -> int:
+def _rollout_copy_bytes(abstract: Any, mesh_shape: dict[str, int], compute_dtype: str, split: bool = False) -> int:
     """Bytes one device holds of the sampler's copy beyond the training params (`rollout_weights`):
-    a leaf already in the rollout layout and dtype is the training buffer itself; any other is new."""
+    a leaf already in the rollout layout and dtype is the training buffer itself; any other is new.
+    `split` (model.scan_layers): the sampler splits the stacked layers into a copy of every leaf."""
     mesh = types.SimpleNamespace(shape=mesh_shape)
 
     def layout(rules: Rules, v: Any) -> tuple:
@@ -109,7 +110,7 @@ def _rollout_copy_bytes(abstract: Any, mesh_shape: dict[str, int], compute_dtype
     for v in _variables(abstract):
         roll = logical_to_spec(v.logical_axes, ROLLOUT_RULES, v.shape, mesh)
         dtype = rollout_dtype(v.dtype, compute_dtype)
-        if layout(ROLLOUT_RULES, v) != layout(TRAIN_RULES, v) or dtype != np.dtype(v.dtype):
+        if split or layout(ROLLOUT_RULES, v) != layout(TRAIN_RULES, v) or dtype != np.dtype(v.dtype):
             total += _per_device(v.shape, roll, mesh_shape) * dtype.itemsize
     return total
 
@@ -150,7 +151,7 @@ def plan_memory(cfg: Config, arch: Arch, devices: int) -> MemoryPlan:
         optimizer=2 * params,
         reference=params if cfg.loss.kl_beta > 0 else 0,
         gradients=params * (2 if cfg.optim.micro_batches > 1 else 1),
-        rollout_params=_rollout_copy_bytes(abstract, mesh_shape, compute),
+        rollout_params=_rollout_copy_bytes(abstract, mesh_shape, compute, cfg.model.scan_layers),
         kv_cache=kv_cache,
         rollout_work=max(prefill, decode),
         activations=_activation_bytes(arch, micro_rows, seq, tensor, act_bytes, cfg.model.remat),

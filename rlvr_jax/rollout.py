@@ -305,8 +305,8 @@ Sampler = Callable[[nnx.State, PromptBatch, jax.Array], Rollout]
 def unrolled(arch: Arch, graphdef: nnx.GraphDef, abstract_params: nnx.State) -> tuple[nnx.GraphDef, nnx.State, bool]:
     """The sampler's decoder: a scan_layers policy's per-layer twin (graph, abstract per-layer params,
     True), or the policy itself (False). The decode loop runs its layers unrolled on per-layer caches:
-    scanned, XLA:CPU cut each layer's weights and cache slice out of the stacked arrays as copies,
-    every token."""
+    a scanned decode step made XLA:CPU copy each layer's weights and cache slice out of the stacked
+    arrays, every token."""
     model = nnx.merge(graphdef, abstract_params)
     if not model.scan_layers:
         return graphdef, abstract_params, False
@@ -329,6 +329,7 @@ def rollout_weights(
     neither reads f32 weights every token nor keeps its own hoisted bf16 copy. The sampled log-probs
     (PPO's logp_old) then come from truly bf16-rounded weights, while the trainer's forward casts f32
     weights inside its jit, where XLA may keep excess precision: `dyn/sampler_mismatch` measures it.
+    `per_layer` (a scan_layers policy): the stacked layers are split in the same jitted copy.
     """
     compute = nnx.merge(graphdef, abstract_params).dtype
     dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(abstract_params)}

@@ -106,6 +106,11 @@ def test_rollout_copy_and_kv_cache_are_exact_on_the_sharded_mesh(dtype):
     plan = plan_memory(cfg, arch, 8)
     assert plan.rollout_params == device0_bytes(new)
     assert plan.rollout_dtype == dtype
+    # scan_layers: the sampler splits the stacked layers, so every leaf of its copy is new.
+    scan_cfg = load_config(
+        None, [*SMALL, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", f"model.dtype={dtype}", "model.scan_layers=true"]
+    )
+    assert plan_memory(scan_cfg, arch, 8).rollout_params == device0_bytes(copy)
     # 5 prompts x G=3: neither the prompts nor the 15 rows split over data x fsdp = 4 devices, so the
     # cache is replicated over them (`logical_to_spec`), and split over tensor by its kv heads.
     rows = cfg.data.prompts_per_step * cfg.rollout.group_size
