@@ -250,7 +250,7 @@ def test_bf16_compute_samples_from_a_bf16_copy_as_before(qwen2_dir, monkeypatch)
     assert {x.dtype for x in jax.tree.leaves(copy)} == {jnp.dtype(jnp.bfloat16)}
     sp = SamplingSpec(max_new_tokens=M, temperature=0.8, group_size=3, pad_id=PAD, stop_on_eos=False)
     cast_once = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sp)
-    monkeypatch.setattr(rollout_lib, "rollout_weights", lambda g, a, sh: lambda p: jax.device_put(p, sh))
+    monkeypatch.setattr(rollout_lib, "rollout_weights", lambda g, a, sh, per_layer: lambda p: jax.device_put(p, sh))
     cast_at_use = make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sp)
     new = jax.device_get(cast_once(params, _batch(), jax.random.key(4)))
     old = jax.device_get(cast_at_use(params, _batch(), jax.random.key(4)))
