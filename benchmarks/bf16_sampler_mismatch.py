@@ -60,7 +60,7 @@ def main() -> int:
     trainer = jax.jit(trainer_logp)
     cast_once = rollout_lib.make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sp)
     real = rollout_lib.rollout_weights
-    rollout_lib.rollout_weights = lambda g, a, sh: lambda p: jax.device_put(p, sh)  # the old path
+    rollout_lib.rollout_weights = lambda g, a, sh, per_layer: lambda p: jax.device_put(p, sh)  # the old path
     cast_at_use = rollout_lib.make_sampler(arch, graphdef, params, mesh, ROLLOUT_RULES, sp)
     rollout_lib.rollout_weights = real
     out, record = {}, {"command": " ".join(["python", *sys.argv]), "jax": jax.__version__}
