@@ -10,7 +10,7 @@ from flax import nnx
 
 from rlvr_jax.config import MeshConfig
 from rlvr_jax.mesh import TRAIN_RULES, make_mesh
-from rlvr_jax.model import Arch, forward, init_params, to_per_layer, to_stacked
+from rlvr_jax.model import Arch, abstract_model, forward, init_params, to_per_layer, to_stacked
 
 ARCH = Arch(
     model_type="qwen2",
@@ -32,7 +32,7 @@ def _loss_and_grad(remat: bool, scan_layers: bool = False, arch: Arch = ARCH):
     """Loss and gradients of one fixed per-layer initialisation (stacked for a scan_layers decoder)."""
     mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
     _, state = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0))
-    graphdef, _ = init_params(arch, mesh, TRAIN_RULES, jax.random.key(0), remat=remat, scan_layers=scan_layers)
+    graphdef, _ = abstract_model(arch, remat=remat, scan_layers=scan_layers)
     state = to_stacked(state) if scan_layers else state
 
     def loss(params):

@@ -122,15 +122,15 @@ def from_pretrained(
     sharded layout. Weights holding NaN or inf are an error naming the tensor, unless `allow_nonfinite`
     (such a model samples garbage, or nothing at all, without failing)."""
     arch = Arch.from_dir(folder)
-    _, abstract = abstract_model(arch, param_dtype, dtype, remat)  # the files' per-layer tree
+    graphdef, abstract = abstract_model(arch, param_dtype, dtype, remat, scan_layers)
+    files = jax.eval_shape(to_per_layer, abstract) if scan_layers else abstract  # the files' per-layer tree
     # A bucket folder is downloaded (safetensors are memory-mapped from local files); a Hub id is in the HF cache.
     with local_copy(model_dir(folder)) as local:
-        state = load_state(local, arch, abstract, state_shardings(abstract, mesh, rules))
+        state = load_state(local, arch, files, state_shardings(files, mesh, rules))
     if not allow_nonfinite:
         check_finite(folder, arch, state)
-    graphdef, stacked = abstract_model(arch, param_dtype, dtype, remat, scan_layers)
     if scan_layers:  # one jitted stack into the sharded [L, ...] layout (the per-layer arrays are then freed)
-        state = jax.jit(to_stacked, out_shardings=state_shardings(stacked, mesh, rules))(state)
+        state = jax.jit(to_stacked, out_shardings=state_shardings(abstract, mesh, rules))(state)
     return arch, graphdef, state
 
 
