@@ -8,7 +8,8 @@ prompts.jsonl with the reward in benchmarks/peer_reward.py, first checking that 
 workload's reference logits; then reads metrics.jsonl and appends one JSON line in the peers' format:
 step time = time/interval_s (wall time per step: rollout, reward, update with the params ready, and the
 step's bookkeeping; logging.block_each_step makes the update finish inside its step), generation =
-time/rollout_s, median over steps 3..12.
+time/rollout_s, median over steps 3..12. The line also carries this machine's f32 matmul peak (jax, 2048^3,
+best of 5), measured in the same process right before training: the anchor the README reads the step against.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import matmul_peak_gflops  # noqa: E402
 
 
 def check_logits(model_dir: Path) -> float:
@@ -77,11 +80,12 @@ def main() -> None:
     if not (args.workload / "manifest.json").is_file():
         sys.exit(f"{args.workload} holds no workload: python ../shared/bench/make_workload.py {args.workload}")
     diff = check_logits(args.workload / args.size)
+    peak = matmul_peak_gflops()
     if diff > 1e-3:
         sys.exit(f"the loaded {args.size} model's logits differ from the reference by {diff:.2e}")
     with tempfile.TemporaryDirectory(prefix="rlvr-jax-peer-") as tmp:
         rows = train(args.workload, args.size, args.run_dir or Path(tmp) / "run")
-    line = json.dumps(result(args.size, rows, diff))
+    line = json.dumps({**result(args.size, rows, diff), "matmul_peak_gflops": round(peak, 1)})
     print(line)
     if args.json_out:
         with args.json_out.open("a") as f:
