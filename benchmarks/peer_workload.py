@@ -80,9 +80,9 @@ def main() -> None:
     if not (args.workload / "manifest.json").is_file():
         sys.exit(f"{args.workload} holds no workload: python ../shared/bench/make_workload.py {args.workload}")
     diff = check_logits(args.workload / args.size)
-    peak = matmul_peak_gflops()
     if diff > 1e-3:
         sys.exit(f"the loaded {args.size} model's logits differ from the reference by {diff:.2e}")
+    peak = matmul_peak_gflops()
     with tempfile.TemporaryDirectory(prefix="rlvr-jax-peer-") as tmp:
         rows = train(args.workload, args.size, args.run_dir or Path(tmp) / "run")
     line = json.dumps({**result(args.size, rows, diff), "matmul_peak_gflops": round(peak, 1)})
