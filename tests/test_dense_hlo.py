@@ -15,25 +15,11 @@ import pytest
 from flax import nnx
 
 from rlvr_jax.model import Arch, decoder
+from tests.hf_fixtures import TINY_CONFIGS
 
 B, T, D, F = 8, 80, 64, 128
-ARCH = Arch.from_hf(
-    dict(
-        model_type="qwen2",
-        vocab_size=512,
-        hidden_size=D,
-        intermediate_size=F,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        tie_word_embeddings=True,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        use_sliding_window=False,
-    )
-)
+# The shared tiny Qwen2 config, with the MLP sizes whose [F, B*T] copy the scan looks for.
+ARCH = Arch.from_hf(dict(TINY_CONFIGS["qwen2"], model_type="qwen2", hidden_size=D, intermediate_size=F))
 TRANSPOSED = re.compile(rf"= f32\[{F},{B * T}\]\{{[0-9,]*\}} (fusion|copy|transpose)\(")
 
 
