@@ -37,6 +37,12 @@ Every figure is printed as one JSON line `{"figure", "value", "unit", ...the inp
         --update-prompt 32 --update-completion 96 --decode-batches 1,8 --small-model tiny \
         --matmul-n 1024 --bandwidth-mib 256            # the full-run code path on CPU, a few minutes
 
+With --profile (on by default) the update and decode figures are followed by `profile_<figure>`: one
+more call of the same compiled step under `jax.profiler`, summed per op (benchmarks/op_profile.py):
+value = the ops' busy time as a % of the call's wall time (a GPU waiting on the host shows here), with
+the op time by class (matmul / collective / copy / other) and the top ops. --profile-dir keeps the raw
+traces (open them in ui.perfetto.dev).
+
 --xla-flops adds XLA's own FLOP count of the lowered update and decode steps (tracing only) beside
 the analytic one; at the full size the two agree within 0.3 % (update) and 1 % (decode step).
 
@@ -64,8 +70,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the repository's rlvr_jax, wherever this is run from
+for _path in (ROOT, ROOT / "benchmarks"):  # the repository's rlvr_jax and op_profile, wherever this runs from
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 # Model shapes (HF config.json names mapped to Arch fields). Qwen2.5-0.5B: 494M parameters.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -183,6 +190,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=False,
         help="also lower the update and decode steps for XLA's own FLOP count (tracing only; ~20 s at 0.5B)",
     )
+    ap.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the update and decode figures, one more traced call summed per op (profile_<figure>)",
+    )
+    ap.add_argument("--profile-dir", default=None, help="keep the raw profiler traces here (default: discarded)")
     args = ap.parse_args(argv)
     for key, value in (DRY if args.dry_run else FULL).items():
         if getattr(args, key) is None:
@@ -267,6 +281,9 @@ class Recorder:
             ),
             "small": lambda r: (
                 f"gen {r.get('gen_s')} s, update {r.get('update_s')} s, first step {r.get('first_step_s')} s"
+            ),
+            "profile": lambda r: (
+                f"{r.get('ops_per_call')} ops, top {r['top'][0]['op']} {r['top'][0]['pct']}%" if r.get("top") else ""
             ),
             "decode": lambda r: (
                 f"{r.get('step_ms')} ms/token-step, {r.get('gb_s')} GB/s, {r.get('tokens_s')} tok/s"
@@ -616,6 +633,7 @@ class Check:
             run()  # warm-up
             times = repeat_times(run, args.repeats, self.measure_s(30.0))
             metrics = jax.device_get(holder["metrics"])
+            emit_profile = self.profile("update_mfu", run)
         finally:
             holder.clear()  # free the train state even when a step fails
         step_s = statistics.median(times)
@@ -650,6 +668,24 @@ class Check:
         if xla is not None:
             fields.update(xla_tflop_per_step=xla / 1e12, model_over_xla_flops=flops["total"] / xla)
         self.rec.emit("update_mfu", *self._value(achieved, self.peak_tflops, 1, "bf16 matmul peak"), **fields)
+        emit_profile()
+
+    def profile(self, figure: str, run: Callable[[], None]) -> Callable[[], None]:
+        """One more call of `run` (compiled, warm) under the profiler, summed per op; returns what emits
+        it as `profile_<figure>` (after the figure's own line). A failure is that line's error: the
+        figure's timing stands."""
+        if not self.args.profile:
+            return lambda: None
+        import op_profile
+
+        folder = Path(self.args.profile_dir) / figure if self.args.profile_dir else None
+        try:
+            found = op_profile.capture(run, calls=1, workdir=folder)
+        except Exception as err:
+            error = f"{type(err).__name__}: {str(err)[:400]}"
+            return lambda: self.rec.emit(f"profile_{figure}", None, "", error=error)
+        busy = found.pop("busy_pct")
+        return lambda: self.rec.emit(f"profile_{figure}", busy, "% of wall time with an op running", **found)
 
     # decode ----------------------------------------------------------------------------------------
 
@@ -707,6 +743,7 @@ class Check:
         while len(totals) < args.repeats and (not totals or time.perf_counter() - start < budget):
             totals += repeat_times(run, 1, 0)
             prefills += repeat_times(run_prefill, 1, 0)
+        emit_profile = self.profile(f"decode_b{batch}", run)
         total_s, prefill_s = statistics.median(totals), statistics.median(prefills)
         param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
         kv_itemsize = jnp.dtype(jnp.bfloat16).itemsize  # the cache is kept in the compute dtype
@@ -744,6 +781,7 @@ class Check:
             xla = xla_decode_flops(arch, batch, p, m, jnp.dtype(args.decode_param_dtype))
             fields.update(xla_step_flops=xla, model_scanned_over_xla_flops=cost["step_flops_scanned"] / xla)
         self.rec.emit(f"decode_b{batch}", *self._value(gb_s, self.bw_gb_s, 2, "memory bandwidth"), **fields)
+        emit_profile()
 
     # the small GRPO workload -------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ SCRIPT = ROOT / "benchmarks" / "device_check.py"
 FIGURES = ["matmul_peak", "memory_bandwidth", "update_mfu", "decode_b1", "decode_b64", "small_f32", "small_bf16"]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
+def _module(path: Path = SCRIPT):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -54,6 +54,14 @@ def test_dry_run_prints_every_figure(tmp_path):
         decode = rows[f"decode_b{batch}"]
         assert decode["batch"] == batch and decode["step_ms"] > 0 and decode["tflop_s"] > 0
         assert decode["step_bytes"] == decode["param_bytes"] + decode["kv_bytes"]
+    for figure in ("update_mfu", "decode_b1", "decode_b64"):  # each followed by its op profile
+        prof = rows[f"profile_{figure}"]
+        assert [r["figure"] for r in printed].index(prof["figure"]) == [r["figure"] for r in printed].index(figure) + 1
+        assert "error" not in prof and 0 < prof["value"] <= 105, prof  # busy %: the ops' union over the call's wall
+        assert 0 < prof["busy_ms_per_call"] <= prof["op_ms_per_call"] * 1.0001 and prof["ops_per_call"] > 1
+        assert sum(prof["classes_pct"].values()) == pytest.approx(100, abs=0.01)
+        assert prof["top"] and all(op["ms_per_call"] > 0 for op in prof["top"])
+        assert not any(op["op"].split("/")[-1].startswith("while") for op in prof["top"])  # control flow left out
     for figure in ("small_f32", "small_bf16"):
         small = rows[figure]
         assert small["prompts"] * small["group_size"] == 8 and small["new_tokens"] == 8  # dry-run shape 2,4,8,8
@@ -87,3 +95,51 @@ def test_wrapper_shellcheck_clean():
         pytest.skip("shellcheck not installed")
     proc = subprocess.run([shellcheck, "-x", "benchmarks/device_check.sh"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_op_profile_sums_ops_not_host_spans_or_overlaps():
+    """op_profile.summarize on hand-made traces: a GPU trace's kernels (its host events ignored), busy
+    time as the union of overlapping kernels, ops keyed by program and op; a CPU trace's XLA thunks
+    without the `while` that spans its body or the host's bookkeeping."""
+    op = _module(ROOT / "benchmarks" / "op_profile.py")
+
+    def meta(pid, name):
+        return {"ph": "M", "pid": pid, "name": "process_name", "args": {"name": name}}
+
+    def event(pid, name, ts, dur, **args):
+        return {"ph": "X", "pid": pid, "tid": 1, "name": name, "ts": ts, "dur": dur, "args": args}
+
+    gpu = {
+        "traceEvents": [
+            meta(1, "/host:CPU"),
+            meta(2, "/device:GPU:0"),
+            event(1, "ThunkExecutor::Execute", 0, 900),
+            event(2, "sm90_xmma_gemm_bf16", 0, 400, hlo_module="jit_step", hlo_op="fusion.3"),
+            event(2, "loop_add_fusion", 300, 200, hlo_module="jit_step", hlo_op="add.1"),  # overlaps the gemm
+            event(2, "sm90_xmma_gemm_bf16", 600, 100, hlo_module="jit_step", hlo_op="fusion.3"),
+            event(2, "ncclAllReduceKernel", 800, 100),
+        ]
+    }
+    found = op.summarize(gpu, wall_s=1e-3, calls=1)
+    assert found["busy_ms_per_call"] == pytest.approx(0.7)  # [0, 500) + [600, 700) + [800, 900): 700 us
+    assert found["busy_pct"] == pytest.approx(70.0)
+    assert found["op_ms_per_call"] == pytest.approx(0.8)  # 400 + 200 + 100 + 100 us, summed per op
+    assert [t["op"] for t in found["top"]] == ["jit_step/fusion.3", "jit_step/add.1", "ncclAllReduceKernel"]
+    assert found["top"][0]["kernel"] == "sm90_xmma_gemm_bf16" and found["top"][0]["count_per_call"] == 2
+    assert found["classes_pct"] == pytest.approx({"matmul": 62.5, "other": 25.0, "collective": 12.5})
+
+    cpu = {
+        "traceEvents": [
+            meta(1, "/host:CPU"),
+            event(1, "while.7", 0, 1000, hlo_module="jit_decode", hlo_op="while.7"),
+            event(1, "ynn_fusion.2", 100, 300, hlo_module="jit_decode", hlo_op="ynn_fusion.2"),
+            event(1, "ynn_fusion.2", 500, 100, hlo_module="jit_fn", hlo_op="ynn_fusion.2"),  # another program
+            event(1, "SlinkyThreadPool::Await", 0, 50, hlo_module="jit_decode", hlo_op="x"),
+        ]
+    }
+    found = op.summarize(cpu, wall_s=2e-3, calls=2)
+    assert [t["op"] for t in found["top"]] == ["jit_decode/ynn_fusion.2", "jit_fn/ynn_fusion.2"]
+    assert found["top"][0]["kernel"] is None and found["ops_per_call"] == 1
+    assert found["busy_pct"] == pytest.approx(20.0) and found["op_ms_per_call"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="no op events"):
+        op.summarize({"traceEvents": [meta(1, "/host:CPU")]}, wall_s=1.0, calls=1)
