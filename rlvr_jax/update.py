@@ -155,7 +155,7 @@ def train_step(
     def opt_step(carry, mini):
         params, opt_state, skipped = carry
         grads, terms, loss = _grads(graphdef, params, mini, spec)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
