@@ -176,6 +176,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--update-completion", type=int, default=None)
     ap.add_argument("--micro-batches", type=int, default=None, help="gradient accumulation steps (x2 on OOM)")
     ap.add_argument("--update-param-dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument(
+        "--update-remat",
+        default="none",
+        choices=("none", "full", "save_linear"),
+        help="model.remat of the update step (compare with fewer --micro-batches; FLOPs counted without remat)",
+    )
     ap.add_argument("--decode-param-dtype", default="bfloat16", choices=("float32", "bfloat16"))
     ap.add_argument("--decode-prompt", type=int, default=None)
     ap.add_argument("--decode-new", type=int, default=None)
@@ -601,8 +607,9 @@ class Check:
         arch = make_arch(PRESETS[args.preset])
         rows, prompt, completion = args.update_rows, args.update_prompt, args.update_completion
         pdt = jnp.dtype(args.update_param_dtype)
+        remat = False if args.update_remat == "none" else args.update_remat
         graphdef, params = init_params(
-            arch, self.mesh, TRAIN_RULES, jax.random.key(0), param_dtype=pdt, dtype=jnp.bfloat16
+            arch, self.mesh, TRAIN_RULES, jax.random.key(0), param_dtype=pdt, dtype=jnp.bfloat16, remat=remat
         )
         optim = OptimConfig(lr=1e-5, micro_batches=micro)
         tx = make_optimizer(optim, 100)
@@ -657,6 +664,7 @@ class Check:
             prompt=prompt,
             completion=completion,
             micro_batches=micro,
+            remat=args.update_remat,
             param_dtype=str(pdt),
             compute_dtype="bfloat16",
             optimizer="AdamW + global-norm clip 1.0",

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import yaml
 from etils import epath
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from rlvr_jax.storage import as_path, write_text_atomic
 
@@ -45,6 +45,11 @@ def _mode(enum_type: type[enum.Enum]) -> Any:
 class DType(str, enum.Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
+
+
+class Remat(str, enum.Enum):
+    full = "full"
+    save_linear = "save_linear"
 
 
 class Estimator(str, enum.Enum):
@@ -140,8 +145,19 @@ class ModelConfig(_Section):
     """Compute dtype (float32 on CPU; bfloat16 on TPU/GPU)."""
     param_dtype: _mode(DType) = DType.float32
     """Storage dtype of the parameters."""
-    remat: bool = False
-    """Recompute each decoder layer in the backward pass (saves activation memory)."""
+    remat: bool | _mode(Remat) = False
+    """Recompute each decoder layer in the backward pass (saves activation memory). true or "full": the
+    backward pass keeps only each layer's input. "save_linear": it also keeps the outputs of the layer's
+    linear projections (q/k/v/o, gate/up/down) and recomputes attention scores, softmax and the
+    elementwise ops: less recompute for more memory (`rlvr-jax plan` sizes each)."""
+
+    @field_validator("remat", mode="before")
+    @classmethod
+    def _remat_choice(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in {mode.value for mode in Remat}:  # one line, not the union's two
+            raise ValueError(f"expected true, false, {' or '.join(mode.value for mode in Remat)}; got {value!r}")
+        return value
+
     scan_layers: bool = False
     """Store the decoder layers stacked ([L, ...] per weight) and run them as one `lax.scan` in training:
     one layer is compiled whatever the depth, and the optimizer updates one leaf per weight, not L. HF

@@ -7,7 +7,8 @@ nothing when it aliases the training buffers), the KV cache of one rollout batch
 gradients. Estimated parts: the rollout working set (prefill computes f32 logits at every prompt
 position; decode samples from f32 [rows, V] blocks), and activations of one micro-batch, counted per
 layer as the tensors the backward pass keeps (no remat: the attention block's inputs, q/k/v, scores
-and softmax, the MLP's gate/up/activation; remat: each layer's input plus one layer's working set),
+and softmax, the MLP's gate/up/activation; remat: each layer's input plus one layer's working set;
+remat save_linear: also the linear layers' outputs),
 plus the logits block (whole completion, or `loss.logits_chunk` positions at a time).
 
 A batch dimension that the data x fsdp devices do not divide is replicated (as `mesh.logical_to_spec`
@@ -31,7 +32,7 @@ import numpy as np
 
 from rlvr_jax.config import Config
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, Rules, logical_to_spec, resolve_axis_sizes
-from rlvr_jax.model import Arch, abstract_model, rollout_dtype
+from rlvr_jax.model import Arch, abstract_model, remat_mode, rollout_dtype
 
 GIB = 1 << 30
 ACCELERATORS = {"v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB, "h100": 80 * GIB, "h200": 141 * GIB}
@@ -160,7 +161,7 @@ def plan_memory(cfg: Config, arch: Arch, devices: int) -> MemoryPlan:
     )
 
 
-def _activation_bytes(arch: Arch, rows: int, seq: int, tensor: int, itemsize: int, remat: bool) -> int:
+def _activation_bytes(arch: Arch, rows: int, seq: int, tensor: int, itemsize: int, remat: bool | str) -> int:
     heads = math.ceil(arch.num_heads / tensor)
     kv = math.ceil(arch.num_kv_heads / tensor)
     mlp = math.ceil(arch.intermediate_size / tensor)
@@ -169,9 +170,13 @@ def _activation_bytes(arch: Arch, rows: int, seq: int, tensor: int, itemsize: in
     scores = rows * heads * seq * seq * 2  # scores and softmax, kept for the backward pass
     mlp_part = tokens * (arch.hidden_size + 3 * mlp)
     per_layer = (attention + mlp_part) * itemsize + scores * 4  # scores are f32
-    if remat:
-        return arch.num_layers * tokens * arch.hidden_size * itemsize + per_layer
-    return arch.num_layers * per_layer
+    mode = remat_mode(remat)
+    if mode is None:
+        return arch.num_layers * per_layer
+    kept = tokens * arch.hidden_size  # each layer's input
+    if mode == "save_linear":  # + the linear layers' outputs: q, k, v, o; gate, up, down
+        kept += tokens * ((heads + 2 * kv) * arch.head_dim + 2 * arch.hidden_size + 2 * mlp)
+    return arch.num_layers * kept * itemsize + per_layer  # + one layer's working set, recomputed
 
 
 def _logit_bytes(arch: Arch, rows: int, completion: int, chunk: int, tensor: int) -> int:
@@ -198,7 +203,9 @@ def suggestions(cfg: Config, plan: MemoryPlan, accelerator: str) -> list[str]:
             out.append(
                 f"activations {act / GIB:.1f} GiB at the micro-batch: optim.micro_batches="
                 f"{cfg.optim.micro_batches * factor} (x{factor})"
-                + ("" if cfg.model.remat else ", or model.remat=true")
+                + {None: ", or model.remat=true", "save_linear": ", or model.remat=full"}.get(
+                    remat_mode(cfg.model.remat), ""
+                )
                 + ("" if cfg.loss.logits_chunk else ", loss.logits_chunk=256")
             )
     if plan.rollout_peak > budget:

@@ -43,17 +43,46 @@ def _loss_and_grad(remat: bool, scan_layers: bool = False, arch: Arch = ARCH):
     return jax.jit(jax.value_and_grad(loss))(state)
 
 
-def test_remat_keeps_loss_and_gradients():
-    (l0, g0), (l1, g1) = _loss_and_grad(False), _loss_and_grad(True)
+@pytest.mark.parametrize("remat", [True, "save_linear"])
+def test_remat_keeps_loss_and_gradients(remat):
+    (l0, g0), (l1, g1) = _loss_and_grad(False), _loss_and_grad(remat)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_save_linear_remat_recomputes_only_attention(scan_layers):
+    """The gradient program's matmuls (lowered, before XLA's optimisations): "save_linear" adds exactly
+    attention's two per layer (scores and p.v, recomputed; the linear layers' outputs are kept); full
+    remat recomputes the linear layers whose outputs the backward pass needs as well."""
+    mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+
+    def dots(remat) -> int:
+        graphdef, state = init_params(ARCH, mesh, TRAIN_RULES, jax.random.key(0), remat=remat, scan_layers=scan_layers)
+        grad = jax.jit(jax.grad(lambda p: forward(graphdef, p, TOKENS, MASK).mean()))
+        return grad.lower(state).as_text().count("stablehlo.dot_general")
+
+    none, linear, full = dots(False), dots("save_linear"), dots(True)
+    layers = 1 if scan_layers else ARCH.num_layers  # a scanned program traces one layer
+    assert linear - none == 2 * layers
+    # full remat recomputes q, k, v, o (the residual after attention feeds the MLP's norm), gate and up;
+    # not down: the backward pass needs its input, never its output
+    assert full - linear == 6 * layers
+
+
+def test_remat_accepts_a_policy_name_and_refuses_others():
+    assert nnx.merge(*abstract_model(ARCH, remat="save_linear")).remat == "save_linear"
+    assert nnx.merge(*abstract_model(ARCH, remat=True)).remat == "full"
+    assert nnx.merge(*abstract_model(ARCH, remat=False)).remat is None
+    with pytest.raises(ValueError, match="model.remat: 'some' is not one of false, true, full, save_linear"):
+        abstract_model(ARCH, remat="some")
+
+
 DEEPER = dataclasses.replace(ARCH, num_layers=3, qk_norm=True)
 
 
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("remat", [False, True, "save_linear"])
 def test_scan_over_layers_keeps_params_loss_and_gradients(remat):
     """The scanned decoder runs the same weights, stacked, to the same loss and the same gradients (one
     [L, ...] leaf per weight, whose layer i is the unrolled decoder's layer-i gradient)."""

@@ -192,3 +192,25 @@ def test_each_recipe_fits_the_slice_it_is_sized_for(path):
     cfg = load_config(path)
     plan = plan_memory(cfg, Arch.from_hf(dict(cfg.model.arch), source=str(path)), devices)
     assert plan.fits(accelerator), f"{path.name}: peak {plan.peak / 2**30:.1f} GiB on {accelerator}"
+
+
+def test_activation_bytes_by_remat_mode_by_hand():
+    """Activations of one micro-batch (4 rows x 128 tokens, f32, one device) for each model.remat: the
+    per-layer tensors the backward keeps, counted by hand from the SMALL model's shape."""
+    tokens, d, hd, inter, layers = 4 * 4 * 128, 256, 64, 704, 4  # rows = prompts 4 x group 4
+    heads, kv = 4, 2
+    attention = tokens * (4 * d + (heads + 2 * kv) * hd * 2 + heads * hd)
+    scores = 16 * heads * 128 * 128 * 2 * 4  # f32 scores and softmax
+    per_layer = (attention + tokens * (d + 3 * inter)) * 4 + scores
+    linear = tokens * ((heads + 2 * kv) * hd + 2 * d + 2 * inter)  # q, k, v; o and down; gate and up
+    expected = {
+        "false": layers * per_layer,
+        "true": layers * tokens * d * 4 + per_layer,
+        "save_linear": layers * (tokens * d + linear) * 4 + per_layer,
+    }
+    arch = Arch.from_hf(load_config(None, SMALL).model.arch)
+    found = {
+        mode: plan_memory(load_config(None, [*SMALL, f"model.remat={mode}"]), arch, 1).activations for mode in expected
+    }
+    assert found == expected
+    assert found["false"] > found["save_linear"] > found["true"]

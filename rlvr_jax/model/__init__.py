@@ -24,6 +24,7 @@ from rlvr_jax.model.decoder import (
     LayerCache,
     init_cache,
     positions_from_mask,
+    remat_mode,
     to_per_layer,
     to_stacked,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "load_policy",
     "model_dir",
     "positions_from_mask",
+    "remat_mode",
     "rollout_dtype",
     "save_pretrained",
     "state_shardings",
@@ -67,7 +69,7 @@ def abstract_model(
     arch: Arch,
     param_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
-    remat: bool = False,
+    remat: bool | str = False,
     scan_layers: bool = False,
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and abstract (shape-only) state; no memory is allocated."""
@@ -94,7 +96,7 @@ def init_params(
     key: jax.Array,
     param_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
-    remat: bool = False,
+    remat: bool | str = False,
     scan_layers: bool = False,
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """Random parameters created directly in their sharded layout (never whole on one device)."""
@@ -114,7 +116,7 @@ def from_pretrained(
     rules: Rules,
     param_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
-    remat: bool = False,
+    remat: bool | str = False,
     scan_layers: bool = False,
     allow_nonfinite: bool = False,
 ) -> tuple[Arch, nnx.GraphDef, nnx.State]:

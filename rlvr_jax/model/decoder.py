@@ -226,6 +226,22 @@ def _run_block(block: Block, x, positions, key_mask, cache, index):
     return block(x, positions, key_mask, cache, index)
 
 
+# What a rematerialised layer keeps for the backward pass beyond its input (model.remat). The linear
+# layers contract 2-D [rows, in] views (`dense`): dots without batch dimensions, so "save_linear" keeps
+# exactly their outputs; attention's scores and p.v contract per (batch, head) and are recomputed.
+REMAT_POLICIES = {"full": None, "save_linear": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_mode(remat: bool | str | None) -> str | None:
+    """model.remat as a policy name: None (no remat), "full" (true) or "save_linear"."""
+    if remat is None or remat is False:
+        return None
+    mode = "full" if remat is True else getattr(remat, "value", remat)
+    if mode not in REMAT_POLICIES:
+        raise ValueError(f"model.remat: {remat!r} is not one of false, true, {', '.join(REMAT_POLICIES)}")
+    return mode
+
+
 LAYER_AXIS = "layers"  # the leading axis of a scan_layers decoder's stacked layer parameters
 
 
@@ -253,7 +269,7 @@ class Decoder(nnx.Module):
         rngs: nnx.Rngs,
         param_dtype: jnp.dtype = jnp.float32,
         dtype: jnp.dtype = jnp.float32,
-        remat: bool = False,
+        remat: bool | str = False,
         scan_layers: bool = False,
     ):
         self.embed = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
@@ -266,7 +282,7 @@ class Decoder(nnx.Module):
             self.lm_head = _param(rngs, (arch.vocab_size, arch.hidden_size), ("vocab", "embed"), param_dtype)
         self.arch = arch
         self.dtype = dtype
-        self.remat = remat
+        self.remat = remat_mode(remat)  # a policy name (static in the graph), checked here
         self.scan_layers = scan_layers
 
     def hidden_states(
@@ -286,7 +302,8 @@ class Decoder(nnx.Module):
             if cache is not None:
                 raise ValueError("a scan_layers decoder runs without a KV cache: sample with `to_per_layer` weights")
             return self.final_norm(self._scan(x, positions, key_mask)), None
-        run = nnx.remat(_run_block) if self.remat else _run_block
+        mode = remat_mode(self.remat)
+        run = nnx.remat(_run_block, policy=REMAT_POLICIES[mode]) if mode else _run_block
         new_cache = []
         for i, block in enumerate(self.layers):
             x, layer_cache = run(block, x, positions, key_mask, None if cache is None else cache[i], index)
@@ -301,7 +318,8 @@ class Decoder(nnx.Module):
         def body(x, layer_params):
             return nnx.merge(graphdef, layer_params)(x, positions, key_mask, None, 0)[0], None
 
-        body = jax.checkpoint(body) if self.remat else body
+        mode = remat_mode(self.remat)
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[mode]) if mode else body
         return jax.lax.scan(body, x, params)[0]
 
     def head_weight(self) -> jax.Array:
