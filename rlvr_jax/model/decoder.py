@@ -302,8 +302,7 @@ class Decoder(nnx.Module):
             if cache is not None:
                 raise ValueError("a scan_layers decoder runs without a KV cache: sample with `to_per_layer` weights")
             return self.final_norm(self._scan(x, positions, key_mask)), None
-        mode = remat_mode(self.remat)
-        run = nnx.remat(_run_block, policy=REMAT_POLICIES[mode]) if mode else _run_block
+        run = nnx.remat(_run_block, policy=REMAT_POLICIES[self.remat]) if self.remat else _run_block
         new_cache = []
         for i, block in enumerate(self.layers):
             x, layer_cache = run(block, x, positions, key_mask, None if cache is None else cache[i], index)
@@ -318,8 +317,7 @@ class Decoder(nnx.Module):
         def body(x, layer_params):
             return nnx.merge(graphdef, layer_params)(x, positions, key_mask, None, 0)[0], None
 
-        mode = remat_mode(self.remat)
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[mode]) if mode else body
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat]) if self.remat else body
         return jax.lax.scan(body, x, params)[0]
 
     def head_weight(self) -> jax.Array:
