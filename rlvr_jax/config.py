@@ -594,6 +594,20 @@ class EvalConfig(_Section):
     be a multiple of it (an n at most samples_per_pass is drawn in one pass of n)."""
     batch_problems: int = Field(default=16, ge=1)
     """Problems per sampler call (rows = batch_problems * samples_per_pass)."""
+    cache_dir: str | None = None
+    """A local folder shared by runs that start from the same policy: the step-0 (base-policy) evaluation
+    is stored there under a digest of everything it depends on (weights, these settings, the held-out
+    prompts, the rewards, the seed; rlvr_jax/eval_cache.py) and read by the other runs instead of being
+    evaluated again. `rlvr-jax sweep` sets it to OUT/eval_cache. None: every run evaluates its own."""
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_cache(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            raise ValueError(
+                f"eval.cache_dir={value!r}: the base-evaluation cache is a local folder; give a local path"
+            )
+        return value
 
     @model_validator(mode="after")
     def _passes_fit(self) -> EvalConfig:
@@ -898,6 +912,7 @@ BOOKKEEPING = (
     "checkpoint.",
     "mesh.",
     "reward.workers",
+    "eval.cache_dir",  # where the base evaluation is shared, not what it is
 )
 # Keys a resumed run may change freely: they touch neither the saved state nor the training maths
 # (a mesh change re-shards the state on restore; model.path/tokenizer may move, their content is verified).

@@ -141,7 +141,10 @@ class Evaluator:
 
     def __call__(self, params: Any, step: int) -> dict[str, float]:
         """Flat eval/* metrics for metrics.jsonl; the full report goes to evals/step_<k>.json."""
-        report = self.run(params)
+        return self.record(self.run(params), step)
+
+    def record(self, report: dict[str, Any], step: int) -> dict[str, float]:
+        """Write `report` as the run's evals/step_<step>.json; its flat eval/* metrics."""
         if self.cfg.run_dir and jax.process_index() == 0:
             write_text_atomic(
                 self.cfg.run_dir / "evals" / f"step_{step:06d}.json", json.dumps({"step": step, **report})

@@ -24,6 +24,7 @@ from rlvr_jax.compile_cache import use_compile_cache
 from rlvr_jax.config import Config, ConfigChanges, ConfigError, save_config
 from rlvr_jax.data import PromptPipeline
 from rlvr_jax.data.pipeline import scan_prompts
+from rlvr_jax.eval_cache import base_evaluation
 from rlvr_jax.evaluate import Evaluator
 from rlvr_jax.hooks import Hooks
 from rlvr_jax.mesh import ROLLOUT_RULES, TRAIN_RULES, make_mesh, maybe_initialize_distributed, report_sharding
@@ -204,7 +205,10 @@ def setup(
     )
     probe = make_probe(probe_set, cfg, task, policy.tokenizer, policy.graphdef)
     if base_eval is None:  # step 0: every run carries its own base-policy record
-        base_eval = {**evaluate(state.params, 0), **probe(state.params)}
+        base_eval = {
+            **base_evaluation(evaluate, state.params, cfg.eval.cache_dir, dict(mesh.shape), log),
+            **probe(state.params),
+        }
         writer.write_now(0, base_eval)
     log(format_eval("base policy", base_eval, task))
     stages, phase = steering_state(cfg, probe, saved, base_eval, start, log)

@@ -155,6 +155,7 @@ def test_the_runs_share_one_base_policy_per_warm_start_setting(tmp_path):
         cfg = _config(run)
         assert cfg.run.seed == run.seed and cfg.warmstart.seed == 0 and not cfg.warmstart.enabled
         assert cfg.model.path == str(plan.bases[0].folder) and cfg.data.data_dir == str(tmp_path / "datasets")
+        assert cfg.eval.cache_dir == str(tmp_path / "eval_cache")  # one base evaluation per seed, shared
     # A combination that changes a warm-start setting gets a base of its own; one with a model needs none.
     lr = spec.Combo("lr", ("warmstart.lr=0.02",))
     model = spec.Combo("model", (f"model.path={tmp_path}", "model.arch={}", "warmstart.enabled=false"))
@@ -354,6 +355,7 @@ def test_a_tiny_sweep_stopped_half_way_resumes_without_redoing_finished_runs(tmp
     assert {p: _mtimes(out)[p] for p in finished} == finished  # finished runs were not redone
     bases = list((out / "base_policy").iterdir())
     assert len(bases) == 1  # built once, by the first sweep
+    assert len(list((out / "eval_cache").glob("*.json"))) == 2  # one base evaluation per seed
     for run_dir in out.glob("runs/*/seed*"):
         cfg = load_config(run_dir / "config.yaml")
         assert cfg.model.path == str(bases[0] / "policy") and not cfg.warmstart.enabled

@@ -91,6 +91,8 @@ def _plan_run(study: Study, out: Path, combo: Combo, seed: int) -> RunPlan:
         extra += [f"model.path={base.folder}"]
     if cfg.data.data_dir is None:
         extra.append(f"data.data_dir={home / 'datasets'}")
+    if cfg.eval.cache_dir is None:  # the runs of one seed share a base evaluation: computed by the first
+        extra.append(f"eval.cache_dir={home / 'eval_cache'}")
     overrides = (*chosen, *extra)
     final = load_config(study.config, overrides)  # validates every run before any work starts
     data = _data(out, final, overrides)
