@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: train test lint clean example-smollm2 example-smollm2-report
+.PHONY: train test lint clean example-smollm2 example-smollm2-report study-smollm2 study-smollm2-report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,16 @@ example-smollm2: $(SMOLLM2)/config.json
 # Base vs final over every finished seed of the example (mean +- sd, paired change), the time split, a figure.
 example-smollm2-report:
 	$(BIN)/python examples/smollm2_arithmetic/report.py runs/smollm2_arithmetic_seed* --figure runs/smollm2_arithmetic.png
+
+# Issue 15.7: full GRPO vs GRPO-N vs NSR on the example, 3 seeds, pass@k to k = 256 before and after
+# (studies/smollm2_signs.yaml; resumable: the same command continues), then its tables and figure.
+study-smollm2: $(SMOLLM2)/config.json
+	$(BIN)/python examples/smollm2_arithmetic/make_data.py runs/smollm2_arithmetic_data
+	$(BIN)/rlvr-jax sweep studies/smollm2_signs.yaml
+	$(MAKE) study-smollm2-report
+
+study-smollm2-report:
+	$(BIN)/python examples/smollm2_arithmetic/signs_report.py runs/sweeps/smollm2_signs --figure runs/sweeps/smollm2_signs/signs.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,6 +25,19 @@ from rlvr_jax.sweep.plan import FAILED, failure, make_plan, stale, vary_base_see
 from rlvr_jax.sweep.runner import Runner, child_env, cpu_count, cpu_slots, run_all
 from rlvr_jax.warmstart import fingerprint
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_describes_runs_that_validate(path, monkeypatch):
+    # A study's config paths are relative to the repository root, where `rlvr-jax sweep studies/X.yaml` runs.
+    monkeypatch.chdir(ROOT)
+    study = spec.make_study(spec.read_sweep_file(path), {})
+    assert study.combos and study.seeds
+    for combo in study.combos:
+        load_config(study.config, (*study.overrides, *combo.overrides))
+
+
 # --- statistics ----------------------------------------------------------------------------------
 
 

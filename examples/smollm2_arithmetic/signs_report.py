@@ -1,0 +1,224 @@
+"""The sign study on SmolLM2 (studies/smollm2_signs.yaml): pass@k to k = 256 before and after, per method.
+
+    python examples/smollm2_arithmetic/signs_report.py runs/sweeps/smollm2_signs [--figure F] [--json F]
+
+Reads every finished run of the study folder (runs/<method>/seed<k>: summary.json, metrics.jsonl and the
+step-0 and final evals/step_*.json, n samples per problem) and prints Markdown tables:
+- pass@k for k = 1 ... n, base and final, per method: the change as mean over seeds with [min, max], and
+  a 95 % interval over held-out problems (percentile bootstrap of the per-problem change averaged over
+  the seeds: the problems are the sampling unit, the seeds' draws are averaged within each problem);
+- per subset, pass@1 and pass@n;
+- the capability boundary at k = n: problems solved at least once before and after, lost and gained,
+  summed over seeds;
+- methods head to head: the final pass@k of one minus the other's, problem by problem on the same seeds;
+- entropy: the training token entropy (first and last steps) and the held-out evaluation entropy.
+With 3 seeds the spread over seeds describes those seeds; the problem intervals are conditional on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from rlvr_jax.boundary import k_values, pass_at_k_table
+
+BOOTSTRAP = 10_000
+
+
+def read_study(folder: Path) -> dict[str, list[dict]]:
+    """method -> its finished runs, by seed: the base and final evaluation and the training metrics."""
+    methods: dict[str, list[dict]] = {}
+    for run_dir in sorted(folder.glob("runs/*/seed*")):
+        if not (run_dir / "summary.json").is_file():
+            continue  # not finished: left out, and counted in the header
+        evals = sorted((run_dir / "evals").glob("step_*.json"))
+        base, final = (json.loads(path.read_text()) for path in (evals[0], evals[-1]))
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        seed = int(run_dir.name.removeprefix("seed"))
+        methods.setdefault(run_dir.parent.name, []).append({"seed": seed, "base": base, "final": final, "rows": rows})
+    return methods
+
+
+def per_problem(report: dict, subset: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Problem ids (sorted) and f64[P, n] pass@k of each, for one evaluation (one subset or all)."""
+    problems = sorted((p for p in report["problems"] if subset in (None, p["subset"])), key=lambda p: p["id"])
+    n = report["n"]
+    return [p["id"] for p in problems], pass_at_k_table(n, np.array([p["c"] for p in problems]))
+
+
+def changes(runs: list[dict], subset: str | None = None) -> np.ndarray:
+    """f64[seeds, P, n]: final minus base pass@k, per seed and problem (the same problems and draws)."""
+    out = []
+    for run in runs:
+        ids, before = per_problem(run["base"], subset)
+        ids_after, after = per_problem(run["final"], subset)
+        if ids != ids_after:
+            raise SystemExit(f"seed {run['seed']}: the base and final evaluations cover different problems")
+        out.append(after - before)
+    return np.stack(out)
+
+
+def bootstrap_interval(per_problem_values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean over problems (axis 0), resampling problems."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(per_problem_values), size=(BOOTSTRAP, len(per_problem_values)))
+    means = per_problem_values[picks].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def cell(values_by_seed: np.ndarray, by_problem: np.ndarray) -> str:
+    """mean change [min, max over seeds] (95 % over problems)."""
+    low, high = bootstrap_interval(by_problem)
+    return (
+        f"{values_by_seed.mean():+.3f} [{values_by_seed.min():+.3f}, {values_by_seed.max():+.3f}] "
+        f"({low:+.3f}, {high:+.3f})"
+    )
+
+
+def pass_at_k_rows(methods: dict[str, list[dict]], ks: list[int]) -> list[str]:
+    lines = [
+        "| method (seeds) | " + " | ".join(f"pass@{k}: base -> final" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    change_lines = [
+        "| method (seeds) | " + " | ".join(f"change in pass@{k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for name, runs in methods.items():
+        base = np.array([[per_problem(r["base"])[1][:, k - 1].mean() for k in ks] for r in runs])
+        final = np.array([[per_problem(r["final"])[1][:, k - 1].mean() for k in ks] for r in runs])
+        lines.append(
+            f"| {name} ({len(runs)}) | "
+            + " | ".join(f"{b:.3f} -> {f:.3f}" for b, f in zip(base.mean(0), final.mean(0)))
+            + " |"
+        )
+        delta = changes(runs)
+        change_lines.append(
+            f"| {name} ({len(runs)}) | "
+            + " | ".join(cell(final[:, i] - base[:, i], delta[:, :, k - 1].mean(0)) for i, k in enumerate(ks))
+            + " |"
+        )
+    return lines + [""] + change_lines
+
+
+def subset_table(methods: dict[str, list[dict]], n: int) -> list[str]:
+    subsets = sorted({p["subset"] for runs in methods.values() for p in runs[0]["base"]["problems"]})
+    lines = ["| method | subset (problems) | pass@1 change | pass@" + str(n) + " change |", "|---|---|---|---|"]
+    for name, runs in methods.items():
+        for subset in subsets:
+            delta = changes(runs, subset)
+            cells = [cell(delta[:, :, k - 1].mean(1), delta[:, :, k - 1].mean(0)) for k in (1, n)]
+            lines.append(f"| {name} | {subset} ({delta.shape[1]}) | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def boundary_table(methods: dict[str, list[dict]]) -> list[str]:
+    """Solved at least once in n samples (c > 0), before and after, over every (seed, problem) pair."""
+    lines = [
+        "| method | pairs | solved by base | solved after | lost | gained |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, runs in methods.items():
+        before = np.concatenate(
+            [[p["c"] > 0 for p in sorted(r["base"]["problems"], key=lambda p: p["id"])] for r in runs]
+        )
+        after = np.concatenate(
+            [[p["c"] > 0 for p in sorted(r["final"]["problems"], key=lambda p: p["id"])] for r in runs]
+        )
+        lines.append(
+            f"| {name} | {len(before)} | {before.sum()} | {after.sum()} | {(before & ~after).sum()} | "
+            f"{(~before & after).sum()} |"
+        )
+    return lines
+
+
+def head_to_head(methods: dict[str, list[dict]], ks: list[int]) -> list[str]:
+    """Final pass@k of A minus B on the seeds both finished, problem by problem."""
+    names = list(methods)
+    lines = ["| A - B (seeds) | " + " | ".join(f"final pass@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            seeds = sorted({r["seed"] for r in methods[a]} & {r["seed"] for r in methods[b]})
+            if not seeds:
+                continue
+            pick = {name: {r["seed"]: r for r in methods[name]} for name in (a, b)}
+            diff = np.stack([per_problem(pick[a][s]["final"])[1] - per_problem(pick[b][s]["final"])[1] for s in seeds])
+            cells = [cell(diff[:, :, k - 1].mean(1), diff[:, :, k - 1].mean(0)) for k in ks]
+            lines.append(f"| {a} - {b} ({len(seeds)}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def entropy_table(methods: dict[str, list[dict]], first: int = 5) -> list[str]:
+    lines = [
+        f"| method | training entropy, steps 1-{first} -> last {first} (nats/token) | held-out entropy, base -> final |",
+        "|---|---|---|",
+    ]
+    for name, runs in methods.items():
+        head, tail = [], []
+        for run in runs:
+            values = [row["entropy"] for row in run["rows"] if "entropy" in row]
+            head.append(statistics.mean(values[:first]))
+            tail.append(statistics.mean(values[-first:]))
+        held = [(r["base"]["entropy"], r["final"]["entropy"]) for r in runs]
+        lines.append(
+            f"| {name} | {statistics.mean(head):.3f} -> {statistics.mean(tail):.3f} "
+            f"(last: [{min(tail):.3f}, {max(tail):.3f}]) | "
+            f"{statistics.mean(b for b, _ in held):.3f} -> {statistics.mean(f for _, f in held):.3f} |"
+        )
+    return lines
+
+
+def figure(methods: dict[str, list[dict]], n: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = np.arange(1, n + 1)
+    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(14, 3.8))
+    for i, (name, runs) in enumerate(methods.items()):
+        delta = changes(runs).mean(1)  # [seeds, n]: change in mean pass@k
+        left.plot(ks, delta.mean(0), color=f"C{i}", label=f"{name} ({len(runs)} seeds)")
+        left.fill_between(ks, delta.min(0), delta.max(0), color=f"C{i}", alpha=0.2)
+        for key, axis in (("entropy", mid), ("reward/correct_frac", right)):
+            steps = sorted({row["step"] for run in runs for row in run["rows"] if key in row})
+            table = np.array([[row[key] for row in run["rows"] if key in row] for run in runs])
+            axis.plot(steps, table.mean(0), color=f"C{i}", label=name)
+            axis.fill_between(steps, table.min(0), table.max(0), color=f"C{i}", alpha=0.2)
+    left.axhline(0, color="k", lw=0.5)
+    left.set(xscale="log", xlabel="k", ylabel="final - base pass@k (held-out)", title="pass@k change (band: seeds)")
+    left.legend(fontsize=8)
+    mid.set(xlabel="step", ylabel="token entropy (nats)", title="training entropy")
+    right.set(xlabel="step", ylabel="correct fraction (32 samples)", title="training correct")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=Path, help="the study's --out folder")
+    parser.add_argument("--figure", type=Path, default=None)
+    args = parser.parse_args()
+    methods = read_study(args.study)
+    if not methods:
+        parser.error(f"{args.study}: no finished run under runs/<method>/seed<k>")
+    n = next(iter(methods.values()))[0]["base"]["n"]
+    ks = [k for k in k_values(n) if k in (1, 4, 16, 64, n)]
+    done = ", ".join(f"{name}: seeds {sorted(r['seed'] for r in runs)}" for name, runs in methods.items())
+    print(f"Finished runs ({done}); {n} samples per problem; intervals: 95 % bootstrap over problems.\n")
+    for table in (pass_at_k_rows(methods, ks), subset_table(methods, n), boundary_table(methods)):
+        print("\n".join(table) + "\n")
+    print("\n".join(head_to_head(methods, ks)) + "\n")
+    print("\n".join(entropy_table(methods)))
+    if args.figure:
+        figure(methods, n, args.figure)
+        print(f"\nfigure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""examples/smollm2_arithmetic/signs_report.py on a hand-made study folder: pass@k changes, the boundary
+counts and the head-to-head table against values computed by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "smollm2_arithmetic" / "signs_report.py"
+SUBSETS = ("1-digit", "2-digit", "3-digit")
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("signs_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(folder, method, seed, base, final, entropy):
+    run = folder / "runs" / method / f"seed{seed}"
+    (run / "evals").mkdir(parents=True)
+    for step, counts, held in ((0, base, 1.0), (3, final, 0.5)):
+        problems = [
+            {"id": f"test/{i}", "subset": SUBSETS[i], "n": 4, "c": c, "entropy": held, "tokens": 10}
+            for i, c in enumerate(counts)
+        ]
+        report = {"step": step, "n": 4, "problems": problems[::-1], "entropy": held}  # any order on disk
+        (run / "evals" / f"step_{step:06d}.json").write_text(json.dumps(report))
+    rows = [{"step": 0}] + [{"step": s, "entropy": e, "reward/correct_frac": 0.1 * s} for s, e in enumerate(entropy, 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").write_text("{}")
+
+
+def test_the_tables_match_hand_computed_values(tmp_path):
+    report = load_report()
+    write_run(tmp_path, "A", 0, base=[0, 1, 4], final=[1, 0, 4], entropy=[1.0] * 5 + [0.4] * 5)
+    write_run(tmp_path, "A", 1, base=[0, 2, 4], final=[0, 3, 4], entropy=[1.0] * 5 + [0.6] * 5)
+    write_run(tmp_path, "B", 0, base=[0, 1, 4], final=[0, 0, 0], entropy=[1.0] * 10)
+    (tmp_path / "runs" / "B" / "seed1").mkdir()  # unfinished: no summary.json, left out
+    methods = report.read_study(tmp_path)
+    assert sorted(methods) == ["A", "B"] and [r["seed"] for r in methods["A"]] == [0, 1] and len(methods["B"]) == 1
+
+    # pass@1 = c/4 per problem. A, seed 0: (0 + .25 + 1)/3 -> (.25 + 0 + 1)/3, no change; seed 1: .5 -> .5833.
+    lines = report.pass_at_k_rows(methods, [1, 4])
+    assert lines[2] == "| A (2) | 0.458 -> 0.500 | 0.667 -> 0.667 |"
+    # The change: mean +.0417 over seeds, [0, +.0833]. pass@4 (solved at all) is 2/3 -> 2/3 in both seeds,
+    # but per problem averaged over seeds it is +.5 (test/0), -.5 (test/1), 0: the interval over problems
+    # is as wide as (-.5, +.5): resamples of one problem three times reach both ends.
+    row = next(line for line in lines if line.startswith("| A (2) | +"))
+    assert row.startswith("| A (2) | +0.042 [+0.000, +0.083] (") and row.endswith(
+        "| +0.000 [+0.000, +0.000] (-0.500, +0.500) |"
+    )
+    # B lost everything: pass@1 (0 + .25 + 1)/3 = .4167 -> 0; pass@4 2/3 -> 0.
+    assert "| B (1) | 0.417 -> 0.000 | 0.667 -> 0.000 |" in lines
+
+    boundary = report.boundary_table(methods)
+    assert boundary[2] == "| A | 6 | 4 | 4 | 1 | 1 |"  # seed 0 loses test/1 and gains test/0
+    assert boundary[3] == "| B | 3 | 2 | 0 | 2 | 0 |"
+
+    [_, _, versus] = report.head_to_head(methods, [1])  # seed 0 only: A's final (.25, 0, 1) minus B's (0, 0, 0)
+    assert versus.startswith("| A - B (1) | +0.417 [+0.417, +0.417] (")
+
+    entropy = report.entropy_table(methods)
+    assert entropy[2] == "| A | 1.000 -> 0.500 (last: [0.400, 0.600]) | 1.000 -> 0.500 |"
+
+    subsets = report.subset_table(methods, 4)
+    assert (
+        "| B | 3-digit (1) | -1.000 [-1.000, -1.000] (-1.000, -1.000) | -1.000 [-1.000, -1.000] (-1.000, -1.000) |"
+        in subsets
+    )
+    report.figure(methods, 4, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+def test_the_bootstrap_interval_covers_the_mean_and_is_reproducible():
+    report = load_report()
+    values = np.array([0.0, 0.1, 0.2, 0.3, 1.0])
+    low, high = report.bootstrap_interval(values)
+    assert low < values.mean() < high and (low, high) == report.bootstrap_interval(values)
+    assert report.bootstrap_interval(np.full(7, 0.25)) == (0.25, 0.25)
