@@ -913,6 +913,7 @@ BOOKKEEPING = (
     "mesh.",
     "reward.workers",
     "eval.cache_dir",  # where the base evaluation is shared, not what it is
+    "data.data_dir",  # where the datasets are cached: their content follows from the other data.* keys
 )
 # Keys a resumed run may change freely: they touch neither the saved state nor the training maths
 # (a mesh change re-shards the state on restore; model.path/tokenizer may move, their content is verified).
@@ -920,7 +921,6 @@ HARMLESS_ON_RESUME = (
     *BOOKKEEPING,
     "eval.",
     "reward.timeout_s",
-    "data.data_dir",
     "data.manual_dir",
     "model.path",
     "model.tokenizer",

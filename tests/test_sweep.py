@@ -528,6 +528,9 @@ def test_a_run_folder_trained_with_another_config_stops_the_sweep(tmp_path):
         load_config(study.config, run.overrides + ("run.steps=7", "logging.probe_every=3")), run.run_dir / "config.yaml"
     )
     assert stale(study, run) == []  # the step budget and logging do not change the table's numbers
+    moved = ("data.data_dir=/elsewhere/datasets", "eval.cache_dir=/elsewhere/eval_cache")
+    save_config(load_config(study.config, run.overrides + moved), run.run_dir / "config.yaml")
+    assert stale(study, run) == []  # nor where the datasets and the base evaluations are kept (a moved study)
     save_config(
         load_config(study.config, run.overrides + ("advantage.sign=positive_only",)), run.run_dir / "config.yaml"
     )
