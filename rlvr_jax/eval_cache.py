@@ -10,7 +10,9 @@ and the others read it:
 - the evaluation settings, the held-out prompts as tokenized and their examples (answers, subsets);
 - the rollout settings (max_new_tokens, stop tokens), the reward functions (with their source files'
   contents) and the seed;
-- the software and the machine's backend and mesh, whose numerics the samples depend on.
+- the software (the rlvr-jax and jax versions: an edit to the code within one version is not seen,
+  so clear the folder after changing the sampler or the evaluation) and the machine's backend and
+  mesh, whose numerics the samples depend on.
 A change to any of them is a different digest, so a stale report is never read. A report in the cache
 that is not valid JSON is evaluated again and replaced (a writer that was killed leaves none: the
 file is renamed into place whole).
