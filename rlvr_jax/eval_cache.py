@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from rlvr_jax.rewards.functions import RewardFunction
+from rlvr_jax.storage import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def base_evaluation(
     report = _read(path)
     if report is None:
         report = evaluate.run(params)
-        _write_atomic(path, json.dumps(report))
+        write_text_atomic(path, json.dumps(report))
         say(f"base evaluation stored in {path} for the runs that share it")
     else:
         say(f"base evaluation read from {path} (the same policy, settings and seed)")
@@ -120,11 +121,3 @@ def _read(path: Path) -> dict[str, Any] | None:
         log.warning("%s: not valid JSON (%s); evaluating again", path, err)
         return None
     return report if isinstance(report, dict) and "pass_at_k" in report else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Rename into place whole; the temp name is the writer's own, so two runs can store one report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

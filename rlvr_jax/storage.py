@@ -75,7 +75,7 @@ def write_text_atomic(path: epath.Path, text: str) -> None:
     if is_remote(path):
         path.write_text(text)  # one object upload: the old object stays until the new one is complete
         return
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the writer's own: two processes may store one file
     tmp.write_text(text)
     tmp.replace(path)
 

@@ -28,7 +28,7 @@ def write_run(folder, method, seed, base, final, entropy):
             {"id": f"test/{i}", "subset": SUBSETS[i], "n": 4, "c": c, "entropy": held, "tokens": 10}
             for i, c in enumerate(counts)
         ]
-        report = {"step": step, "n": 4, "problems": problems[::-1], "entropy": held}  # any order on disk
+        report = {"step": step, "n": 4, "problems": problems[::-1], "entropy": held, "pass_at_k": {}, "subsets": {}}
         (run / "evals" / f"step_{step:06d}.json").write_text(json.dumps(report))
     rows = [{"step": 0}] + [{"step": s, "entropy": e, "reward/correct_frac": 0.1 * s} for s, e in enumerate(entropy, 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

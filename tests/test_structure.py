@@ -33,7 +33,7 @@ ALLOWED = {
     "distributed": {"mesh", "config"},
     "plan": {"config", "mesh", "model"},
     "rng": set(),
-    "eval_cache": {"rewards"},  # the digest reads the reward functions it keys on
+    "eval_cache": {"rewards", "storage"},  # the reward functions it keys on; atomic writes
     # a task names its data builder, verifier and probe; the toy task imports its warm start lazily
     "tasks": {"config", "data", "rewards", "probe", "storage", "tasks", "warmstart"},
 }

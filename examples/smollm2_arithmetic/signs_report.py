@@ -18,13 +18,14 @@ With 3 seeds the spread over seeds describes those seeds; the problem intervals 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 
 from rlvr_jax.boundary import k_values, pass_at_k_table
+from rlvr_jax.evaluate import read_evals
+from rlvr_jax.writers import read_jsonl
 
 BOOTSTRAP = 10_000
 
@@ -35,9 +36,9 @@ def read_study(folder: Path) -> dict[str, list[dict]]:
     for run_dir in sorted(folder.glob("runs/*/seed*")):
         if not (run_dir / "summary.json").is_file():
             continue  # not finished: left out, and counted in the header
-        evals = sorted((run_dir / "evals").glob("step_*.json"))
-        base, final = (json.loads(path.read_text()) for path in (evals[0], evals[-1]))
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        evals = read_evals(run_dir)
+        base, final = evals[0], evals[-1]
+        rows = read_jsonl(run_dir / "metrics.jsonl")
         seed = int(run_dir.name.removeprefix("seed"))
         methods.setdefault(run_dir.parent.name, []).append({"seed": seed, "base": base, "final": final, "rows": rows})
     return methods
@@ -88,9 +89,10 @@ def pass_at_k_rows(methods: dict[str, list[dict]], ks: list[int]) -> list[str]:
         "| method (seeds) | " + " | ".join(f"change in pass@{k}" for k in ks) + " |",
         "|---|" + "---|" * len(ks),
     ]
+    columns = [k - 1 for k in ks]
     for name, runs in methods.items():
-        base = np.array([[per_problem(r["base"])[1][:, k - 1].mean() for k in ks] for r in runs])
-        final = np.array([[per_problem(r["final"])[1][:, k - 1].mean() for k in ks] for r in runs])
+        base = np.array([per_problem(r["base"])[1][:, columns].mean(0) for r in runs])
+        final = np.array([per_problem(r["final"])[1][:, columns].mean(0) for r in runs])
         lines.append(
             f"| {name} ({len(runs)}) | "
             + " | ".join(f"{b:.3f} -> {f:.3f}" for b, f in zip(base.mean(0), final.mean(0)))
