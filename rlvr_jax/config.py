@@ -236,7 +236,8 @@ class DataConfig(_Section):
     source: _mode(DataSource) = DataSource.task
     """Where prompts come from: a registered task (`data.task`), or files (`data.path`)."""
     task: str = "toy_strategy"
-    """The registered task (source: task); with files, the name the run's records use."""
+    """The registered task (source: task); with files, the name the run's records use (left at this default,
+    the files' name: the file's stem, or its folder's name for train.jsonl or a glob)."""
     task_args: dict[str, Any] = Field(default_factory=dict)
     """The registered task's dataset parameters, passed to its source for every split (training, evaluation,
     probe, warm start), each checked by the task for its name and type; e.g. toy_strategy's
@@ -250,7 +251,8 @@ class DataConfig(_Section):
     """Column with the gold answer (dotted for nested fields, e.g. reward_model.ground_truth); default: the
     first of answer, reward_model.ground_truth, ground_truth, solution that the files have."""
     id_key: str | None = None
-    """Column with a row id (default: <file stem>/<row>); names the row in errors and evaluation records."""
+    """Column with a row id (default: <records name>/<row>, data.task's); names the row in errors and evaluation
+    records."""
     subset_key: str | None = None
     """Column whose values name subsets for per-subset pass@k (e.g. data_source, level); default none."""
     system_prompt: str | None = None

@@ -128,7 +128,7 @@ class Evaluator:
     def settings(self) -> dict[str, Any]:
         ev = self.cfg.eval
         return {
-            "task": self.cfg.data.task,
+            "task": self.task.name,  # the files' name for a file run, not data.task's default
             "split": ev.split,
             "n": ev.n,
             "temperature": ev.temperature,

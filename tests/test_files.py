@@ -5,6 +5,7 @@ clear errors, and a JSONL run that resumes bit for bit."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,10 +127,28 @@ def test_eval_path_and_globs_in_sorted_order(tmp_path):
         no_eval.source("test")
 
 
+@pytest.mark.parametrize(
+    ("path", "task", "name"),
+    [
+        ("data/math_train.jsonl", None, "math_train"),
+        ("data/arith/train.jsonl", None, "arith"),
+        ("gs://bucket/arith/*.parquet", None, "arith"),
+        ("train.jsonl", None, "train"),
+        ("data/arith/train.jsonl", "arithmetic", "arithmetic"),
+    ],
+)
+def test_a_file_run_is_named_after_its_files_not_the_default_task(path, task, name):
+    overrides = ["data.source=jsonl", f"data.path={path}", "data.prompt_key=question"]
+    file_run = task_for(load_config(None, overrides + ([f"data.task={task}"] if task else [])))
+    assert file_run.name == name
+    assert file_run.example(QUESTIONS[3], 3)["id"] == f"{name}/3"  # no data.id_key: <records name>/<row>
+
+
 def test_python_rows_are_a_source_too(tmp_path):
     cfg = load_config(None, ["data.source=python", "data.prompt_key=question"])
     task = task_for(cfg, rows={"train": QUESTIONS[:4], "test": QUESTIONS[4:6]})
     assert len(task.source("train")) == 4 and task.example(task.source("test")[0], 0)["answer"] == "8"
+    assert task.name == "rows"
     with pytest.raises(TaskError, match="must be a list of dicts or a datasets.Dataset"):
         task_for(cfg, rows={"train": "not rows"}).source("train")
 
@@ -224,6 +243,7 @@ def toy_jsonl(toy_base, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_jsonl_run_resumes_bit_for_bit(toy_base, toy_jsonl, tmp_path):
+    from rlvr_jax import cli
     from tests.test_resume import MESH_222, assert_same_run, run_args, train
 
     args = run_args(toy_base, *MESH_222, *toy_jsonl)
@@ -233,6 +253,13 @@ def test_a_jsonl_run_resumes_bit_for_bit(toy_base, toy_jsonl, tmp_path):
     assert_same_run(tmp_path / "whole", tmp_path / "sliced", probed=False)  # a file task has no probe
     report = json.loads((tmp_path / "whole" / "evals" / "step_000004.json").read_text())
     assert set(report["subsets"]) == {"easy", "hard"} and report["problems"][0]["id"].startswith("toy_strategy/test/")
+    assert report["task"] == Path(toy_jsonl[1].split("=", 1)[1]).parent.name  # the files' folder, not data.task
+    # `rlvr-jax eval --task toy_strategy` evaluates the registered task even though data.task already says so
+    out = tmp_path / "registered.json"
+    assert cli.main(["eval", "--run-dir", str(tmp_path / "whole"), "--task", "toy_strategy", "--n", "2",
+                     "--max-problems", "4", "--out", str(out)]) == 0  # fmt: skip
+    registered = json.loads(out.read_text())
+    assert registered["task"] == "toy_strategy" and registered["problems"][0]["id"].startswith("toy_strategy/test/")
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def eval_config(args: Any) -> Config:
     ev, data = tree["eval"], tree["data"]
     if args.config is None and args.run_dir is None:
         ev.update(n=256, temperature=0.6, top_p=0.95)  # docs/algorithms.md section 5 defaults
-    if args.task and args.task != data["task"]:  # a registered task instead of the run's own data
+    if args.task and (data["source"] != "task" or args.task != data["task"]):  # a registered task, not the run's
         data.update(task=args.task, source="task", path=None)
         ev["path"] = None
         if not tree["reward"]["functions"]:  # the task's verifier, unless the run scores with its own functions

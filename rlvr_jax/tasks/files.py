@@ -33,6 +33,21 @@ from rlvr_jax.tasks.base import Task, TaskError
 ANSWER_KEYS = ("answer", "reward_model.ground_truth", "ground_truth", "solution")
 
 
+def records_name(data: DataConfig) -> str:
+    """The name a file run's records use (evaluation reports, default row ids): `data.task` when the user
+    set it, else the files' name (a split-named file such as train.jsonl, or a glob, by its folder), as
+    data.task's default names a registered task the files have nothing to do with."""
+    if data.task != DataConfig.model_fields["task"].default:
+        return data.task
+    if not data.path:
+        return "rows"
+    folder, _, name = data.path.rstrip("/").rpartition("/")
+    stem = name.split(".")[0]
+    if any(c in name for c in "*?[") or stem in ("train", "training"):
+        return folder.rpartition("/")[2] or stem
+    return stem
+
+
 @dataclasses.dataclass(frozen=True)
 class FileTask(Task):
     """A task whose train split is `data.path` and whose held-out split is `eval.path` (or a split of
@@ -46,7 +61,7 @@ class FileTask(Task):
     @classmethod
     def from_config(cls, cfg: Config, rows: Mapping[str, Any] | None = None) -> FileTask:
         return cls(
-            name=cfg.data.task,
+            name=records_name(cfg.data),
             verifier=cfg.reward.verifier,
             data=cfg.data,
             eval_path=cfg.eval.path,
