@@ -48,7 +48,7 @@ def test_string_prompts_with_template_system_prompt_and_columns(tmp_path):
         {"role": "user", "content": "What is 4 + 4? Put the answer in \\boxed{}."},
     ]
     assert ex["prompt"] == "What is 4 + 4? Put the answer in \\boxed{}." and ex["answer"] == "8"
-    assert ex["subset"] == "L1" and ex["id"] == f"{cfg.data.task}/4" and ex["columns"]["question"] == "What is 4 + 4?"
+    assert ex["subset"] == "L1" and ex["id"] == f"{tmp_path.name}/4" and ex["columns"]["question"] == "What is 4 + 4?"
     assert task.target(ex) == "8"
 
 
