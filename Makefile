@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: train test lint clean example-smollm2 example-smollm2-report study-smollm2 study-smollm2-report
+.PHONY: train train-rate test lint clean example-smollm2 example-smollm2-report study-smollm2 study-smollm2-report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 
 train: $(VENV)/.installed-base
 	$(BIN)/rlvr-jax train
+
+# The default run's rate on this machine (issue 15.2): `make train` trains from one warm-started base
+# policy, and whether S2 takes over depends on that base. This trains the same config from RATE_SEEDS
+# independently warm-started bases, as many at once as there are cores (studies/toy_default_rate.yaml).
+RATE_SEEDS ?= 0-3
+train-rate: $(VENV)/.installed-base
+	$(BIN)/rlvr-jax sweep studies/toy_default_rate.yaml --seeds $(RATE_SEEDS)
 
 # Lint and format check (ruff, configured in pyproject.toml) run before the suite.
 lint: $(VENV)/.installed-test
