@@ -66,11 +66,13 @@ def evaluation_digest(evaluate: Any, params: Any, mesh_shape: dict[str, int]) ->
         h.update(f"{array.dtype}{array.shape}".encode())
         h.update(np.ascontiguousarray(array).tobytes())
     settings = {
-        "eval": cfg.eval.model_dump(mode="json", exclude={"every", "cache_dir"}),
+        # No path or folder: the prompts, the weights and the reward code are hashed by content, so a
+        # study moved to another folder (or a checkout elsewhere) finds its entries.
+        "eval": cfg.eval.model_dump(mode="json", exclude={"every", "cache_dir", "path"}),
         "rollout": cfg.rollout.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json", exclude={"path", "tokenizer"}),
         "reward": cfg.reward.model_dump(mode="json", exclude={"workers"}),
-        "template": cfg.data.model_dump(mode="json", exclude={"path", "data_dir"}),
+        "template": cfg.data.model_dump(mode="json", exclude={"path", "data_dir", "manual_dir"}),
         "seed": cfg.run.seed,
         "stop": sorted(int(t) for t in evaluate.stop),
         "software": [_version(), jax.__version__, jax.default_backend(), jax.devices()[0].device_kind],
@@ -94,14 +96,17 @@ def _version() -> str:
 
 
 def _reward_identity(function: RewardFunction) -> list[str]:
-    """The function's name, weight and target, with the digest of the code it runs."""
-    code = function.pickled
+    """The function's name, weight and target, with the digest of the code it runs. A file target is
+    named by its file's name, not its absolute path (made absolute at load), which moves with the checkout."""
+    code, target = function.pickled, function.target
     if function.target:
-        module = function.target.rsplit(":", 1)[0]
+        module, _, attr = function.target.rpartition(":")
         source = module if module.endswith(".py") else _module_file(module)
         if source and os.path.isfile(source):
             code = Path(source).read_bytes()
-    return [function.name, str(function.weight), function.target, hashlib.sha256(code).hexdigest()]
+        if module.endswith(".py"):
+            target = f"{Path(module).name}:{attr}"
+    return [function.name, str(function.weight), target, hashlib.sha256(code).hexdigest()]
 
 
 def _module_file(module: str) -> str | None:

@@ -42,6 +42,13 @@ def test_the_digest_follows_what_the_evaluation_depends_on_and_nothing_else(tmp_
     # Where the evaluation runs from or how often a run evaluates do not change the base evaluation.
     assert digest(tmp_path, "eval.every=5", f"eval.cache_dir={tmp_path}", "run.steps=7") == base
     assert digest(tmp_path, "advantage.sign=negative_only", "optim.lr=0.5") == base
+    # Nor where the checkout is: the reward file (made absolute at load) and eval.path, same contents.
+    (tmp_path / "moved").mkdir()
+    assert digest(tmp_path / "moved") == base
+    files = ["data.source=jsonl", "data.path=train.jsonl"]
+    assert digest(tmp_path, *files, "eval.path=/elsewhere/test.jsonl") == digest(
+        tmp_path, *files, "eval.path=test.jsonl"
+    )
     one_bit = np.ones((2, 2), np.float32)
     one_bit.view(np.uint32)[0, 0] ^= 1
     changed = {
