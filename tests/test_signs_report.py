@@ -82,3 +82,24 @@ def test_the_bootstrap_interval_covers_the_mean_and_is_reproducible():
     low, high = report.bootstrap_interval(values)
     assert low < values.mean() < high and (low, high) == report.bootstrap_interval(values)
     assert report.bootstrap_interval(np.full(7, 0.25)) == (0.25, 0.25)
+
+
+def test_the_committed_study_records_are_in_the_repository_and_complete():
+    # docs/smollm2_arithmetic.md's tables regenerate from docs/results/smollm2_signs (no checkpoints): every
+    # run there has both evaluations at n = 256 on the same 30 problems, and base evaluations of one seed
+    # agree across methods (they are one cached evaluation). Written against a `runs/` ignore that once
+    # kept the records out of git.
+    folder = SCRIPT.parents[2] / "docs" / "results" / "smollm2_signs"
+    methods = load_report().read_study(folder)
+    assert {"GRPO", "GRPO-N", "NSR"} <= set(methods) and all(
+        0 in {r["seed"] for r in runs} for runs in methods.values()
+    )
+    base_by_seed = {}
+    for runs in methods.values():
+        for run in runs:
+            assert run["base"]["step"] == 0 and run["final"]["step"] == 20
+            assert run["base"]["n"] == run["final"]["n"] == 256
+            ids = [p["id"] for p in run["base"]["problems"]]
+            assert len(ids) == 30 and ids == [p["id"] for p in run["final"]["problems"]]
+            counts = [p["c"] for p in run["base"]["problems"]]
+            assert base_by_seed.setdefault(run["seed"], counts) == counts
