@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlvr_jax.rewards.functions import RewardFunction
+from rlvr_jax.rewards.functions import RewardFunction, is_file_target
 from rlvr_jax.storage import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,11 @@ def _reward_identity(function: RewardFunction) -> list[str]:
     code, target = function.pickled, function.target
     if function.target:
         module, _, attr = function.target.rpartition(":")
-        source = module if module.endswith(".py") else _module_file(module)
+        in_file = is_file_target(module)
+        source = module if in_file else _module_file(module)
         if source and os.path.isfile(source):
             code = Path(source).read_bytes()
-        if module.endswith(".py"):
+        if in_file:
             target = f"{Path(module).name}:{attr}"
     return [function.name, str(function.weight), target, hashlib.sha256(code).hexdigest()]
 

@@ -86,7 +86,8 @@ def describe(err: BaseException, located: bool = True) -> str:
     return f"{text} (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else text
 
 
-def _is_file(module_part: str) -> bool:
+def is_file_target(module_part: str) -> bool:
+    """Whether a target's module part names a Python file (imported by path) rather than a module."""
     return module_part.endswith(".py") or "/" in module_part
 
 
@@ -135,7 +136,7 @@ def _import_file(text: str, where: str) -> ModuleType:
 def import_target(target: str, where: str) -> Any:
     """The object `target` ("pkg.module:attr" or "path/file.py:attr") names."""
     module_part, _, attr = target.rpartition(":")
-    module = _import_file(module_part, where) if _is_file(module_part) else _import_module(module_part, where)
+    module = _import_file(module_part, where) if is_file_target(module_part) else _import_module(module_part, where)
     if not hasattr(module, attr):
         public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
         raise RewardSpecError(
@@ -147,7 +148,7 @@ def import_target(target: str, where: str) -> Any:
 def absolute_target(target: str) -> str:
     """A file target with its path made absolute (workers must not depend on the working directory)."""
     module_part, _, attr = target.rpartition(":")
-    return f"{_absolute(module_part)}:{attr}" if _is_file(module_part) else target
+    return f"{_absolute(module_part)}:{attr}" if is_file_target(module_part) else target
 
 
 # --- inspecting ---------------------------------------------------------------------------------
