@@ -51,9 +51,8 @@ def test_the_tables_match_hand_computed_values(tmp_path):
     # but per problem averaged over seeds it is +.5 (test/0), -.5 (test/1), 0: the interval over problems
     # is as wide as (-.5, +.5): resamples of one problem three times reach both ends.
     row = next(line for line in lines if line.startswith("| A (2) | +"))
-    assert row.startswith("| A (2) | +0.042 [+0.000, +0.083] (") and row.endswith(
-        "| +0.000 [+0.000, +0.000] (-0.500, +0.500) |"
-    )
+    assert row.startswith("| A (2) | +0.042 [+0.000, +0.083] (")
+    assert "| +0.000 [+0.000, +0.000] (-0.500, +0.500) {" in row
     # B lost everything: pass@1 (0 + .25 + 1)/3 = .4167 -> 0; pass@4 2/3 -> 0.
     assert "| B (1) | 0.417 -> 0.000 | 0.667 -> 0.000 |" in lines
 
@@ -69,8 +68,8 @@ def test_the_tables_match_hand_computed_values(tmp_path):
 
     subsets = report.subset_table(methods, 4)
     assert (
-        "| B | 3-digit (1) | -1.000 [-1.000, -1.000] (-1.000, -1.000) | -1.000 [-1.000, -1.000] (-1.000, -1.000) |"
-        in subsets
+        "| B | 3-digit (1) | -1.000 [-1.000, -1.000] (-1.000, -1.000) {-1.000, -1.000} "
+        "| -1.000 [-1.000, -1.000] (-1.000, -1.000) {-1.000, -1.000} |" in subsets
     )
     report.figure(methods, 4, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 0
@@ -82,6 +81,22 @@ def test_the_bootstrap_interval_covers_the_mean_and_is_reproducible():
     low, high = report.bootstrap_interval(values)
     assert low < values.mean() < high and (low, high) == report.bootstrap_interval(values)
     assert report.bootstrap_interval(np.full(7, 0.25)) == (0.25, 0.25)
+
+
+def test_the_two_way_interval_counts_the_seeds_that_the_problem_interval_holds_fixed():
+    report = load_report()
+    # Seed 0 gains 1 on every problem and seed 1 loses 1: averaged over the seeds every problem is 0, so
+    # the problem bootstrap is (0, 0); resampling seeds draws {0, 0} (+1), {1, 1} (-1) or one of each (0),
+    # each pair with probability 1/4, so the 2.5 and 97.5 percentiles are -1 and +1.
+    split = np.array([[1.0] * 6, [-1.0] * 6])
+    assert report.bootstrap_interval(split.mean(0)) == (0.0, 0.0)
+    assert report.two_way_interval(split) == (-1.0, 1.0)
+    assert report.cell(split) == "+0.000 [-1.000, +1.000] (+0.000, +0.000) {-1.000, +1.000}"
+    # One seed: every seed resample is that seed, so only the problems vary (as in the problem bootstrap).
+    one = np.array([[0.0, 1.0, 0.0, 1.0]])
+    low, high = report.two_way_interval(one)
+    assert low < 0.5 < high and (low, high) == report.two_way_interval(one)
+    assert report.two_way_interval(np.full((3, 5), 0.25)) == (0.25, 0.25)
 
 
 def test_the_committed_study_records_are_in_the_repository_and_complete():

@@ -5,14 +5,17 @@
 Reads every finished run of the study folder (runs/<method>/seed<k>: summary.json, metrics.jsonl and the
 step-0 and final evals/step_*.json, n samples per problem) and prints Markdown tables:
 - pass@k for k = 1 ... n, base and final, per method: the change as mean over seeds with [min, max], and
-  a 95 % interval over held-out problems (percentile bootstrap of the per-problem change averaged over
-  the seeds: the problems are the sampling unit, the seeds' draws are averaged within each problem);
+  two 95 % intervals (percentile bootstraps of the mean change): (over problems) resamples the held-out
+  problems of the per-problem change averaged over the seeds, so it holds the seeds fixed; {over seeds
+  and problems} resamples seeds and problems independently (a crossed two-way bootstrap), so it also
+  counts how much another seed could move the result;
 - per subset, pass@1 and pass@n;
 - the capability boundary at k = n: problems solved at least once before and after, lost and gained,
   summed over seeds;
 - methods head to head: the final pass@k of one minus the other's, problem by problem on the same seeds;
 - entropy: the training token entropy (first and last steps) and the held-out evaluation entropy.
-With 3 seeds the spread over seeds describes those seeds; the problem intervals are conditional on them.
+With 3 seeds the two-way interval is coarse (a seed resample is one of 10 multisets), but it is the one that
+answers "would another set of seeds agree"; the problem interval only answers "would other problems".
 """
 
 from __future__ import annotations
@@ -71,12 +74,27 @@ def bootstrap_interval(per_problem_values: np.ndarray, seed: int = 0) -> tuple[f
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def cell(values_by_seed: np.ndarray, by_problem: np.ndarray) -> str:
-    """mean change [min, max over seeds] (95 % over problems)."""
-    low, high = bootstrap_interval(by_problem)
+def two_way_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean of f64[seeds, problems], resampling seeds and problems.
+
+    Seeds and problems are crossed (every seed evaluated every problem), so each replicate draws seeds and
+    problems independently, with replacement, and averages the chosen rows and columns."""
+    rng = np.random.default_rng(seed)
+    seeds, problems = values.shape
+    seed_picks = rng.integers(0, seeds, size=(BOOTSTRAP, seeds))
+    problem_picks = rng.integers(0, problems, size=(BOOTSTRAP, problems))
+    means = values[seed_picks[:, :, None], problem_picks[:, None, :]].mean(axis=(1, 2))  # [BOOTSTRAP]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def cell(values: np.ndarray) -> str:
+    """For f64[seeds, problems] changes: mean [min, max over seeds] (95 % over problems) {95 % over both}."""
+    by_seed = values.mean(1)
+    low, high = bootstrap_interval(values.mean(0))
+    both_low, both_high = two_way_interval(values)
     return (
-        f"{values_by_seed.mean():+.3f} [{values_by_seed.min():+.3f}, {values_by_seed.max():+.3f}] "
-        f"({low:+.3f}, {high:+.3f})"
+        f"{by_seed.mean():+.3f} [{by_seed.min():+.3f}, {by_seed.max():+.3f}] "
+        f"({low:+.3f}, {high:+.3f}) {{{both_low:+.3f}, {both_high:+.3f}}}"
     )
 
 
@@ -99,11 +117,7 @@ def pass_at_k_rows(methods: dict[str, list[dict]], ks: list[int]) -> list[str]:
             + " |"
         )
         delta = changes(runs)
-        change_lines.append(
-            f"| {name} ({len(runs)}) | "
-            + " | ".join(cell(final[:, i] - base[:, i], delta[:, :, k - 1].mean(0)) for i, k in enumerate(ks))
-            + " |"
-        )
+        change_lines.append(f"| {name} ({len(runs)}) | " + " | ".join(cell(delta[:, :, k - 1]) for k in ks) + " |")
     return lines + [""] + change_lines
 
 
@@ -113,7 +127,7 @@ def subset_table(methods: dict[str, list[dict]], n: int) -> list[str]:
     for name, runs in methods.items():
         for subset in subsets:
             delta = changes(runs, subset)
-            cells = [cell(delta[:, :, k - 1].mean(1), delta[:, :, k - 1].mean(0)) for k in (1, n)]
+            cells = [cell(delta[:, :, k - 1]) for k in (1, n)]
             lines.append(f"| {name} | {subset} ({delta.shape[1]}) | {cells[0]} | {cells[1]} |")
     return lines
 
@@ -149,7 +163,7 @@ def head_to_head(methods: dict[str, list[dict]], ks: list[int]) -> list[str]:
                 continue
             pick = {name: {r["seed"]: r for r in methods[name]} for name in (a, b)}
             diff = np.stack([per_problem(pick[a][s]["final"])[1] - per_problem(pick[b][s]["final"])[1] for s in seeds])
-            cells = [cell(diff[:, :, k - 1].mean(1), diff[:, :, k - 1].mean(0)) for k in ks]
+            cells = [cell(diff[:, :, k - 1]) for k in ks]
             lines.append(f"| {a} - {b} ({len(seeds)}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -212,7 +226,10 @@ def main() -> None:
     n = next(iter(methods.values()))[0]["base"]["n"]
     ks = [k for k in k_values(n) if k in (1, 4, 16, 64, n)]
     done = ", ".join(f"{name}: seeds {sorted(r['seed'] for r in runs)}" for name, runs in methods.items())
-    print(f"Finished runs ({done}); {n} samples per problem; intervals: 95 % bootstrap over problems.\n")
+    print(
+        f"Finished runs ({done}); {n} samples per problem. Change cells: mean over seeds [min, max over seeds] "
+        "(95 % bootstrap over problems) {95 % bootstrap over seeds and problems}.\n"
+    )
     for table in (pass_at_k_rows(methods, ks), subset_table(methods, n), boundary_table(methods)):
         print("\n".join(table) + "\n")
     print("\n".join(head_to_head(methods, ks)) + "\n")
