@@ -60,6 +60,11 @@ def test_the_tables_match_hand_computed_values(tmp_path):
     assert boundary[2] == "| A | 6 | 4 | 4 | 1 | 1 |"  # seed 0 loses test/1 and gains test/0
     assert boundary[3] == "| B | 3 | 2 | 0 | 2 | 0 |"
 
+    runs = report.per_run_table(methods)
+    # A seed 0: pass@1 (0 + .25 + 1)/3 -> (.25 + 0 + 1)/3; pass@4 2/3 -> 2/3; loses test/1, gains test/0.
+    assert runs[2] == "| A seed 0 | 0.417 -> 0.417 | 0.667 -> 0.667 | 2 -> 2 | 1 | 1 | 1.00 -> 0.50 |"
+    assert runs[4] == "| B seed 0 | 0.417 -> 0.000 | 0.667 -> 0.000 | 2 -> 0 | 2 | 0 | 1.00 -> 0.50 |"
+
     [_, _, versus] = report.head_to_head(methods, [1])  # seed 0 only: A's final (.25, 0, 1) minus B's (0, 0, 0)
     assert versus.startswith("| A - B (1) | +0.417 [+0.417, +0.417] (")
 

@@ -11,7 +11,7 @@ step-0 and final evals/step_*.json, n samples per problem) and prints Markdown t
   counts how much another seed could move the result;
 - per subset, pass@1 and pass@n;
 - the capability boundary at k = n: problems solved at least once before and after, lost and gained,
-  summed over seeds;
+  summed over seeds, and per run;
 - methods head to head: the final pass@k of one minus the other's, problem by problem on the same seeds;
 - entropy: the training token entropy (first and last steps) and the held-out evaluation entropy.
 With 3 seeds the two-way interval is coarse (a seed resample is one of 10 multisets), but it is the one that
@@ -152,6 +152,28 @@ def boundary_table(methods: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def per_run_table(methods: dict[str, list[dict]]) -> list[str]:
+    """One row per run: pass@1 and pass@n, problems solved at least once (of P), lost, gained, entropy."""
+    n = next(iter(methods.values()))[0]["base"]["n"]
+    lines = [
+        f"| run | pass@1 base -> final | pass@{n} base -> final | solved base -> final | lost | gained "
+        "| held-out entropy base -> final |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in methods.items():
+        for run in sorted(runs, key=lambda r: r["seed"]):
+            (_, before), (_, after) = per_problem(run["base"]), per_problem(run["final"])
+            solved_before, solved_after = before[:, -1] > 0, after[:, -1] > 0
+            lines.append(
+                f"| {name} seed {run['seed']} | {before[:, 0].mean():.3f} -> {after[:, 0].mean():.3f} "
+                f"| {before[:, -1].mean():.3f} -> {after[:, -1].mean():.3f} "
+                f"| {solved_before.sum()} -> {solved_after.sum()} | {(solved_before & ~solved_after).sum()} "
+                f"| {(~solved_before & solved_after).sum()} "
+                f"| {run['base']['entropy']:.2f} -> {run['final']['entropy']:.2f} |"
+            )
+    return lines
+
+
 def head_to_head(methods: dict[str, list[dict]], ks: list[int]) -> list[str]:
     """Final pass@k of A minus B on the seeds both finished, problem by problem."""
     names = list(methods)
@@ -230,7 +252,12 @@ def main() -> None:
         f"Finished runs ({done}); {n} samples per problem. Change cells: mean over seeds [min, max over seeds] "
         "(95 % bootstrap over problems) {95 % bootstrap over seeds and problems}.\n"
     )
-    for table in (pass_at_k_rows(methods, ks), subset_table(methods, n), boundary_table(methods)):
+    for table in (
+        pass_at_k_rows(methods, ks),
+        subset_table(methods, n),
+        boundary_table(methods),
+        per_run_table(methods),
+    ):
         print("\n".join(table) + "\n")
     print("\n".join(head_to_head(methods, ks)) + "\n")
     print("\n".join(entropy_table(methods)))
