@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlvr_jax.boundary import k_values, pass_at_k_table
+from rlvr_jax.boundary import boundary_sets, k_values, pass_at_k_table
 from rlvr_jax.evaluate import read_evals
 from rlvr_jax.writers import read_jsonl
 
@@ -132,6 +132,12 @@ def subset_table(methods: dict[str, list[dict]], n: int) -> list[str]:
     return lines
 
 
+def run_boundary(run: dict) -> dict:
+    """boundary_sets of a run's final evaluation against its base: solved counts, gained, lost, kept."""
+    base, final = run["base"], run["final"]
+    return boundary_sets(final["problems"], base["problems"], final["n"], base["n"])
+
+
 def boundary_table(methods: dict[str, list[dict]]) -> list[str]:
     """Solved at least once in n samples (c > 0), before and after, over every (seed, problem) pair."""
     lines = [
@@ -139,16 +145,10 @@ def boundary_table(methods: dict[str, list[dict]]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for name, runs in methods.items():
-        before = np.concatenate(
-            [[p["c"] > 0 for p in sorted(r["base"]["problems"], key=lambda p: p["id"])] for r in runs]
-        )
-        after = np.concatenate(
-            [[p["c"] > 0 for p in sorted(r["final"]["problems"], key=lambda p: p["id"])] for r in runs]
-        )
-        lines.append(
-            f"| {name} | {len(before)} | {before.sum()} | {after.sum()} | {(before & ~after).sum()} | "
-            f"{(~before & after).sum()} |"
-        )
+        sets = [run_boundary(run) for run in runs]
+        pairs, before, after = (sum(b["solved"][key] for b in sets) for key in ("total", "reference", "current"))
+        lost, gained = (sum(len(b[key]) for b in sets) for key in ("lost", "gained"))
+        lines.append(f"| {name} | {pairs} | {before} | {after} | {lost} | {gained} |")
     return lines
 
 
@@ -163,13 +163,12 @@ def per_run_table(methods: dict[str, list[dict]]) -> list[str]:
     for name, runs in methods.items():
         for run in sorted(runs, key=lambda r: r["seed"]):
             (_, before), (_, after) = per_problem(run["base"]), per_problem(run["final"])
-            solved_before, solved_after = before[:, -1] > 0, after[:, -1] > 0
+            sets = run_boundary(run)
             lines.append(
                 f"| {name} seed {run['seed']} | {before[:, 0].mean():.3f} -> {after[:, 0].mean():.3f} "
                 f"| {before[:, -1].mean():.3f} -> {after[:, -1].mean():.3f} "
-                f"| {solved_before.sum()} -> {solved_after.sum()} | {(solved_before & ~solved_after).sum()} "
-                f"| {(~solved_before & solved_after).sum()} "
-                f"| {run['base']['entropy']:.2f} -> {run['final']['entropy']:.2f} |"
+                f"| {sets['solved']['reference']} -> {sets['solved']['current']} | {len(sets['lost'])} "
+                f"| {len(sets['gained'])} | {run['base']['entropy']:.2f} -> {run['final']['entropy']:.2f} |"
             )
     return lines
 
