@@ -26,7 +26,7 @@ from rlvr_jax.model import (
     save_pretrained,
     state_shardings,
 )
-from rlvr_jax.model.decoder import rope_inv_freq
+from rlvr_jax.model.decoder import RopeTables, apply_rope, rope_inv_freq, rope_tables
 from rlvr_jax.tokenizer import (
     TokenizerError,
     encode_left_padded,
@@ -351,6 +351,66 @@ def test_rope_plain_theta(theta, head_dim):
     i = np.arange(head_dim // 2)
     want = 1.0 / theta ** (2 * i / head_dim)
     np.testing.assert_allclose(rope_inv_freq(arch), want, rtol=1e-7, atol=0)
+
+
+def _rope_arch(head_dim: int = 64) -> Arch:
+    return Arch.from_hf(
+        dict(
+            model_type="qwen2",
+            vocab_size=8,
+            hidden_size=head_dim * 2,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            rope_theta=1000000.0,
+        )
+    )
+
+
+def test_rope_tables_are_cos_and_sin_of_the_f32_angle():
+    """The looked-up tables hold cos/sin of the reference's f32 angle (position x inv_freq rounded to f32),
+    to f32 rounding, at left-padded positions and at the last slot of a longer cache."""
+    arch = _rope_arch()
+    positions = jnp.asarray([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [4093, 4094, 4095, 4095, 0]], jnp.int32)
+    tables = rope_tables(positions, arch, 4096)
+    angles = (np.asarray(positions, np.float32)[..., None] * rope_inv_freq(arch)).astype(np.float64)
+    assert tables.cos.shape == tables.sin.shape == (3, 5, 1, 32)
+    np.testing.assert_allclose(np.asarray(tables.cos)[:, :, 0], np.cos(angles), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(tables.sin)[:, :, 0], np.sin(angles), rtol=0, atol=1e-7)
+
+
+def test_rope_position_outside_the_table_is_nan_not_a_wrong_angle():
+    arch = _rope_arch()
+    tables = rope_tables(jnp.asarray([[0, 7, 8]], jnp.int32), arch, 8)
+    cos = np.asarray(tables.cos)[0, :, 0]
+    assert np.isfinite(cos[:2]).all() and np.isnan(cos[2]).all()
+
+
+def test_rope_rotates_pairs_by_their_angle():
+    """Hand-computed: head_dim 4 pairs (x0, x2) and (x1, x3); position p turns each pair by p x inv_freq."""
+    arch = Arch.from_hf(
+        dict(model_type="qwen2", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+             num_attention_heads=2, rope_theta=100.0)
+    )  # fmt: skip
+    inv = np.array([1.0, 0.1])  # 1 / 100 ** (0 / 4), 1 / 100 ** (2 / 4)
+    x = jnp.asarray([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
+    out = np.asarray(apply_rope(x, rope_tables(jnp.asarray([[3]]), arch, 4)))[0, 0, 0]
+    a = 3 * inv
+    want = [1 * np.cos(a[0]) - 3 * np.sin(a[0]), 2 * np.cos(a[1]) - 4 * np.sin(a[1])]
+    want += [3 * np.cos(a[0]) + 1 * np.sin(a[0]), 4 * np.cos(a[1]) + 2 * np.sin(a[1])]
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert isinstance(rope_tables(jnp.zeros((1, 1), jnp.int32), arch, 1), RopeTables)
+
+
+def test_compiled_forward_computes_no_sin_or_cos(single):
+    """The rotation tables come from a constant: the compiled forward + backward holds no sine or cosine,
+    which XLA:CPU otherwise recomputed per head and element inside every layer's rotation."""
+    _, graphdef, state, _ = single
+    grad = jax.jit(jax.grad(lambda s: forward(graphdef, s, jnp.asarray(TOKENS), jnp.asarray(MASK)).sum()))
+    hlo = grad.lower(state).compile().as_text()
+    assert " sine(" not in hlo and " cosine(" not in hlo
+    control = jax.jit(lambda x: jnp.cos(x) * jnp.sin(x)).lower(jnp.ones(3)).compile().as_text()
+    assert " sine(" in control and " cosine(" in control  # the search does find them when they are there
 
 
 # --- config.json --------------------------------------------------------------------------------

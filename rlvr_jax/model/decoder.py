@@ -91,13 +91,40 @@ def rope_inv_freq(arch: Arch) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate-half RoPE on x [B, T, heads, H] at integer positions [B, T]."""
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+@struct.dataclass
+class RopeTables:
+    """cos and sin of every position's rotation angles, [B, T, 1, H/2] (the 1 broadcasts over heads)."""
+
+    cos: jax.Array
+    sin: jax.Array
+
+
+@functools.lru_cache(maxsize=32)
+def _rope_table(arch: Arch, num_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [P, H/2] of positions 0..P-1: the angle rounded to f32 as the reference computes it,
+    its cos and sin rounded once from f64."""
+    angles = np.arange(num_positions, dtype=np.float32)[:, None] * rope_inv_freq(arch)
+    return np.cos(angles.astype(np.float64)).astype(np.float32), np.sin(angles.astype(np.float64)).astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, arch: Arch, num_positions: int) -> RopeTables:
+    """The rotation tables for integer positions [B, T] in [0, num_positions), looked up once per forward
+    in a constant table and shared by every layer; a position out of range gets NaN, never a wrong angle.
+
+    Why a lookup: with cos and sin computed in the graph, XLA:CPU fused them into each layer's rotation
+    of q and k (forward and backward) and recomputed them per head and element: 8.4 % of the op time of
+    the peer workload's 22.8M update (README, Performance). It removes a barrier before fusion, and a
+    conditional with equal branches, so neither keeps them apart."""
+    cos, sin = (
+        jnp.take(table, positions, axis=0, mode="fill", fill_value=np.nan) for table in _rope_table(arch, num_positions)
+    )
+    return RopeTables(cos=cos[:, :, None, :], sin=sin[:, :, None, :])
+
+
+def apply_rope(x: jax.Array, rope: RopeTables) -> jax.Array:
+    """Rotate-half RoPE on x [B, T, heads, H] with the tables of its positions."""
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    out = jnp.concatenate([x1 * rope.cos - x2 * rope.sin, x2 * rope.cos + x1 * rope.sin], axis=-1)
     return out.astype(x.dtype)
 
 
@@ -132,15 +159,13 @@ class Attention(nnx.Module):
         return constrain(y, ("batch", None, "q_heads" if name == "q" else "kv_heads", None))
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: LayerCache | None, index: jax.Array | int
+        self, x: jax.Array, rope: RopeTables, key_mask: jax.Array, cache: LayerCache | None, index: jax.Array | int
     ) -> tuple[jax.Array, LayerCache | None]:
         """x [B, T, D] at cache slots index..index+T-1; key_mask [B, S] marks slots holding tokens."""
         q, k, v = (self._project(x, name) for name in ("q", "k", "v"))
         if self.arch.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = rope_inv_freq(self.arch)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         # K and V live as [B, K, S, H], the layout both attention contractions read as they are: a
         # [B, S, K, H] cache was transposed in full, per layer, every decode step (25 MB a step for
         # 16 MB of weights at batch 64 in benchmarks/decode_hlo.py). Only the T new rows move here.
@@ -215,15 +240,15 @@ class Block(nnx.Module):
         self.mlp = MLP(arch, rngs, param_dtype, dtype)
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: LayerCache | None, index: jax.Array | int
+        self, x: jax.Array, rope: RopeTables, key_mask: jax.Array, cache: LayerCache | None, index: jax.Array | int
     ) -> tuple[jax.Array, LayerCache | None]:
-        attn_out, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, index)
+        attn_out, cache = self.attn(self.attn_norm(x), rope, key_mask, cache, index)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
-def _run_block(block: Block, x, positions, key_mask, cache, index):
-    return block(x, positions, key_mask, cache, index)
+def _run_block(block: Block, x, rope, key_mask, cache, index):
+    return block(x, rope, key_mask, cache, index)
 
 
 # What a rematerialised layer keeps for the backward pass beyond its input (model.remat). The linear
@@ -298,24 +323,26 @@ class Decoder(nnx.Module):
         # come out sharded on D and need a full rematerialisation to reach the batch layout.
         table = constrain(self.embed[...], ("vocab", None))
         x = constrain(jnp.take(table, tokens, axis=0).astype(self.dtype), ("batch", None, None))
+        # Every position is below the sequence length (no cache) or the cache's slot count.
+        rope = rope_tables(positions, self.arch, tokens.shape[1] if cache is None else cache[0].k.shape[2])
         if self.scan_layers:
             if cache is not None:
                 raise ValueError("a scan_layers decoder runs without a KV cache: sample with `to_per_layer` weights")
-            return self.final_norm(self._scan(x, positions, key_mask)), None
+            return self.final_norm(self._scan(x, rope, key_mask)), None
         run = nnx.remat(_run_block, policy=REMAT_POLICIES[self.remat]) if self.remat else _run_block
         new_cache = []
         for i, block in enumerate(self.layers):
-            x, layer_cache = run(block, x, positions, key_mask, None if cache is None else cache[i], index)
+            x, layer_cache = run(block, x, rope, key_mask, None if cache is None else cache[i], index)
             new_cache.append(layer_cache)
         return self.final_norm(x), (None if cache is None else tuple(new_cache))
 
-    def _scan(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array) -> jax.Array:
+    def _scan(self, x: jax.Array, rope: RopeTables, key_mask: jax.Array) -> jax.Array:
         """The stacked layers under `lax.scan`: one layer is traced and compiled whatever the depth, and
         the optimizer sees one [L, ...] leaf per weight instead of L leaves."""
         graphdef, params = nnx.split(self.layers)
 
         def body(x, layer_params):
-            return nnx.merge(graphdef, layer_params)(x, positions, key_mask, None, 0)[0], None
+            return nnx.merge(graphdef, layer_params)(x, rope, key_mask, None, 0)[0], None
 
         body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat]) if self.remat else body
         return jax.lax.scan(body, x, params)[0]
