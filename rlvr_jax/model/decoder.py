@@ -209,6 +209,31 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, index
     return out.reshape(b, t, n, h)
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up, with a hand-written backward that keeps only gate and up.
+
+    Why: autodiff kept three more [rows, F] arrays from inside silu for the backward
+    (`jax.ad_checkpoint.print_saved_residuals`), each a pass over memory written and read again; this
+    backward recomputes sigmoid(gate) instead. The peer workload's 22.8M update ran 1.04x faster with it
+    (README, Performance). It computes in the inputs' dtype, as autodiff did."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_forward(gate: jax.Array, up: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_backward(saved: tuple[jax.Array, jax.Array], grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    gate, up = saved
+    sig = jax.nn.sigmoid(gate)
+    # d silu(g) / dg = sigmoid(g) * (1 + g * (1 - sigmoid(g)))
+    return grad * up * sig * (1 + gate * (1 - sig)), grad * gate * sig
+
+
+swiglu.defvjp(_swiglu_forward, _swiglu_backward)
+
+
 class MLP(nnx.Module):
     def __init__(self, arch: Arch, rngs: nnx.Rngs, param_dtype: jnp.dtype, dtype: jnp.dtype):
         d, f = arch.hidden_size, arch.intermediate_size
@@ -227,7 +252,7 @@ class MLP(nnx.Module):
         return y + getattr(self, f"{name}_bias")[...].astype(self.dtype) if self.bias else y
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = jax.nn.silu(self._linear(x, "gate")) * self._linear(x, "up")
+        hidden = swiglu(self._linear(x, "gate"), self._linear(x, "up"))
         hidden = constrain(hidden, ("batch", None, "mlp"))
         return constrain(self._linear(hidden, "down"), ("batch", None, None))
 
