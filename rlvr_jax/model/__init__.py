@@ -166,7 +166,8 @@ def check_arch_matches(expected: Arch, found: Arch, folder: str) -> None:
 def forward(
     graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, key_mask: jax.Array, positions: jax.Array | None = None
 ) -> jax.Array:
-    """Uncached full forward: f32 logits [B, T, V] of a (left-padded) batch."""
+    """Uncached full forward: f32 logits [B, T, V] of a (left-padded) batch. `positions` (default: from the
+    mask) must lie in [0, T): RoPE looks them up in a table of T rows, and a row outside it gets NaN."""
     positions = positions_from_mask(key_mask) if positions is None else positions
     logits, _ = nnx.merge(graphdef, state)(tokens, positions, key_mask)
     return logits

@@ -343,7 +343,8 @@ class Decoder(nnx.Module):
         cache: KVCache | None = None,
         index: jax.Array | int = 0,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, D] (and the updated cache)."""
+        """Final-norm hidden states [B, T, D] (and the updated cache). Positions lie in [0, T) without a
+        cache and in [0, S) with one (RoPE's table has that many rows; outside it, NaN)."""
         # Gather D in full first (the FSDP weight all-gather): a lookup from a D-sharded table would
         # come out sharded on D and need a full rematerialisation to reach the batch layout.
         table = constrain(self.embed[...], ("vocab", None))
