@@ -334,9 +334,9 @@ def test_rope_llama3_matches_transformers():
     assert not np.allclose(ref, plain)
 
 
-@pytest.mark.parametrize("theta,head_dim", [(10000.0, 64), (1000000.0, 128), (500000.0, 8)])
-def test_rope_plain_theta(theta, head_dim):
-    arch = Arch.from_hf(
+def _rope_arch(head_dim: int = 64, theta: float = 1000000.0) -> Arch:
+    """A one-layer Qwen2 config with two heads of head_dim and plain RoPE at theta."""
+    return Arch.from_hf(
         dict(
             model_type="qwen2",
             vocab_size=8,
@@ -347,24 +347,15 @@ def test_rope_plain_theta(theta, head_dim):
             rope_theta=theta,
         )
     )
+
+
+@pytest.mark.parametrize("theta,head_dim", [(10000.0, 64), (1000000.0, 128), (500000.0, 8)])
+def test_rope_plain_theta(theta, head_dim):
+    arch = _rope_arch(head_dim, theta)
     assert arch.rope_scaling is None and arch.head_dim == head_dim
     i = np.arange(head_dim // 2)
     want = 1.0 / theta ** (2 * i / head_dim)
     np.testing.assert_allclose(rope_inv_freq(arch), want, rtol=1e-7, atol=0)
-
-
-def _rope_arch(head_dim: int = 64) -> Arch:
-    return Arch.from_hf(
-        dict(
-            model_type="qwen2",
-            vocab_size=8,
-            hidden_size=head_dim * 2,
-            intermediate_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            rope_theta=1000000.0,
-        )
-    )
 
 
 def test_rope_tables_are_cos_and_sin_of_the_f32_angle():
@@ -388,10 +379,7 @@ def test_rope_position_outside_the_table_is_nan_not_a_wrong_angle():
 
 def test_rope_rotates_pairs_by_their_angle():
     """Hand-computed: head_dim 4 pairs (x0, x2) and (x1, x3); position p turns each pair by p x inv_freq."""
-    arch = Arch.from_hf(
-        dict(model_type="qwen2", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-             num_attention_heads=2, rope_theta=100.0)
-    )  # fmt: skip
+    arch = _rope_arch(head_dim=4, theta=100.0)
     inv = np.array([1.0, 0.1])  # 1 / 100 ** (0 / 4), 1 / 100 ** (2 / 4)
     x = jnp.asarray([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
     out = np.asarray(apply_rope(x, rope_tables(jnp.asarray([[3]]), arch, 4)))[0, 0, 0]
